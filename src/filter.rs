@@ -1,0 +1,1 @@
+//! Filter: include/exclude patterns. SKELETON.

@@ -1,0 +1,28 @@
+//! sharepush: back up server folders into SharePoint document libraries.
+//!
+//! The pipeline, one stage per module, each with a narrow input/output type:
+//!
+//! ```text
+//! triggers (startup, cron, fs events, manual)
+//!   -> scan   (walk or dirty set; hash only what changed)      scan.rs, hash.rs, filter.rs
+//!   -> plan   (pure: local entries + state -> actions)          plan.rs
+//!   -> upload (the only stage that talks to the remote)         (uploader issue)
+//!   -> record (every file state transition, in a transaction)   state/
+//! ```
+//!
+//! `config` turns the TOML file into checked [`config::Config`] values (phase
+//! two of the two-phase config), `schedule` owns cron parsing and next-run
+//! times, `cli` is the command line, and `error` the error policy. `main.rs`
+//! stays thin: it parses arguments, sets up tracing and maps outcomes to exit
+//! codes.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod filter;
+pub mod hash;
+pub mod plan;
+pub mod scan;
+pub mod schedule;
+pub mod state;
