@@ -1,1 +1,81 @@
-//! Command line. SKELETON.
+//! The command line: argument types (clap derive) and where each command goes.
+//!
+//! `main.rs` parses [`Cli`], sets up logging and calls [`crate::run`]; the
+//! commands themselves live in [`crate::commands`], where tests can call them.
+//! Every option that names a file or directory can also come from the
+//! environment (`SHAREPUSH_CONFIG`, `SHAREPUSH_STATE_DIR`), which is how a
+//! systemd unit or a container sets them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Back up server folders into SharePoint document libraries, unattended.
+#[derive(Debug, Parser)]
+#[command(name = "sharepush", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command accepts.
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// Configuration file.
+    #[arg(
+        long,
+        global = true,
+        env = "SHAREPUSH_CONFIG",
+        default_value = crate::config::DEFAULT_CONFIG_PATH,
+        value_name = "PATH"
+    )]
+    pub config: PathBuf,
+
+    /// State directory (SQLite database, lock, tokens); overrides `[daemon] state_dir`.
+    #[arg(long, global = true, env = "SHAREPUSH_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// More log output (-v: debug, -vv: trace). `RUST_LOG` overrides both.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Only warnings and errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    /// Log line format; overrides `[daemon] log_format`.
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormatArg>,
+}
+
+/// `--log-format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the configuration: list each job, its schedule with the next three
+    /// run times and whether it watches; or print every error and exit 78.
+    Check,
+    /// Show what would be uploaded and why (new / changed / unchanged /
+    /// skipped), without touching the network; records hashes in the state.
+    Scan(ScanArgs),
+}
+
+/// `sharepush scan` options.
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    /// Jobs to scan (all when none given).
+    #[arg(value_name = "JOB")]
+    pub jobs: Vec<String>,
+
+    /// Print one JSON object (`{"jobs":[{"name":..,"new":..,"changed":..,"unchanged":..,"skipped":..}]}`).
+    #[arg(long)]
+    pub json: bool,
+}

@@ -18,11 +18,27 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod error;
 pub mod filter;
 pub mod hash;
+pub mod logging;
 pub mod plan;
 pub mod scan;
 pub mod schedule;
 pub mod state;
+
+/// Runs one parsed command line and returns the exit code to end with.
+/// Reports go to stdout, problems to stderr; nothing here exits the process.
+pub fn run(cli: cli::Cli) -> error::ExitCode {
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    let (mut out, mut err) = (stdout.lock(), stderr.lock());
+    match &cli.command {
+        cli::Command::Check => commands::check(&cli.global, &mut out, &mut err),
+        cli::Command::Scan(args) => {
+            commands::scan(&cli.global, &args.jobs, args.json, &mut out, &mut err)
+        }
+    }
+}

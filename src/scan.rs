@@ -1,8 +1,45 @@
 //! Scan: walk a job's source and find what is new or changed.
 //!
-//! SKELETON: the data types are the contract between scan, plan and state.
+//! Input: [`ScanOptions`] (source folder, patterns, symlink policy, size limit)
+//! and what the state database knows of every file (`known`). Output: a
+//! [`ScanReport`] with the files that need a decision (new, changed, or
+//! unchanged but not yet synced), the count of unchanged synced files, the
+//! files that vanished, and every file that could not be looked at, with why.
+//!
+//! How: `ignore`'s parallel walker (no `.gitignore` or hidden-file rules, only
+//! the job's [`Filter`]; excluded directories are not entered). Each worker
+//! thread `lstat`s its entries, takes the matching record out of `known`, and
+//! hashes the file itself (SHA-1 and QuickXorHash in one read) only when size,
+//! mtime or inode differ or no hash is recorded, so a rescan of an unchanged
+//! tree reads no file content. A file is `fstat`ed again after hashing; if it
+//! moved on meanwhile it is skipped and picked up by the next scan.
+//!
+//! Memory: unchanged files that are already synced produce nothing but a
+//! counter, and their records leave the `known` map as they are met, so a
+//! rescan holds the state lookup and little else.
+//!
+//! One bad file never stops a scan: unreadable, vanished, non-UTF-8 named,
+//! symlinked (when not following), special, too large and changed-while-hashed
+//! files are listed in [`ScanReport::skipped`]. Files below a directory that
+//! could not be read are *not* reported vanished. Only a missing or unreadable
+//! source is an error ([`ScanError`]), never "everything was deleted".
+//!
+//! What it does not do: talk to the state database (the caller loads `known`
+//! and records the report), decide what to upload (that is `plan`), or check
+//! names against SharePoint's rules (that is the uploader's).
 
-use crate::hash::Hashes;
+use std::collections::HashMap;
+use std::fs::{self, File, Metadata};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use ignore::{DirEntry, ParallelVisitor, ParallelVisitorBuilder, WalkBuilder, WalkState};
+
+use crate::config::JobSpec;
+use crate::filter::{Filter, FilterError};
+use crate::hash::{FileHasher, Hashes};
 
 /// What the state database knows of one file, loaded before a scan so the
 /// walk can decide without hashing whether a file changed.
@@ -18,19 +55,32 @@ pub struct KnownFile {
     pub synced: bool,
 }
 
+impl KnownFile {
+    /// The recorded fingerprint, to compare with what the walk finds.
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint {
+            size: self.size,
+            mtime_ns: self.mtime_ns,
+            inode: self.inode,
+        }
+    }
+}
+
 /// How a scanned file compares with what the state recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Change {
     /// Not in the state database.
     New,
     /// Size, mtime or inode differ from the record (and it was re-hashed).
     Changed,
-    /// Same fingerprint as recorded (not re-hashed).
+    /// Same fingerprint as recorded (not re-hashed, unless no hash was
+    /// recorded yet).
     Unchanged,
 }
 
 /// One regular file found by a scan.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LocalEntry {
     /// Path relative to the job's source, `/`-separated, valid UTF-8.
     pub path: String,
@@ -39,4 +89,1272 @@ pub struct LocalEntry {
     pub inode: u64,
     pub hashes: Hashes,
     pub change: Change,
+}
+
+/// The (size, mtime, inode) triple that decides whether a file must be
+/// re-hashed. Cheap to get from one `stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Fingerprint {
+    pub size: u64,
+    /// Nanoseconds since the Unix epoch (negative before 1970).
+    pub mtime_ns: i64,
+    pub inode: u64,
+}
+
+impl Fingerprint {
+    /// The fingerprint of a `stat` / `fstat` result.
+    pub fn of(meta: &Metadata) -> Fingerprint {
+        Fingerprint {
+            size: meta.size(),
+            mtime_ns: meta
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(meta.mtime_nsec()),
+            inode: meta.ino(),
+        }
+    }
+}
+
+/// True when a file must not be recorded with the hashes just computed: its
+/// `stat` before hashing, its `fstat` after, and the bytes actually read do
+/// not all agree. Such a file was written to (or replaced) while we read it;
+/// the next scan picks it up once it is quiet.
+pub fn changed_while_hashing(before: &Fingerprint, after: &Fingerprint, bytes_read: u64) -> bool {
+    before != after || bytes_read != after.size
+}
+
+/// Everything a scan needs to know about a job; a subset of [`JobSpec`] so
+/// tests and `sharepush scan` need no full configuration.
+#[derive(Debug, Clone)]
+pub struct ScanOptions {
+    /// The folder to back up (absolute; symlinks in it are resolved first).
+    pub source: PathBuf,
+    /// gitignore-style include patterns; empty = every file.
+    pub include: Vec<String>,
+    /// gitignore-style exclude patterns.
+    pub exclude: Vec<String>,
+    /// Follow symlinks to files and directories (loops are detected and skipped).
+    pub follow_symlinks: bool,
+    /// Larger files are skipped with [`SkipReason::TooLarge`].
+    pub max_file_size: Option<u64>,
+    /// Walker/hasher threads; 0 = one per CPU (at most 8). Hashing is CPU
+    /// bound, so more threads than cores only add contention.
+    pub threads: usize,
+}
+
+impl ScanOptions {
+    /// Options for `source` with no patterns, no symlink following, no limit.
+    pub fn new(source: impl Into<PathBuf>) -> ScanOptions {
+        ScanOptions {
+            source: source.into(),
+            include: Vec::new(),
+            exclude: Vec::new(),
+            follow_symlinks: false,
+            max_file_size: None,
+            threads: 0,
+        }
+    }
+}
+
+impl From<&JobSpec> for ScanOptions {
+    fn from(job: &JobSpec) -> Self {
+        ScanOptions {
+            source: job.source.clone(),
+            include: job.include.clone(),
+            exclude: job.exclude.clone(),
+            follow_symlinks: job.follow_symlinks,
+            max_file_size: job.settings.max_file_size,
+            threads: 0,
+        }
+    }
+}
+
+/// Why a file or directory was left out of this scan. It stays in the state
+/// database as it was (never reported vanished); the next scan tries again.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SkipReason {
+    /// Could not be opened, read or `stat`ed (e.g. permission denied).
+    Unreadable { error: String },
+    /// A directory that could not be listed; nothing below it was scanned.
+    UnreadableDir { error: String },
+    /// Listed, but gone before it could be looked at.
+    Vanished,
+    /// The name is not valid UTF-8, which SharePoint cannot store; `path` in
+    /// [`Skipped`] shows it lossily.
+    NonUtf8Name,
+    /// A symbolic link, and the job does not follow links.
+    Symlink,
+    /// A symbolic link whose target does not exist (following links).
+    BrokenSymlink { error: String },
+    /// A symbolic link to one of its own ancestor directories.
+    SymlinkLoop,
+    /// A FIFO, socket or device: not content that can be backed up.
+    Special { kind: SpecialKind },
+    /// Larger than the job's `max_file_size`.
+    TooLarge { size: u64, limit: u64 },
+    /// Size, mtime or inode changed between the stat before and after hashing.
+    ChangedWhileHashing,
+}
+
+impl std::fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SkipReason::Unreadable { error } => write!(f, "unreadable: {error}"),
+            SkipReason::UnreadableDir { error } => write!(f, "directory unreadable: {error}"),
+            SkipReason::Vanished => f.write_str("vanished while scanning"),
+            SkipReason::NonUtf8Name => f.write_str("name is not valid UTF-8"),
+            SkipReason::Symlink => f.write_str("symbolic link (follow_symlinks is off)"),
+            SkipReason::BrokenSymlink { error } => write!(f, "broken symbolic link: {error}"),
+            SkipReason::SymlinkLoop => f.write_str("symbolic link loop"),
+            SkipReason::Special { kind } => write!(f, "special file ({kind:?})"),
+            SkipReason::TooLarge { size, limit } => {
+                write!(f, "{size} bytes, above max_file_size {limit}")
+            }
+            SkipReason::ChangedWhileHashing => f.write_str("changed while being read"),
+        }
+    }
+}
+
+/// The kinds of non-regular, non-directory files a walk meets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpecialKind {
+    Fifo,
+    Socket,
+    BlockDevice,
+    CharDevice,
+    Other,
+}
+
+/// One path the scan could not take into account, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Skipped {
+    /// Relative to the source, `/`-separated; lossy if the name is not UTF-8.
+    pub path: String,
+    pub reason: SkipReason,
+}
+
+/// The outcome of one scan of one job.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ScanReport {
+    /// Files that need a decision: new, changed, or unchanged but not known
+    /// to be synced. Sorted by path.
+    pub entries: Vec<LocalEntry>,
+    /// Every file whose fingerprint matched its record, emitted or not.
+    pub unchanged: u64,
+    /// Paths left out of this scan, with why. Sorted by path.
+    pub skipped: Vec<Skipped>,
+    /// Known files that are gone from the source (not below an unreadable
+    /// directory, and still selected by the filter). Sorted.
+    pub vanished: Vec<String>,
+    /// Known files that still may exist but the job's patterns no longer
+    /// select (e.g. a new exclude). Like rclone without `--delete-excluded`,
+    /// these are forgotten, never deleted remotely. Sorted.
+    pub deselected: Vec<String>,
+    /// Directories seen (relative, not the source itself), for folder
+    /// creation. Sorted, so parents come before children.
+    pub dirs: Vec<String>,
+    /// Files whose content was read this scan.
+    pub hashed_files: u64,
+    /// Bytes read to hash them (0 on a rescan of an unchanged tree).
+    pub hashed_bytes: u64,
+}
+
+/// The numbers `sharepush scan` prints per job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ScanCounts {
+    pub new: u64,
+    pub changed: u64,
+    pub unchanged: u64,
+    pub skipped: u64,
+    pub vanished: u64,
+}
+
+impl ScanReport {
+    /// Counts by kind, for the CLI and the `runs` table.
+    pub fn counts(&self) -> ScanCounts {
+        let mut c = ScanCounts {
+            unchanged: self.unchanged,
+            skipped: self.skipped.len() as u64,
+            vanished: self.vanished.len() as u64,
+            ..ScanCounts::default()
+        };
+        for e in &self.entries {
+            match e.change {
+                Change::New => c.new += 1,
+                Change::Changed => c.changed += 1,
+                Change::Unchanged => {}
+            }
+        }
+        c
+    }
+}
+
+/// Why a whole job's scan failed. Per-file problems are never errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// The source folder is missing or is not a directory (an unmounted disk,
+    /// a typo). Fatal for this job's run; never read as "everything was
+    /// deleted".
+    #[error("source folder {} does not exist or is not a directory", path.display())]
+    SourceMissing { path: PathBuf },
+    /// The source exists but cannot be listed.
+    #[error("cannot read source folder {}", path.display())]
+    SourceUnreadable {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The job's patterns do not compile (normally caught by `sharepush check`).
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+}
+
+/// Walks `opts.source` and compares every file with `known` (the state's
+/// records for this job, keyed by relative path), hashing only files that are
+/// new or changed. `known` is consumed: what is left of it at the end, minus
+/// files below unreadable directories, is the vanished set.
+pub fn scan(
+    opts: &ScanOptions,
+    known: HashMap<String, KnownFile>,
+) -> Result<ScanReport, ScanError> {
+    let filter = Filter::new(&opts.include, &opts.exclude)?;
+    let source = check_source(&opts.source)?;
+
+    let threads = match opts.threads {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get().min(8)),
+        n => n,
+    };
+    let filter = Arc::new(filter);
+    let mut walk = WalkBuilder::new(&source);
+    walk.standard_filters(false)
+        .follow_links(opts.follow_symlinks)
+        .threads(threads);
+    {
+        let filter = Arc::clone(&filter);
+        let root = source.clone();
+        walk.filter_entry(move |dent| {
+            let Ok(rel) = dent.path().strip_prefix(&root) else {
+                return true;
+            };
+            if rel.as_os_str().is_empty() {
+                return true;
+            }
+            // Symlinks that are not followed are judged as files.
+            let is_dir = dent.file_type().is_some_and(|t| t.is_dir());
+            filter.matches_here(rel, is_dir).is_included()
+        });
+    }
+
+    let shared = Shared {
+        source,
+        opts,
+        known: Mutex::new(known),
+        results: Mutex::new(Vec::new()),
+    };
+    walk.build_parallel()
+        .visit(&mut WorkerBuilder { shared: &shared });
+
+    let Shared { known, results, .. } = shared;
+    let known = known.into_inner().unwrap_or_else(PoisonError::into_inner);
+    let results = results.into_inner().unwrap_or_else(PoisonError::into_inner);
+
+    let mut report = ScanReport::default();
+    let mut protected: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for part in results {
+        report.entries.extend(part.entries);
+        report.unchanged += part.unchanged;
+        report.skipped.extend(part.skipped);
+        report.dirs.extend(part.dirs);
+        report.hashed_files += part.hashed_files;
+        report.hashed_bytes += part.hashed_bytes;
+        protected.extend(part.protected);
+    }
+    for path in known.into_keys() {
+        if is_protected(&path, &protected) {
+            continue;
+        }
+        if filter.matches(Path::new(&path), false).is_included() {
+            report.vanished.push(path);
+        } else {
+            report.deselected.push(path);
+        }
+    }
+    report.entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    report.skipped.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    report.vanished.sort_unstable();
+    report.deselected.sort_unstable();
+    report.dirs.sort_unstable();
+    Ok(report)
+}
+
+/// Resolves the source to a canonical directory (so a source that is itself a
+/// symlink is walked, not reported as one) and checks it can be listed.
+fn check_source(source: &Path) -> Result<PathBuf, ScanError> {
+    let missing = || ScanError::SourceMissing {
+        path: source.to_path_buf(),
+    };
+    let canonical = match fs::canonicalize(source) {
+        Ok(p) => p,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Err(missing());
+        }
+        Err(e) => {
+            return Err(ScanError::SourceUnreadable {
+                path: source.to_path_buf(),
+                source: e,
+            });
+        }
+    };
+    match fs::metadata(&canonical) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(missing()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(missing()),
+        Err(e) => {
+            return Err(ScanError::SourceUnreadable {
+                path: source.to_path_buf(),
+                source: e,
+            });
+        }
+    }
+    fs::read_dir(&canonical).map_err(|e| ScanError::SourceUnreadable {
+        path: source.to_path_buf(),
+        source: e,
+    })?;
+    Ok(canonical)
+}
+
+/// True when `path` or one of its parent directories is in `protected`
+/// (paths the walk could not look at: their records must survive).
+fn is_protected(path: &str, protected: &std::collections::HashSet<String>) -> bool {
+    if protected.is_empty() {
+        return false;
+    }
+    if protected.contains("") || protected.contains(path) {
+        return true;
+    }
+    path.match_indices('/')
+        .any(|(i, _)| protected.contains(&path[..i]))
+}
+
+/// State shared by the walker threads.
+struct Shared<'a> {
+    /// Canonical source; every entry's path starts with it.
+    source: PathBuf,
+    opts: &'a ScanOptions,
+    /// The state's records; each is removed when its file is met.
+    known: Mutex<HashMap<String, KnownFile>>,
+    /// Each worker's findings, pushed when the worker is dropped.
+    results: Mutex<Vec<Partial>>,
+}
+
+/// What one worker thread found; merged after the walk.
+#[derive(Default)]
+struct Partial {
+    entries: Vec<LocalEntry>,
+    unchanged: u64,
+    skipped: Vec<Skipped>,
+    dirs: Vec<String>,
+    hashed_files: u64,
+    hashed_bytes: u64,
+    /// Paths (files or directories) that could not be examined: known records
+    /// at or below them are not vanished.
+    protected: Vec<String>,
+}
+
+struct WorkerBuilder<'a> {
+    shared: &'a Shared<'a>,
+}
+
+impl<'s> ParallelVisitorBuilder<'s> for WorkerBuilder<'s> {
+    fn build(&mut self) -> Box<dyn ParallelVisitor + 's> {
+        Box::new(Worker {
+            shared: self.shared,
+            hasher: None,
+            found: Partial::default(),
+        })
+    }
+}
+
+/// One walker thread: examines entries and hashes files itself, so hashing
+/// runs on as many cores as the walk.
+struct Worker<'a> {
+    shared: &'a Shared<'a>,
+    /// Created on first use: the walker builds one visitor more than it runs.
+    hasher: Option<FileHasher>,
+    found: Partial,
+}
+
+impl Drop for Worker<'_> {
+    fn drop(&mut self) {
+        let found = std::mem::take(&mut self.found);
+        self.shared
+            .results
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(found);
+    }
+}
+
+impl ParallelVisitor for Worker<'_> {
+    fn visit(&mut self, entry: Result<DirEntry, ignore::Error>) -> WalkState {
+        match entry {
+            Ok(dent) => self.visit_entry(&dent),
+            Err(err) => {
+                self.walk_error(err);
+                WalkState::Continue
+            }
+        }
+    }
+}
+
+impl Worker<'_> {
+    fn visit_entry(&mut self, dent: &DirEntry) -> WalkState {
+        if dent.depth() == 0 {
+            return WalkState::Continue;
+        }
+        let path = dent.path();
+        let rel = path.strip_prefix(&self.shared.source).unwrap_or(path);
+        let is_dir = dent.file_type().is_some_and(|t| t.is_dir());
+        let Some(rel) = rel.to_str() else {
+            self.skip(rel.to_string_lossy().into_owned(), SkipReason::NonUtf8Name);
+            return if is_dir {
+                WalkState::Skip
+            } else {
+                WalkState::Continue
+            };
+        };
+        let Some(file_type) = dent.file_type() else {
+            return WalkState::Continue;
+        };
+        if file_type.is_symlink() {
+            // Only reached when not following links.
+            self.skip_known(rel, SkipReason::Symlink);
+        } else if is_dir {
+            self.found.dirs.push(rel.to_owned());
+        } else if file_type.is_file() {
+            self.visit_file(dent, rel);
+        } else {
+            let kind = if file_type.is_fifo() {
+                SpecialKind::Fifo
+            } else if file_type.is_socket() {
+                SpecialKind::Socket
+            } else if file_type.is_block_device() {
+                SpecialKind::BlockDevice
+            } else if file_type.is_char_device() {
+                SpecialKind::CharDevice
+            } else {
+                SpecialKind::Other
+            };
+            self.skip_known(rel, SkipReason::Special { kind });
+        }
+        WalkState::Continue
+    }
+
+    fn visit_file(&mut self, dent: &DirEntry, rel: &str) {
+        let meta = match dent.metadata() {
+            Ok(m) => m,
+            Err(err) => {
+                let reason = match err.io_error() {
+                    Some(e) if e.kind() == io::ErrorKind::NotFound => SkipReason::Vanished,
+                    Some(e) => SkipReason::Unreadable {
+                        error: e.to_string(),
+                    },
+                    None => SkipReason::Unreadable {
+                        error: err.to_string(),
+                    },
+                };
+                self.skip_known(rel, reason);
+                return;
+            }
+        };
+        if !meta.is_file() {
+            // Replaced by something else since the directory was listed.
+            self.skip_known(rel, SkipReason::ChangedWhileHashing);
+            return;
+        }
+        let before = Fingerprint::of(&meta);
+        let known = self
+            .shared
+            .known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(rel);
+        if let Some(limit) = self.shared.opts.max_file_size
+            && before.size > limit
+        {
+            self.skip(
+                rel.to_owned(),
+                SkipReason::TooLarge {
+                    size: before.size,
+                    limit,
+                },
+            );
+            return;
+        }
+        let change = match known {
+            Some(k) if k.fingerprint() == before => {
+                self.found.unchanged += 1;
+                match k.hashes {
+                    Some(_) if k.synced => return,
+                    Some(hashes) => {
+                        self.emit(rel, before, hashes, Change::Unchanged);
+                        return;
+                    }
+                    // Recorded but never hashed: hash it now.
+                    None => Change::Unchanged,
+                }
+            }
+            Some(_) => Change::Changed,
+            None => Change::New,
+        };
+        match self.hash(dent.path(), &before) {
+            Ok(hashes) => self.emit(rel, before, hashes, change),
+            Err(reason) => {
+                if change == Change::Unchanged {
+                    self.found.unchanged -= 1;
+                }
+                self.skip(rel.to_owned(), reason);
+            }
+        }
+    }
+
+    /// Reads the file once for both hashes and checks that it held still.
+    fn hash(&mut self, path: &Path, before: &Fingerprint) -> Result<Hashes, SkipReason> {
+        let unreadable = |e: io::Error| {
+            if e.kind() == io::ErrorKind::NotFound {
+                SkipReason::Vanished
+            } else {
+                SkipReason::Unreadable {
+                    error: e.to_string(),
+                }
+            }
+        };
+        let mut file = File::open(path).map_err(unreadable)?;
+        let hasher = self.hasher.get_or_insert_with(FileHasher::new);
+        let (hashes, bytes) = hasher.hash_reader(&mut file).map_err(unreadable)?;
+        self.found.hashed_files += 1;
+        self.found.hashed_bytes += bytes;
+        let after = Fingerprint::of(&file.metadata().map_err(unreadable)?);
+        if changed_while_hashing(before, &after, bytes) {
+            return Err(SkipReason::ChangedWhileHashing);
+        }
+        Ok(hashes)
+    }
+
+    fn emit(&mut self, rel: &str, fp: Fingerprint, hashes: Hashes, change: Change) {
+        self.found.entries.push(LocalEntry {
+            path: rel.to_owned(),
+            size: fp.size,
+            mtime_ns: fp.mtime_ns,
+            inode: fp.inode,
+            hashes,
+            change,
+        });
+    }
+
+    /// Records a skip of a path whose state record must survive this scan.
+    fn skip(&mut self, path: String, reason: SkipReason) {
+        self.found.protected.push(path.clone());
+        self.found.skipped.push(Skipped { path, reason });
+    }
+
+    /// Like [`Worker::skip`], for a path that was not taken out of `known`.
+    fn skip_known(&mut self, rel: &str, reason: SkipReason) {
+        self.shared
+            .known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(rel);
+        self.skip(rel.to_owned(), reason);
+    }
+
+    /// A walk error: an unreadable directory, a broken link being followed, a
+    /// symlink loop. Recorded, and its path protected from "vanished".
+    fn walk_error(&mut self, err: ignore::Error) {
+        let (path, reason) = classify_walk_error(&err);
+        let rel = match &path {
+            Some(p) => {
+                let rel = p.strip_prefix(&self.shared.source).unwrap_or(p);
+                rel.to_string_lossy().into_owned()
+            }
+            None => String::new(),
+        };
+        self.skip(rel, reason);
+    }
+}
+
+/// Turns an `ignore` walk error into the path it concerns and a skip reason.
+fn classify_walk_error(err: &ignore::Error) -> (Option<PathBuf>, SkipReason) {
+    match err {
+        ignore::Error::WithPath { path, err: inner } => {
+            let (inner_path, reason) = classify_walk_error(inner);
+            let reason = match reason {
+                SkipReason::Unreadable { error } => {
+                    // Only on the error path: look again to say what it was.
+                    let link = fs::symlink_metadata(path).ok();
+                    let target = fs::metadata(path).ok();
+                    if target.as_ref().is_some_and(|m| m.is_dir()) {
+                        SkipReason::UnreadableDir { error }
+                    } else if link.as_ref().is_some_and(|m| m.file_type().is_symlink())
+                        && target.is_none()
+                    {
+                        SkipReason::BrokenSymlink { error }
+                    } else if link.is_none()
+                        && err.io_error().map(io::Error::kind) == Some(io::ErrorKind::NotFound)
+                    {
+                        SkipReason::Vanished
+                    } else {
+                        SkipReason::Unreadable { error }
+                    }
+                }
+                other => other,
+            };
+            (inner_path.or_else(|| Some(path.clone())), reason)
+        }
+        ignore::Error::WithDepth { err, .. } | ignore::Error::WithLineNumber { err, .. } => {
+            classify_walk_error(err)
+        }
+        ignore::Error::Loop { child, .. } => (Some(child.clone()), SkipReason::SymlinkLoop),
+        ignore::Error::Io(e) => (
+            None,
+            SkipReason::Unreadable {
+                error: e.to_string(),
+            },
+        ),
+        other => (
+            None,
+            SkipReason::Unreadable {
+                error: other.to_string(),
+            },
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::hash_bytes;
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    use std::time::{Duration, SystemTime};
+
+    fn opts(dir: &Path) -> ScanOptions {
+        ScanOptions {
+            threads: 2,
+            ..ScanOptions::new(dir)
+        }
+    }
+
+    fn write(root: &Path, rel: &str, content: &[u8]) {
+        let path = root.join(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, content).unwrap();
+    }
+
+    /// What a store would hold after recording `report` and uploading all of it.
+    fn known_from(report: &ScanReport, synced: bool) -> HashMap<String, KnownFile> {
+        report
+            .entries
+            .iter()
+            .map(|e| {
+                (
+                    e.path.clone(),
+                    KnownFile {
+                        size: e.size,
+                        mtime_ns: e.mtime_ns,
+                        inode: e.inode,
+                        hashes: Some(e.hashes.clone()),
+                        synced,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn paths(report: &ScanReport) -> Vec<&str> {
+        report.entries.iter().map(|e| e.path.as_str()).collect()
+    }
+
+    fn skip_of<'a>(report: &'a ScanReport, path: &str) -> Option<&'a SkipReason> {
+        report
+            .skipped
+            .iter()
+            .find(|s| s.path == path)
+            .map(|s| &s.reason)
+    }
+
+    fn set_mtime(path: &Path, secs: u64) {
+        let f = File::options().write(true).open(path).unwrap();
+        f.set_modified(SystemTime::UNIX_EPOCH + Duration::new(secs, 123_456_789))
+            .unwrap();
+    }
+
+    #[test]
+    fn ten_thousand_files_new_then_unchanged_then_one_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        for d in 0..100 {
+            for f in 0..100 {
+                write(
+                    dir.path(),
+                    &format!("d{d:02}/f{f:02}.txt"),
+                    format!("{d} {f}").as_bytes(),
+                );
+            }
+        }
+
+        let first = scan(&opts(dir.path()), HashMap::new()).unwrap();
+        let c = first.counts();
+        assert_eq!(
+            (c.new, c.changed, c.unchanged, c.skipped),
+            (10_000, 0, 0, 0)
+        );
+        assert_eq!(first.hashed_files, 10_000);
+        assert_eq!(first.entries[0].path, "d00/f00.txt");
+        assert_eq!(first.entries[0].hashes, hash_bytes(b"0 0"));
+        assert_eq!(first.dirs.len(), 100);
+        assert!(first.vanished.is_empty());
+
+        let second = scan(&opts(dir.path()), known_from(&first, true)).unwrap();
+        let c = second.counts();
+        assert_eq!(
+            (c.new, c.changed, c.unchanged, c.skipped),
+            (0, 0, 10_000, 0)
+        );
+        assert!(
+            second.entries.is_empty(),
+            "synced unchanged files are only counted"
+        );
+        assert_eq!((second.hashed_files, second.hashed_bytes), (0, 0));
+        assert!(second.vanished.is_empty());
+
+        let edited = dir.path().join("d42/f07.txt");
+        fs::write(&edited, b"new content").unwrap();
+        set_mtime(&edited, 1_000_000_000);
+        let third = scan(&opts(dir.path()), known_from(&first, true)).unwrap();
+        let c = third.counts();
+        assert_eq!((c.new, c.changed, c.unchanged), (0, 1, 9_999));
+        assert_eq!(paths(&third), ["d42/f07.txt"]);
+        assert_eq!(third.entries[0].hashes, hash_bytes(b"new content"));
+        assert_eq!(third.entries[0].mtime_ns, 1_000_000_000_123_456_789);
+        assert_eq!((third.hashed_files, third.hashed_bytes), (1, 11));
+    }
+
+    #[test]
+    fn same_size_edit_is_caught_by_mtime() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a", b"aaaa");
+        set_mtime(&dir.path().join("a"), 1_600_000_000);
+        let first = scan(&opts(dir.path()), HashMap::new()).unwrap();
+        fs::write(dir.path().join("a"), b"bbbb").unwrap();
+        set_mtime(&dir.path().join("a"), 1_600_000_001);
+        let second = scan(&opts(dir.path()), known_from(&first, true)).unwrap();
+        assert_eq!(second.entries.len(), 1);
+        assert_eq!(second.entries[0].change, Change::Changed);
+        assert_eq!(second.entries[0].hashes, hash_bytes(b"bbbb"));
+    }
+
+    #[test]
+    fn inode_change_alone_means_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a", b"same");
+        let first = scan(&opts(dir.path()), HashMap::new()).unwrap();
+        let mut known = known_from(&first, true);
+        known.get_mut("a").unwrap().inode ^= 1;
+        let second = scan(&opts(dir.path()), known).unwrap();
+        assert_eq!(second.entries[0].change, Change::Changed);
+        assert_eq!(second.hashed_files, 1);
+    }
+
+    #[test]
+    fn unchanged_but_not_synced_is_listed_with_recorded_hashes_without_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.txt", b"a");
+        write(dir.path(), "b.txt", b"b");
+        let first = scan(&opts(dir.path()), HashMap::new()).unwrap();
+        let mut known = known_from(&first, false);
+        // A recorded hash is trusted while the fingerprint matches.
+        known.get_mut("a.txt").unwrap().hashes = Some(hash_bytes(b"recorded"));
+        known.get_mut("b.txt").unwrap().synced = true;
+        let second = scan(&opts(dir.path()), known).unwrap();
+        assert_eq!(paths(&second), ["a.txt"]);
+        assert_eq!(second.entries[0].change, Change::Unchanged);
+        assert_eq!(second.entries[0].hashes, hash_bytes(b"recorded"));
+        assert_eq!(second.unchanged, 2);
+        assert_eq!(second.hashed_bytes, 0);
+    }
+
+    #[test]
+    fn recorded_without_hashes_is_hashed_and_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.txt", b"abc");
+        let first = scan(&opts(dir.path()), HashMap::new()).unwrap();
+        let mut known = known_from(&first, false);
+        known.get_mut("a.txt").unwrap().hashes = None;
+        let second = scan(&opts(dir.path()), known).unwrap();
+        assert_eq!(second.entries[0].change, Change::Unchanged);
+        assert_eq!(second.entries[0].hashes, hash_bytes(b"abc"));
+        assert_eq!((second.hashed_files, second.unchanged), (1, 1));
+    }
+
+    #[test]
+    fn vanished_files_and_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "keep.txt", b"k");
+        write(dir.path(), "gone.txt", b"g");
+        write(dir.path(), "sub/x/one.txt", b"1");
+        write(dir.path(), "sub/two.txt", b"2");
+        let first = scan(&opts(dir.path()), HashMap::new()).unwrap();
+        fs::remove_file(dir.path().join("gone.txt")).unwrap();
+        fs::remove_dir_all(dir.path().join("sub")).unwrap();
+        let second = scan(&opts(dir.path()), known_from(&first, true)).unwrap();
+        assert_eq!(
+            second.vanished,
+            ["gone.txt", "sub/two.txt", "sub/x/one.txt"]
+        );
+        assert_eq!(second.counts().vanished, 3);
+        assert_eq!(second.unchanged, 1);
+    }
+
+    #[test]
+    fn exclude_patterns_prune_and_deselect() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.txt", b"a");
+        write(dir.path(), "a.tmp", b"t");
+        write(dir.path(), "cache/deep/b.txt", b"b");
+        write(dir.path(), "src/cache.txt", b"c");
+        write(dir.path(), "reports/~$lock.xlsx", b"l");
+        let first = scan(&opts(dir.path()), HashMap::new()).unwrap();
+        assert_eq!(first.entries.len(), 5);
+
+        let mut o = opts(dir.path());
+        o.exclude = vec!["*.tmp".into(), "cache/".into(), "~$*".into()];
+        let second = scan(&o, known_from(&first, true)).unwrap();
+        assert_eq!(second.unchanged, 2);
+        assert!(second.entries.is_empty());
+        // Known files that the new patterns drop are not "deleted locally".
+        assert!(second.vanished.is_empty());
+        assert_eq!(
+            second.deselected,
+            ["a.tmp", "cache/deep/b.txt", "reports/~$lock.xlsx"]
+        );
+        // The excluded directory was not entered.
+        assert_eq!(second.dirs, ["reports", "src"]);
+
+        let fresh = scan(&o, HashMap::new()).unwrap();
+        assert_eq!(paths(&fresh), ["a.txt", "src/cache.txt"]);
+    }
+
+    #[test]
+    fn include_patterns_select_files_at_any_depth() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.pdf", b"1");
+        write(dir.path(), "a.txt", b"2");
+        write(dir.path(), "x/y/b.pdf", b"3");
+        write(dir.path(), "docs/c.txt", b"4");
+        write(dir.path(), "docs/old/d.pdf", b"5");
+        let mut o = opts(dir.path());
+        o.include = vec!["*.pdf".into(), "/docs/".into()];
+        o.exclude = vec!["old/".into()];
+        let report = scan(&o, HashMap::new()).unwrap();
+        assert_eq!(paths(&report), ["a.pdf", "docs/c.txt", "x/y/b.pdf"]);
+    }
+
+    /// True when this process can read files whatever their mode (root,
+    /// CAP_DAC_OVERRIDE): then chmod 000 makes nothing unreadable.
+    fn reads_everything(probe: &Path) -> bool {
+        File::open(probe).is_ok()
+    }
+
+    #[test]
+    fn unreadable_file_is_skipped_with_the_error_and_not_vanished() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "ok.txt", b"ok");
+        write(dir.path(), "secret.txt", b"s");
+        let secret = dir.path().join("secret.txt");
+        let first = scan(&opts(dir.path()), HashMap::new()).unwrap();
+        let mut known = known_from(&first, true);
+        known.get_mut("secret.txt").unwrap().size = 99; // changed: must be read
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o000)).unwrap();
+        let report = scan(&opts(dir.path()), known).unwrap();
+        if reads_everything(&secret) {
+            // Running as root: permissions do not stop us, the file is read.
+            assert_eq!(paths(&report), ["secret.txt"]);
+            assert!(report.skipped.is_empty());
+        } else {
+            assert!(report.entries.is_empty());
+            match skip_of(&report, "secret.txt") {
+                Some(SkipReason::Unreadable { error }) => {
+                    assert!(error.contains("ermission denied"), "{error}")
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(report.vanished.is_empty());
+        }
+    }
+
+    #[test]
+    fn read_error_is_skipped_as_unreadable_even_as_root() {
+        // /proc/self/mem stats as a regular file but reading offset 0 fails
+        // with EIO for every user: a real read error through the real path.
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "ok.txt", b"ok");
+        std::os::unix::fs::symlink("/proc/self/mem", dir.path().join("mem")).unwrap();
+        let mut o = opts(dir.path());
+        o.follow_symlinks = true;
+        let report = scan(&o, HashMap::new()).unwrap();
+        assert_eq!(paths(&report), ["ok.txt"]);
+        match skip_of(&report, "mem") {
+            Some(SkipReason::Unreadable { error }) => assert!(!error.is_empty()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unreadable_directory_keeps_its_known_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "locked/a.txt", b"a");
+        write(dir.path(), "locked/sub/b.txt", b"b");
+        write(dir.path(), "lockedness.txt", b"c");
+        let first = scan(&opts(dir.path()), HashMap::new()).unwrap();
+        let locked = dir.path().join("locked");
+        fs::set_permissions(&locked, fs::Permissions::from_mode(0o000)).unwrap();
+        let can_list = fs::read_dir(&locked).is_ok();
+        let report = scan(&opts(dir.path()), known_from(&first, true)).unwrap();
+        fs::set_permissions(&locked, fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(report.vanished.is_empty());
+        if can_list {
+            assert_eq!(report.unchanged, 3); // root
+        } else {
+            assert_eq!(report.unchanged, 1);
+            assert!(matches!(
+                skip_of(&report, "locked"),
+                Some(SkipReason::UnreadableDir { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn directory_unlistable_even_by_root_keeps_its_known_files() {
+        // In containers without CAP_SYS_ADMIN, init's map_files cannot be
+        // listed even by root: reach it through a followed symlink.
+        let unlistable = Path::new("/proc/1/map_files");
+        if fs::read_dir(unlistable).is_ok() {
+            eprintln!("skipped: {} is listable here", unlistable.display());
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "ok.txt", b"ok");
+        std::os::unix::fs::symlink(unlistable, dir.path().join("maps")).unwrap();
+        let mut known = HashMap::new();
+        for path in ["maps/a", "maps/b/c", "mapsx"] {
+            known.insert(
+                path.to_string(),
+                KnownFile {
+                    size: 1,
+                    mtime_ns: 1,
+                    inode: 1,
+                    hashes: None,
+                    synced: true,
+                },
+            );
+        }
+        let mut o = opts(dir.path());
+        o.follow_symlinks = true;
+        let report = scan(&o, known).unwrap();
+        assert!(matches!(
+            skip_of(&report, "maps"),
+            Some(SkipReason::UnreadableDir { error }) if error.contains("ermission denied")
+        ));
+        assert_eq!(report.vanished, ["mapsx"]);
+        assert_eq!(paths(&report), ["ok.txt"]);
+    }
+
+    #[test]
+    fn protection_covers_the_path_and_below_only() {
+        let protected: std::collections::HashSet<String> =
+            ["locked".to_string(), "a/b".to_string()].into();
+        assert!(is_protected("locked", &protected));
+        assert!(is_protected("locked/x", &protected));
+        assert!(is_protected("a/b/c/d", &protected));
+        assert!(!is_protected("lockedness.txt", &protected));
+        assert!(!is_protected("a/bc", &protected));
+        assert!(!is_protected("a", &protected));
+        assert!(is_protected("anything", &[String::new()].into()));
+        assert!(!is_protected("x", &Default::default()));
+    }
+
+    #[test]
+    fn symlinks_skipped_unless_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        write(outside.path(), "target.txt", b"target");
+        write(outside.path(), "tdir/inner.txt", b"inner");
+        write(dir.path(), "real.txt", b"real");
+        std::os::unix::fs::symlink(
+            outside.path().join("target.txt"),
+            dir.path().join("link.txt"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(outside.path().join("tdir"), dir.path().join("linkdir"))
+            .unwrap();
+        std::os::unix::fs::symlink("/nonexistent/x", dir.path().join("broken")).unwrap();
+
+        let report = scan(&opts(dir.path()), HashMap::new()).unwrap();
+        assert_eq!(paths(&report), ["real.txt"]);
+        assert_eq!(skip_of(&report, "link.txt"), Some(&SkipReason::Symlink));
+        assert_eq!(skip_of(&report, "linkdir"), Some(&SkipReason::Symlink));
+        assert_eq!(skip_of(&report, "broken"), Some(&SkipReason::Symlink));
+
+        let mut o = opts(dir.path());
+        o.follow_symlinks = true;
+        let report = scan(&o, HashMap::new()).unwrap();
+        assert_eq!(
+            paths(&report),
+            ["link.txt", "linkdir/inner.txt", "real.txt"]
+        );
+        assert_eq!(report.entries[0].hashes, hash_bytes(b"target"));
+        assert_eq!(report.dirs, ["linkdir"]);
+        assert!(matches!(
+            skip_of(&report, "broken"),
+            Some(SkipReason::BrokenSymlink { .. })
+        ));
+    }
+
+    #[test]
+    fn symlink_loop_is_skipped_when_following() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a/file.txt", b"f");
+        std::os::unix::fs::symlink("..", dir.path().join("a/up")).unwrap();
+        let mut o = opts(dir.path());
+        o.follow_symlinks = true;
+        let report = scan(&o, HashMap::new()).unwrap();
+        assert_eq!(paths(&report), ["a/file.txt"]);
+        assert_eq!(skip_of(&report, "a/up"), Some(&SkipReason::SymlinkLoop));
+    }
+
+    #[test]
+    fn source_that_is_a_symlink_is_walked() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "real/a.txt", b"a");
+        std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("alias")).unwrap();
+        let report = scan(&opts(&dir.path().join("alias")), HashMap::new()).unwrap();
+        assert_eq!(paths(&report), ["a.txt"]);
+    }
+
+    #[test]
+    fn non_utf8_names_are_skipped_and_shown_lossily() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "ok.txt", b"ok");
+        fs::write(dir.path().join(OsStr::from_bytes(b"bad\xff.txt")), b"x").unwrap();
+        let bad_dir = dir.path().join(OsStr::from_bytes(b"dir\xfe"));
+        fs::create_dir(&bad_dir).unwrap();
+        fs::write(bad_dir.join("inside.txt"), b"y").unwrap();
+        let report = scan(&opts(dir.path()), HashMap::new()).unwrap();
+        assert_eq!(paths(&report), ["ok.txt"]);
+        assert_eq!(
+            skip_of(&report, "bad\u{fffd}.txt"),
+            Some(&SkipReason::NonUtf8Name)
+        );
+        assert_eq!(
+            skip_of(&report, "dir\u{fffd}"),
+            Some(&SkipReason::NonUtf8Name)
+        );
+        assert_eq!(report.skipped.len(), 2, "the directory is not entered");
+    }
+
+    #[test]
+    fn fifo_is_skipped_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "ok.txt", b"ok");
+        let status = std::process::Command::new("mkfifo")
+            .arg(dir.path().join("pipe"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let report = scan(&opts(dir.path()), HashMap::new()).unwrap();
+        assert_eq!(paths(&report), ["ok.txt"]);
+        assert_eq!(
+            skip_of(&report, "pipe"),
+            Some(&SkipReason::Special {
+                kind: SpecialKind::Fifo
+            })
+        );
+    }
+
+    #[test]
+    fn socket_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let _listener = std::os::unix::net::UnixListener::bind(dir.path().join("sock")).unwrap();
+        let report = scan(&opts(dir.path()), HashMap::new()).unwrap();
+        assert_eq!(
+            skip_of(&report, "sock"),
+            Some(&SkipReason::Special {
+                kind: SpecialKind::Socket
+            })
+        );
+    }
+
+    #[test]
+    fn too_large_is_skipped_and_not_vanished() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "small", &[0; 10]);
+        write(dir.path(), "big", &[0; 11]);
+        let first = scan(&opts(dir.path()), HashMap::new()).unwrap();
+        let mut o = opts(dir.path());
+        o.max_file_size = Some(10);
+        let report = scan(&o, known_from(&first, true)).unwrap();
+        assert_eq!(
+            skip_of(&report, "big"),
+            Some(&SkipReason::TooLarge {
+                size: 11,
+                limit: 10
+            })
+        );
+        assert!(report.vanished.is_empty());
+        assert_eq!(report.unchanged, 1);
+    }
+
+    #[test]
+    fn changed_while_hashing_compares_both_stats_and_length() {
+        let before = Fingerprint {
+            size: 10,
+            mtime_ns: 5,
+            inode: 7,
+        };
+        assert!(!changed_while_hashing(&before, &before, 10));
+        let grown = Fingerprint { size: 11, ..before };
+        assert!(changed_while_hashing(&before, &grown, 11));
+        let touched = Fingerprint {
+            mtime_ns: 6,
+            ..before
+        };
+        assert!(changed_while_hashing(&before, &touched, 10));
+        let replaced = Fingerprint { inode: 8, ..before };
+        assert!(changed_while_hashing(&before, &replaced, 10));
+        // Same stats, but we read fewer bytes than the size says (truncated
+        // and restored, or a short read we did not notice).
+        assert!(changed_while_hashing(&before, &before, 9));
+    }
+
+    #[test]
+    fn source_missing_or_not_a_directory_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let mut known = HashMap::new();
+        known.insert(
+            "a".to_string(),
+            KnownFile {
+                size: 1,
+                mtime_ns: 1,
+                inode: 1,
+                hashes: None,
+                synced: true,
+            },
+        );
+        match scan(&opts(&missing), known.clone()) {
+            Err(ScanError::SourceMissing { path }) => assert_eq!(path, missing),
+            other => panic!("{other:?}"),
+        }
+        write(dir.path(), "file", b"x");
+        assert!(matches!(
+            scan(&opts(&dir.path().join("file")), known),
+            Err(ScanError::SourceMissing { .. })
+        ));
+        let err = scan(&opts(&missing), HashMap::new()).unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn bad_pattern_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = opts(dir.path());
+        o.exclude = vec!["a{".into()];
+        assert!(matches!(
+            scan(&o, HashMap::new()),
+            Err(ScanError::Filter(_))
+        ));
+    }
+
+    #[test]
+    fn empty_files_and_nested_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a/b/c/empty", b"");
+        fs::create_dir_all(dir.path().join("a/emptydir")).unwrap();
+        let report = scan(&opts(dir.path()), HashMap::new()).unwrap();
+        assert_eq!(report.entries[0].size, 0);
+        assert_eq!(report.entries[0].hashes, hash_bytes(b""));
+        assert_eq!(report.dirs, ["a", "a/b", "a/b/c", "a/emptydir"]);
+    }
+
+    #[test]
+    fn single_threaded_gives_the_same_report() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..50 {
+            write(dir.path(), &format!("d{}/f{i}", i % 7), &[i as u8; 100]);
+        }
+        let mut one = opts(dir.path());
+        one.threads = 1;
+        assert_eq!(
+            scan(&one, HashMap::new()).unwrap(),
+            scan(&opts(dir.path()), HashMap::new()).unwrap()
+        );
+    }
+
+    #[test]
+    fn report_serializes_for_scan_json() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.txt", b"a");
+        std::os::unix::fs::symlink("a.txt", dir.path().join("l")).unwrap();
+        let report = scan(&opts(dir.path()), HashMap::new()).unwrap();
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["entries"][0]["path"], "a.txt");
+        assert_eq!(json["entries"][0]["change"], "new");
+        assert_eq!(
+            json["entries"][0]["hashes"]["quick_xor"],
+            hash_bytes(b"a").quick_xor
+        );
+        assert_eq!(json["skipped"][0]["reason"]["type"], "symlink");
+        let counts = serde_json::to_value(report.counts()).unwrap();
+        assert_eq!(counts["new"], 1);
+        assert_eq!(counts["skipped"], 1);
+    }
+
+    #[test]
+    fn options_from_job_spec() {
+        let job = crate::config::JobSpec {
+            name: "j".into(),
+            source: "/srv/x".into(),
+            site: crate::config::SiteUrl {
+                scheme: "https".into(),
+                host: "h".into(),
+                path: String::new(),
+            },
+            library: "Documents".into(),
+            folder: String::new(),
+            schedule: None,
+            watch: false,
+            include: vec!["*.pdf".into()],
+            exclude: vec!["*.tmp".into()],
+            delete: crate::config::DeleteMode::Keep,
+            follow_symlinks: true,
+            settings: crate::config::Settings {
+                max_file_size: Some(5),
+                ..Default::default()
+            },
+        };
+        let o = ScanOptions::from(&job);
+        assert_eq!(o.source, Path::new("/srv/x"));
+        assert_eq!((o.include.len(), o.exclude.len()), (1, 1));
+        assert!(o.follow_symlinks);
+        assert_eq!(o.max_file_size, Some(5));
+    }
 }

@@ -1,1 +1,94 @@
-fn main() {}
+//! `sharepush-bench`: the benchmark harness.
+//!
+//! Every target is a *ratio* against a baseline measured in the same run on the
+//! same machine (page cache warm for both), never an absolute time, so the
+//! numbers mean the same on a laptop and on CI. Scenarios are chosen by name
+//! and print one table (wall, CPU, peak RSS, ratio to baseline, target, verdict),
+//! optionally as JSON.
+//!
+//! External commands (sharepush itself, `find`, `sha1sum`) are measured in a
+//! child `sharepush-bench __measure` process that runs the command and reads
+//! `getrusage(RUSAGE_CHILDREN)`: exact CPU and peak RSS of that command alone.
+//! In-process measurements (hashing) use `RUSAGE_SELF` deltas.
+//!
+//! What it does not do: decide pass/fail for CI (benchmarks are not tests; the
+//! exit status is 0 unless a scenario could not run or produced wrong results).
+#![forbid(unsafe_code)]
+
+mod measure;
+mod scenarios;
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Benchmarks for sharepush, as ratios against baselines run in the same process.
+#[derive(Debug, Parser)]
+#[command(name = "sharepush-bench", version)]
+pub struct Args {
+    /// Scenarios to run: scan, hash (all when none given).
+    #[arg(value_name = "SCENARIO")]
+    scenarios: Vec<String>,
+
+    /// Print the results as one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+
+    /// Where generated trees and files live (reused between runs when the shape matches).
+    #[arg(long, default_value = "target/bench-data")]
+    work_dir: PathBuf,
+
+    /// scan: number of files.
+    #[arg(long, default_value_t = 100_000)]
+    files: usize,
+
+    /// scan: number of folders the files are spread over.
+    #[arg(long, default_value_t = 1_000)]
+    dirs: usize,
+
+    /// scan: smallest file, bytes.
+    #[arg(long, default_value_t = 1024)]
+    min_size: usize,
+
+    /// scan: largest file, bytes.
+    #[arg(long, default_value_t = 16 * 1024)]
+    max_size: usize,
+
+    /// hash: size of the file in MiB.
+    #[arg(long, default_value_t = 1024)]
+    hash_mib: usize,
+
+    /// The sharepush binary (default: next to this one).
+    #[arg(long)]
+    sharepush: Option<PathBuf>,
+
+    /// Internal: run a command and print its rusage as JSON.
+    #[arg(long = "__measure", hide = true, num_args = 1.., allow_hyphen_values = true)]
+    measure: Option<Vec<String>>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(command) = &args.measure {
+        return measure::child_main(command);
+    }
+    let names: Vec<String> = if args.scenarios.is_empty() {
+        vec!["scan".into(), "hash".into()]
+    } else {
+        args.scenarios.clone()
+    };
+    let mut rows = Vec::new();
+    for name in &names {
+        match name.as_str() {
+            "scan" => rows.extend(scenarios::scan(&args)?),
+            "hash" => rows.extend(scenarios::hash(&args)?),
+            other => anyhow::bail!("unknown scenario {other:?}; known: scan, hash"),
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        measure::print_table(&rows);
+    }
+    Ok(())
+}

@@ -1,0 +1,285 @@
+//! The admin and inspection API under `/_emulator/` (no auth, never faulted,
+//! never logged), and the operations behind it that `Handle` also exposes.
+//!
+//! | route | does |
+//! |---|---|
+//! | `GET tree` | files of the default library: `{path, size, quickXorHash, lastModifiedDateTime, id}` |
+//! | `GET requests` / `DELETE requests` | request log `{t_ms, method, path, status, route}` / clear it |
+//! | `GET counters` | `{route: {status: n}}` |
+//! | `GET faults` / `POST faults` / `DELETE faults` | list / add (spec as JSON string, `{"spec": ...}` or text) / clear |
+//! | `POST approve` / `POST decline` | `{"user_code": ...}`: play the user of the device code flow |
+//! | `GET user-codes` | device codes waiting for the user |
+//! | `POST revoke` | revoke every refresh token |
+//! | `POST expire` | `{"tokens": true, "sessions": true}`: expire now |
+//! | `POST clock` | `{"advance_secs": N}`: move emulator time forward |
+//! | `POST reset` | empty the libraries, drop sessions, faults and the log (`{"tokens": true}` also drops tokens) |
+//! | `GET info` | authority, graph_url, tenant, site and drive ids |
+//!
+//! It does not touch Graph semantics; it only reads and resets state.
+
+use crate::faults::FaultSpecError;
+use crate::server::{Shared, lock};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One file of the default library (`GET /_emulator/tree`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TreeEntry {
+    /// Path relative to the library root, `/`-separated.
+    pub path: String,
+    /// Content length.
+    pub size: u64,
+    /// Base64 quickXorHash.
+    #[serde(rename = "quickXorHash")]
+    pub quick_xor_hash: String,
+    /// `fileSystemInfo.lastModifiedDateTime` (the client's mtime).
+    #[serde(rename = "lastModifiedDateTime")]
+    pub last_modified: String,
+    /// Item id.
+    pub id: String,
+}
+
+impl Shared {
+    /// Files of the default library, sorted by path (folders excluded).
+    pub fn tree(&self) -> Vec<TreeEntry> {
+        let store = lock(&self.store);
+        let d = &store.drives[store.default_drive()];
+        let mut out: Vec<TreeEntry> = d
+            .items
+            .values()
+            .filter(|i| !i.folder)
+            .map(|i| TreeEntry {
+                path: d.rel_path(&i.id),
+                size: i.size,
+                quick_xor_hash: i.hash.clone().unwrap_or_default(),
+                last_modified: crate::clock::fmt_ms(i.fs_modified_ms),
+                id: i.id.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        out
+    }
+
+    /// Add fault rules.
+    pub fn add_faults(&self, spec: &str) -> Result<(), FaultSpecError> {
+        lock(&self.faults).add(spec)
+    }
+
+    /// Empty libraries, sessions, faults and the request log; with
+    /// `tokens`, also every token.
+    pub fn reset(&self, tokens: bool) {
+        lock(&self.store).reset(&self.opts, self.clock.now_ms());
+        lock(&self.faults).clear();
+        lock(&self.log).clear();
+        if tokens {
+            lock(&self.auth).clear();
+        }
+        self.changed();
+    }
+
+    /// Expire every access token and/or upload session now.
+    pub fn expire(&self, tokens: bool, sessions: bool) {
+        let now = self.clock.now_ms();
+        if tokens {
+            lock(&self.auth).expire_access_tokens(now);
+        }
+        if sessions {
+            for s in lock(&self.store).sessions.values_mut() {
+                s.expires_ms = s.expires_ms.min(now);
+            }
+        }
+        self.changed();
+    }
+
+    /// Facts a client needs to be configured against this emulator.
+    pub fn info(&self, base: &str) -> Value {
+        let store = lock(&self.store);
+        let d = store.default_drive();
+        let drive = &store.drives[d];
+        let site = &store.sites[drive.site];
+        json!({
+            "authority": base,
+            "graph_url": format!("{base}/v1.0"),
+            "tenant": self.opts.tenant,
+            "tenant_id": self.opts.tenant_id,
+            "hostname": self.opts.hostname,
+            "site_url": format!("https://{}{}", self.opts.hostname, if site.path == "/" { "" } else { &site.path }),
+            "site_id": site.id,
+            "library": drive.name,
+            "drive_id": drive.id,
+            "root_id": drive.root_id,
+        })
+    }
+}
+
+fn admin_error(status: StatusCode, msg: &str) -> Response {
+    crate::error::json_response(status, &json!({"error": msg}))
+}
+
+fn no_content() -> Response {
+    let mut r = Response::new(axum::body::Body::empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r
+}
+
+fn body_json(bytes: &Bytes) -> Value {
+    serde_json::from_slice(bytes).unwrap_or(json!({}))
+}
+
+/// Admin routes, merged into the main router.
+pub fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/_emulator/tree", get(tree))
+        .route("/_emulator/requests", get(requests).delete(clear_requests))
+        .route("/_emulator/counters", get(counters))
+        .route(
+            "/_emulator/faults",
+            get(list_faults).post(add_faults).delete(clear_faults),
+        )
+        .route("/_emulator/approve", post(approve))
+        .route("/_emulator/decline", post(decline))
+        .route("/_emulator/user-codes", get(user_codes))
+        .route("/_emulator/revoke", post(revoke))
+        .route("/_emulator/expire", post(expire))
+        .route("/_emulator/clock", post(clock))
+        .route("/_emulator/reset", post(reset))
+        .route("/_emulator/info", get(info))
+}
+
+async fn tree(State(sh): State<Arc<Shared>>) -> Response {
+    crate::server::ok_json(&json!(sh.tree()))
+}
+
+async fn requests(State(sh): State<Arc<Shared>>) -> Response {
+    crate::server::ok_json(&json!(*lock(&sh.log)))
+}
+
+async fn clear_requests(State(sh): State<Arc<Shared>>) -> Response {
+    lock(&sh.log).clear();
+    no_content()
+}
+
+async fn counters(State(sh): State<Arc<Shared>>) -> Response {
+    crate::server::ok_json(&json!(sh.counters()))
+}
+
+async fn list_faults(State(sh): State<Arc<Shared>>) -> Response {
+    let rules: Vec<String> = lock(&sh.faults)
+        .rules()
+        .iter()
+        .map(|r| format!("{r:?}"))
+        .collect();
+    crate::server::ok_json(&json!(rules))
+}
+
+async fn add_faults(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
+    let spec = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::String(s)) => s,
+        Ok(v) => match v.get("spec").and_then(Value::as_str) {
+            Some(s) => s.to_string(),
+            None => {
+                return admin_error(
+                    StatusCode::BAD_REQUEST,
+                    "expected a JSON string or {\"spec\": \"...\"}",
+                );
+            }
+        },
+        Err(_) => String::from_utf8_lossy(&body).into_owned(),
+    };
+    match sh.add_faults(&spec) {
+        Ok(()) => no_content(),
+        Err(e) => admin_error(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+async fn clear_faults(State(sh): State<Arc<Shared>>) -> Response {
+    lock(&sh.faults).clear();
+    no_content()
+}
+
+fn user_code_of(body: &Bytes) -> Option<String> {
+    body_json(body)
+        .get("user_code")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+async fn approve(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
+    let Some(code) = user_code_of(&body) else {
+        return admin_error(StatusCode::BAD_REQUEST, "expected {\"user_code\": \"...\"}");
+    };
+    if lock(&sh.auth).approve(&code) {
+        no_content()
+    } else {
+        admin_error(
+            StatusCode::NOT_FOUND,
+            "no pending device code with that user_code",
+        )
+    }
+}
+
+async fn decline(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
+    let Some(code) = user_code_of(&body) else {
+        return admin_error(StatusCode::BAD_REQUEST, "expected {\"user_code\": \"...\"}");
+    };
+    if lock(&sh.auth).decline(&code) {
+        no_content()
+    } else {
+        admin_error(
+            StatusCode::NOT_FOUND,
+            "no pending device code with that user_code",
+        )
+    }
+}
+
+async fn user_codes(State(sh): State<Arc<Shared>>) -> Response {
+    crate::server::ok_json(&json!(lock(&sh.auth).pending_user_codes()))
+}
+
+async fn revoke(State(sh): State<Arc<Shared>>) -> Response {
+    lock(&sh.auth).revoke_all();
+    sh.changed();
+    no_content()
+}
+
+async fn expire(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
+    let v = body_json(&body);
+    let flag = |k: &str| v.get(k).and_then(Value::as_bool).unwrap_or(false);
+    sh.expire(flag("tokens"), flag("sessions"));
+    no_content()
+}
+
+async fn clock(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
+    match body_json(&body).get("advance_secs").and_then(Value::as_f64) {
+        Some(s) if s >= 0.0 => {
+            sh.clock.advance(Duration::from_secs_f64(s));
+            no_content()
+        }
+        _ => admin_error(
+            StatusCode::BAD_REQUEST,
+            "expected {\"advance_secs\": N} with N >= 0",
+        ),
+    }
+}
+
+async fn reset(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
+    let tokens = body_json(&body)
+        .get("tokens")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    sh.reset(tokens);
+    no_content()
+}
+
+async fn info(State(sh): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let base = sh.base_url(&headers);
+    crate::server::ok_json(&sh.info(&base))
+}

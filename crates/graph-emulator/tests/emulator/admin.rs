@@ -1,0 +1,210 @@
+//! The `/_emulator/` admin API and persistence across restarts.
+
+use crate::common::*;
+use graph_emulator::Options;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn admin_tree_lists_files_with_path_size_hash_and_mtime() {
+    let emu = start().await;
+    emu.mkdir("", "d").await;
+    emu.put("d/x.txt", b"hello world").await;
+    let v: Value = emu
+        .c
+        .get(emu.url("/_emulator/tree"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let a = v.as_array().unwrap();
+    assert_eq!(a.len(), 1, "folders excluded");
+    assert_eq!(a[0]["path"], "d/x.txt");
+    assert_eq!(a[0]["size"], 11);
+    assert_eq!(a[0]["quickXorHash"], "aCgDG9jwBhDc4Q1yawMZAAAAAAA=");
+    assert!(a[0]["lastModifiedDateTime"].is_string());
+}
+
+#[tokio::test]
+async fn admin_requests_log_in_order_without_admin_calls() {
+    let emu = start().await;
+    emu.get("/root").await;
+    emu.get("/root:/nope:").await;
+    let v: Value = emu
+        .c
+        .get(emu.url("/_emulator/requests"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let a = v.as_array().unwrap();
+    let tail: Vec<(String, u64)> = a
+        .iter()
+        .skip(1)
+        .map(|r| {
+            (
+                r["method"].as_str().unwrap().to_string(),
+                r["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(tail, [("GET".to_string(), 200), ("GET".to_string(), 404)]);
+    assert_eq!(a[0]["path"], format!("/{TENANT}/oauth2/v2.0/token"));
+    assert!(a[2]["t_ms"].as_u64().unwrap() >= a[1]["t_ms"].as_u64().unwrap());
+    assert!(
+        a.iter()
+            .all(|r| !r["path"].as_str().unwrap().starts_with("/_emulator"))
+    );
+    assert_eq!(emu.h.counters()["graph"][&404], 1);
+}
+
+#[tokio::test]
+async fn admin_faults_post_and_delete() {
+    let emu = start().await;
+    let r = emu
+        .c
+        .post(emu.url("/_emulator/faults"))
+        .json(&json!("graph:503"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(emu.get("/root").await.status(), 503);
+    let r = emu
+        .c
+        .delete(emu.url("/_emulator/faults"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(emu.get("/root").await.status(), 200);
+    let r = emu
+        .c
+        .post(emu.url("/_emulator/faults"))
+        .json(&json!({"spec": "graph:418"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"].as_str().unwrap().contains("graph:418"));
+}
+
+#[tokio::test]
+async fn admin_approve_unknown_user_code_is_404() {
+    let emu = start().await;
+    let r = emu
+        .c
+        .post(emu.url("/_emulator/approve"))
+        .json(&json!({"user_code": "NOPE"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+async fn admin_reset_empties_the_library() {
+    let emu = start().await;
+    emu.put("x.txt", b"x").await;
+    let r = emu
+        .c
+        .post(emu.url("/_emulator/reset"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(emu.h.tree().is_empty());
+    assert_eq!(
+        emu.get("/root").await.status(),
+        200,
+        "tokens kept by default"
+    );
+}
+
+#[tokio::test]
+async fn admin_clock_advances_emulator_time() {
+    let emu = start_with(Options {
+        token_lifetime: std::time::Duration::from_secs(60),
+        ..opts()
+    })
+    .await;
+    let r = emu
+        .c
+        .post(emu.url("/_emulator/clock"))
+        .json(&json!({"advance_secs": 61}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(emu.get("/root").await.status(), 401);
+}
+
+#[tokio::test]
+async fn metadata_and_content_survive_a_restart_with_a_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = || Options {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..opts()
+    };
+    let emu = start_with(o()).await;
+    emu.mkdir("", "keep").await;
+    emu.put("keep/a.txt", b"persisted").await;
+    let url = emu.session("half.bin").await;
+    emu.fragment(&url, 0, 2 * K320, &vec![1; K320]).await;
+    let token = emu.token.clone();
+    let before = emu.h.tree();
+    emu.h.shutdown().await.unwrap();
+
+    let mut emu2 = start_with(o()).await;
+    assert_eq!(emu2.h.tree(), before);
+    assert_eq!(emu2.h.read_file("keep/a.txt").unwrap(), b"persisted");
+    emu2.token = token;
+    assert_eq!(
+        emu2.get("/root:/keep/a.txt:").await.status(),
+        200,
+        "access token survives too"
+    );
+    // The half-done session resumes on the new port.
+    let new_url = url.replacen(&url[..url.find("/_upload").unwrap()], emu2.h.url(), 1);
+    let r = emu2
+        .fragment(&new_url, K320, 2 * K320, &vec![1; K320])
+        .await;
+    assert_eq!(r.status(), 201);
+}
+
+#[tokio::test]
+async fn cli_prints_the_listening_line_first() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_graph-emulator"))
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let url = first
+        .strip_prefix("graph-emulator listening on ")
+        .expect(&first)
+        .to_string();
+    assert!(url.starts_with("http://127.0.0.1:"));
+    assert_eq!(
+        lines.next_line().await.unwrap().unwrap(),
+        format!("authority {url}")
+    );
+    assert_eq!(
+        lines.next_line().await.unwrap().unwrap(),
+        format!("graph_url {url}/v1.0")
+    );
+    let r = reqwest::get(format!("{url}/_emulator/tree")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    child.kill().await.unwrap();
+}

@@ -1,0 +1,167 @@
+//! Schema and migrations, versioned by `PRAGMA user_version`.
+//!
+//! `MIGRATIONS[i]` takes a database from version `i` to `i + 1`; each runs in
+//! its own transaction together with the `user_version` bump, so a crash leaves
+//! the database at a whole version. Migrations are only ever appended: a
+//! released one is never edited, because databases in the field already ran it.
+//! A database whose version is above [`SCHEMA_VERSION`] was written by a newer
+//! sharepush and is refused untouched.
+//!
+//! Conventions: times are Unix seconds (`*_at`, `next_attempt`) except file
+//! modification times (`mtime_ns`, nanoseconds, as `stat` gives them); sizes
+//! and inodes are `u64` stored bit-for-bit in SQLite's signed 64-bit integer;
+//! hashes are text in the forms Graph uses (SHA-1 lowercase hex, quickXorHash
+//! base64).
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use super::StateError;
+
+/// Version 1: the foundation schema.
+const V1: &str = r#"
+-- One row per file a job has seen (or was told to skip).
+CREATE TABLE files (
+    job              TEXT NOT NULL,
+    path             TEXT NOT NULL,      -- relative to the job source, '/'-separated
+    size             INTEGER NOT NULL,   -- fingerprint: 0/0/0 for a row first seen as skipped
+    mtime_ns         INTEGER NOT NULL,
+    inode            INTEGER NOT NULL,
+    sha1             TEXT,               -- NULL until hashed
+    quick_xor        TEXT,
+    item_id          TEXT,               -- remote item this path maps to, kept across states
+    etag             TEXT,               -- eTag when we last uploaded or saw it
+    remote_quick_xor TEXT,               -- what SharePoint reported (differs after a rewrite)
+    remote_size      INTEGER,
+    state            TEXT NOT NULL
+        CHECK (state IN ('pending', 'uploading', 'synced', 'failed', 'skipped')),
+    attempts         INTEGER NOT NULL DEFAULT 0,  -- consecutive failures
+    next_attempt     INTEGER,            -- failed: retry not before this
+    last_error       TEXT,               -- failed: why
+    skip_reason      TEXT,               -- skipped: why
+    updated_at       INTEGER NOT NULL,
+    PRIMARY KEY (job, path),
+    CHECK ((sha1 IS NULL) = (quick_xor IS NULL))
+) WITHOUT ROWID;
+CREATE INDEX files_by_state ON files (job, state);
+-- Delta pages name items by id only.
+CREATE INDEX files_by_item ON files (item_id) WHERE item_id IS NOT NULL;
+
+-- Remote folders we created or found.
+CREATE TABLE folders (
+    job        TEXT NOT NULL,
+    path       TEXT NOT NULL,            -- relative to the job's remote folder; '' is the root
+    item_id    TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (job, path)
+) WITHOUT ROWID;
+CREATE INDEX folders_by_item ON folders (item_id);
+
+-- Open upload sessions, one per file at most; gone with the file's row.
+CREATE TABLE sessions (
+    job          TEXT NOT NULL,
+    path         TEXT NOT NULL,
+    upload_url   TEXT NOT NULL,          -- carries its own credential: never log it
+    total_size   INTEGER NOT NULL,
+    fp_size      INTEGER NOT NULL,       -- the source as it was when the session started
+    fp_mtime_ns  INTEGER NOT NULL,
+    fp_inode     INTEGER NOT NULL,
+    fp_quick_xor TEXT NOT NULL,
+    expires_at   INTEGER,
+    next_offset  INTEGER NOT NULL DEFAULT 0,
+    created_at   INTEGER NOT NULL,
+    PRIMARY KEY (job, path),
+    FOREIGN KEY (job, path) REFERENCES files (job, path) ON DELETE CASCADE
+) WITHOUT ROWID;
+
+-- Site URL + library name -> drive id, and where delta left off.
+CREATE TABLE drives (
+    site             TEXT NOT NULL,
+    library          TEXT NOT NULL,
+    drive_id         TEXT NOT NULL,
+    delta_link       TEXT,
+    delta_updated_at INTEGER,
+    PRIMARY KEY (site, library)
+) WITHOUT ROWID;
+
+-- One row per job run.
+CREATE TABLE runs (
+    id              INTEGER PRIMARY KEY,
+    job             TEXT NOT NULL,
+    trigger_kind    TEXT NOT NULL,
+    started_at      INTEGER NOT NULL,
+    ended_at        INTEGER,             -- NULL while running (or if the process died)
+    new_files       INTEGER NOT NULL DEFAULT 0,
+    changed_files   INTEGER NOT NULL DEFAULT 0,
+    unchanged_files INTEGER NOT NULL DEFAULT 0,
+    uploaded_files  INTEGER NOT NULL DEFAULT 0,
+    failed_files    INTEGER NOT NULL DEFAULT 0,
+    skipped_files   INTEGER NOT NULL DEFAULT 0,
+    bytes           INTEGER NOT NULL DEFAULT 0,
+    outcome         TEXT,
+    error           TEXT
+);
+CREATE INDEX runs_by_job ON runs (job, id);
+"#;
+
+/// Every migration, in order; see the module doc before changing anything.
+const MIGRATIONS: &[&str] = &[V1];
+
+/// The schema version this binary writes and fully understands.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Reads `PRAGMA user_version`.
+pub(super) fn user_version(conn: &Connection, db: &Path) -> Result<i64, StateError> {
+    conn.pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(|source| StateError::Sqlite {
+            path: db.to_path_buf(),
+            context: "reading the schema version",
+            source,
+        })
+}
+
+/// Fails with [`StateError::TooNew`] for a database from a newer sharepush.
+/// Called before anything writes, so such a database is left exactly as found.
+pub(super) fn check_not_too_new(found: i64, db: &Path) -> Result<(), StateError> {
+    if found > SCHEMA_VERSION {
+        return Err(StateError::TooNew {
+            found,
+            supported: SCHEMA_VERSION,
+            path: db.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// Brings the database up to [`SCHEMA_VERSION`]; a no-op when it is there.
+pub(super) fn migrate(conn: &mut Connection, db: &Path) -> Result<(), StateError> {
+    let sql_err = |context| {
+        move |source| StateError::Sqlite {
+            path: db.to_path_buf(),
+            context,
+            source,
+        }
+    };
+    let found = user_version(conn, db)?;
+    check_not_too_new(found, db)?;
+    if found < 0 {
+        return Err(StateError::Corrupt {
+            path: db.to_path_buf(),
+            detail: format!("negative schema version {found}"),
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let to = index as i64 + 1;
+        let tx = conn
+            .transaction()
+            .map_err(sql_err("starting a migration"))?;
+        tx.execute_batch(sql)
+            .map_err(sql_err("migrating the schema"))?;
+        tx.pragma_update(None, "user_version", to)
+            .map_err(sql_err("recording the schema version"))?;
+        tx.commit().map_err(sql_err("committing a migration"))?;
+        tracing::info!(db = %db.display(), version = to, "state schema migrated");
+    }
+    Ok(())
+}

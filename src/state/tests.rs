@@ -1,0 +1,990 @@
+//! Tests of the state store against real databases in temporary directories.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use rstest::rstest;
+use rusqlite::Connection;
+
+use super::*;
+use crate::hash::{Hashes, hash_bytes};
+use crate::scan::{Change, LocalEntry};
+
+const JOB: &str = "reports";
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn entry(path: &str, content: &[u8], mtime_ns: i64, change: Change) -> LocalEntry {
+    LocalEntry {
+        path: path.to_string(),
+        size: content.len() as u64,
+        mtime_ns,
+        inode: 1000 + path.len() as u64,
+        hashes: hash_bytes(content),
+        change,
+    }
+}
+
+fn synced_info(content: &[u8]) -> SyncedInfo {
+    SyncedInfo {
+        content: hash_bytes(content),
+        item_id: Some("ITEM1".into()),
+        etag: Some("\"{E1},1\"".into()),
+        remote_quick_xor: Some(hash_bytes(content).quick_xor),
+        remote_size: Some(content.len() as u64),
+    }
+}
+
+fn open_temp() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    (dir, store)
+}
+
+fn state_of(store: &Store, path: &str) -> FileState {
+    store.file(JOB, path).unwrap().unwrap().state
+}
+
+// ---------------------------------------------------------------- opening
+
+#[test]
+fn open_creates_private_dir_and_database() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("var/lib/sharepush");
+    let mut store = Store::open(&dir).unwrap();
+    store
+        .record_scanned(JOB, &[entry("a", b"x", 1, Change::New)])
+        .unwrap();
+
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join(DB_FILE)), 0o600);
+    // SQLite gives its side files the database's mode.
+    for side in ["state.db-wal", "state.db-shm"] {
+        assert!(dir.join(side).exists(), "{side} exists in WAL mode");
+        assert_eq!(mode(&dir.join(side)), 0o600, "{side}");
+    }
+    let lock = std::fs::read_to_string(dir.join(LOCK_FILE)).unwrap();
+    assert_eq!(lock.trim(), std::process::id().to_string());
+    let journal: String = store
+        .conn
+        .pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .unwrap();
+    assert_eq!(journal, "wal");
+    let fk: i64 = store
+        .conn
+        .pragma_query_value(None, "foreign_keys", |r| r.get(0))
+        .unwrap();
+    assert_eq!(fk, 1);
+    assert_eq!(store.dir(), dir);
+}
+
+#[test]
+fn existing_world_readable_database_is_tightened() {
+    let tmp = tempfile::tempdir().unwrap();
+    drop(Store::open(tmp.path()).unwrap());
+    let db = tmp.path().join(DB_FILE);
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    drop(Store::open(tmp.path()).unwrap());
+    assert_eq!(mode(&db), 0o600);
+}
+
+// `File::try_lock` is flock(2): a second open file description conflicts even
+// within one process, so this needs no child process.
+#[test]
+fn second_open_fails_fast_naming_the_holder_pid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = Store::open(tmp.path()).unwrap();
+    let err = Store::open(tmp.path()).unwrap_err();
+    assert!(err.is_locked(), "{err:?}");
+    match &err {
+        StateError::Locked { dir, pid } => {
+            assert_eq!(dir, tmp.path());
+            assert_eq!(*pid, Some(std::process::id()));
+        }
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!(
+            "state directory {} is in use by another sharepush process (pid {})",
+            tmp.path().display(),
+            std::process::id()
+        )),
+        "{message}"
+    );
+    assert!(message.contains("--state-dir"), "{message}");
+
+    // A read-only store needs no lock and works beside the writer.
+    let reader = Store::open_read_only(tmp.path()).unwrap();
+    assert_eq!(reader.counts(JOB).unwrap(), StateCounts::default());
+
+    drop(first);
+    let _again = Store::open(tmp.path()).expect("lock released on drop");
+}
+
+#[test]
+fn locked_without_pid_says_so_plainly() {
+    let err = StateError::Locked {
+        dir: "/var/lib/sharepush".into(),
+        pid: None,
+    };
+    assert_eq!(
+        err.to_string(),
+        "state directory /var/lib/sharepush is in use by another sharepush process; stop it first or use --state-dir"
+    );
+}
+
+#[test]
+fn reopening_keeps_data_and_migrations_are_idempotent() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let mut store = Store::open(tmp.path()).unwrap();
+        store
+            .record_scanned(JOB, &[entry("a.txt", b"hello", 7, Change::New)])
+            .unwrap();
+    }
+    let mut store = Store::open(tmp.path()).unwrap();
+    assert_eq!(store.known_files(JOB).unwrap().len(), 1);
+    let version = schema::user_version(&store.conn, store.db_path()).unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    // Running the migrations again changes nothing.
+    let db = store.db_path().to_path_buf();
+    schema::migrate(&mut store.conn, &db).unwrap();
+    assert_eq!(
+        schema::user_version(&store.conn, &db).unwrap(),
+        SCHEMA_VERSION
+    );
+    assert_eq!(store.known_files(JOB).unwrap().len(), 1);
+}
+
+#[test]
+fn database_from_a_newer_sharepush_is_refused_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join(DB_FILE);
+    {
+        let conn = Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE files (job TEXT, path TEXT, future_column TEXT);
+             INSERT INTO files VALUES ('j', 'p', 'keep me');
+             PRAGMA user_version = 999;",
+        )
+        .unwrap();
+    }
+    let err = Store::open(tmp.path()).unwrap_err();
+    match &err {
+        StateError::TooNew {
+            found,
+            supported,
+            path,
+        } => {
+            assert_eq!((*found, *supported), (999, SCHEMA_VERSION));
+            assert_eq!(path, &db);
+        }
+        other => panic!("expected TooNew, got {other:?}"),
+    }
+    let message = err.to_string();
+    assert!(message.contains("newer sharepush"), "{message}");
+    assert!(message.contains("upgrade sharepush or use another --state-dir"));
+    assert!(message.contains(&db.display().to_string()));
+    let err = Store::open_read_only(tmp.path()).unwrap_err();
+    assert!(
+        matches!(err, StateError::TooNew { found: 999, .. }),
+        "{err:?}"
+    );
+
+    let conn = Connection::open(&db).unwrap();
+    let kept: String = conn
+        .query_row("SELECT future_column FROM files", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kept, "keep me");
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 999);
+    let journal: String = conn
+        .pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .unwrap();
+    assert_eq!(journal, "delete", "not even the journal mode changed");
+}
+
+#[test]
+fn read_only_open_reads_and_refuses_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = Store::open_read_only(tmp.path()).unwrap_err();
+    assert!(matches!(err, StateError::Missing { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("has not run with this --state-dir")
+    );
+
+    {
+        let mut store = Store::open(tmp.path()).unwrap();
+        store
+            .record_scanned(JOB, &[entry("a", b"1", 1, Change::New)])
+            .unwrap();
+    }
+    // Writer closed (WAL checkpointed and removed): reading still works.
+    let mut reader = Store::open_read_only(tmp.path()).unwrap();
+    assert_eq!(reader.counts(JOB).unwrap().pending, 1);
+    assert_eq!(reader.jobs().unwrap(), vec![JOB.to_string()]);
+    let err = reader
+        .record_scanned(JOB, &[entry("b", b"2", 1, Change::New)])
+        .unwrap_err();
+    assert!(matches!(err, StateError::Sqlite { .. }), "{err:?}");
+}
+
+#[test]
+fn read_only_open_of_an_older_schema_asks_for_an_upgrade() {
+    let tmp = tempfile::tempdir().unwrap();
+    Connection::open(tmp.path().join(DB_FILE)).unwrap();
+    let err = Store::open_read_only(tmp.path()).unwrap_err();
+    assert!(
+        matches!(err, StateError::TooOld { found: 0, .. }),
+        "{err:?}"
+    );
+}
+
+// ---------------------------------------------------------------- files
+
+#[test]
+fn record_scanned_and_known_files_round_trip() {
+    let (_tmp, mut store) = open_temp();
+    let big_inode = u64::MAX - 5; // above i64::MAX: stored bit-for-bit
+    let mut a = entry(
+        "dir/a.txt",
+        b"alpha",
+        1_700_000_000_123_456_789,
+        Change::New,
+    );
+    a.inode = big_inode;
+    let b = entry("b.bin", b"", -5, Change::New);
+    store.record_scanned(JOB, &[a.clone(), b.clone()]).unwrap();
+    store
+        .record_scanned("other", &[entry("x", b"x", 1, Change::New)])
+        .unwrap();
+
+    let known = store.known_files(JOB).unwrap();
+    assert_eq!(known.len(), 2);
+    let ka = &known["dir/a.txt"];
+    assert_eq!(
+        (ka.size, ka.mtime_ns, ka.inode),
+        (5, 1_700_000_000_123_456_789, big_inode)
+    );
+    assert_eq!(ka.hashes.as_ref(), Some(&a.hashes));
+    assert!(!ka.synced, "pending is not synced");
+    assert_eq!(known["b.bin"].mtime_ns, -5);
+
+    store
+        .mark_synced(JOB, "dir/a.txt", &synced_info(b"alpha"))
+        .unwrap();
+    assert!(store.known_files(JOB).unwrap()["dir/a.txt"].synced);
+    assert_eq!(
+        store.jobs().unwrap(),
+        vec!["other".to_string(), JOB.to_string()]
+    );
+}
+
+#[test]
+fn touch_without_edit_keeps_synced_and_updates_fingerprint() {
+    let (_tmp, mut store) = open_temp();
+    store
+        .record_scanned(JOB, &[entry("a", b"same", 1, Change::New)])
+        .unwrap();
+    store.mark_synced(JOB, "a", &synced_info(b"same")).unwrap();
+    let mut touched = entry("a", b"same", 99, Change::Changed);
+    touched.inode = 4242;
+    store.record_scanned(JOB, &[touched]).unwrap();
+
+    let record = store.file(JOB, "a").unwrap().unwrap();
+    assert_eq!((record.mtime_ns, record.inode), (99, 4242));
+    assert!(
+        matches!(record.state, FileState::Synced { .. }),
+        "{record:?}"
+    );
+    assert!(store.known_files(JOB).unwrap()["a"].synced);
+}
+
+#[test]
+fn edit_makes_a_synced_file_pending_and_keeps_its_remote_item() {
+    let (_tmp, mut store) = open_temp();
+    store
+        .record_scanned(JOB, &[entry("a", b"v1", 1, Change::New)])
+        .unwrap();
+    store.mark_synced(JOB, "a", &synced_info(b"v1")).unwrap();
+    store
+        .record_scanned(JOB, &[entry("a", b"v2", 2, Change::Changed)])
+        .unwrap();
+    let record = store.file(JOB, "a").unwrap().unwrap();
+    assert_eq!(record.state, FileState::Pending);
+    assert_eq!(record.hashes, Some(hash_bytes(b"v2")));
+    assert_eq!(record.item_id.as_deref(), Some("ITEM1"));
+    assert!(!store.known_files(JOB).unwrap()["a"].synced);
+}
+
+#[test]
+fn sync_of_content_that_was_edited_since_leaves_the_file_pending() {
+    let (_tmp, mut store) = open_temp();
+    store
+        .record_scanned(JOB, &[entry("a", b"v1", 1, Change::New)])
+        .unwrap();
+    store.mark_uploading(JOB, "a").unwrap();
+    // A scan sees a newer edit while v1 is being uploaded.
+    store
+        .record_scanned(JOB, &[entry("a", b"v2", 2, Change::Changed)])
+        .unwrap();
+    let now = store.mark_synced(JOB, "a", &synced_info(b"v1")).unwrap();
+    assert_eq!(now, FileState::Pending);
+    let record = store.file(JOB, "a").unwrap().unwrap();
+    assert_eq!(record.state, FileState::Pending);
+    assert_eq!(
+        record.item_id.as_deref(),
+        Some("ITEM1"),
+        "remote item recorded"
+    );
+}
+
+#[test]
+fn rewritten_office_file_records_the_remote_hash_and_stays_synced() {
+    let (_tmp, mut store) = open_temp();
+    store
+        .record_scanned(JOB, &[entry("r.docx", b"ours", 1, Change::New)])
+        .unwrap();
+    let info = SyncedInfo {
+        remote_quick_xor: Some(hash_bytes(b"rewritten").quick_xor),
+        remote_size: Some(9),
+        ..synced_info(b"ours")
+    };
+    store.mark_synced(JOB, "r.docx", &info).unwrap();
+    store
+        .record_scanned(JOB, &[entry("r.docx", b"ours", 1, Change::Unchanged)])
+        .unwrap();
+    assert_eq!(
+        state_of(&store, "r.docx"),
+        FileState::Synced {
+            item_id: Some("ITEM1".into()),
+            etag: Some("\"{E1},1\"".into()),
+            remote_quick_xor: Some(hash_bytes(b"rewritten").quick_xor),
+            remote_size: Some(9),
+        }
+    );
+}
+
+/// Brings file "f" (content b"v1") into a starting state.
+#[derive(Debug, Clone, Copy)]
+enum Start {
+    Absent,
+    Pending,
+    Uploading,
+    Synced,
+    Failed2,
+    Skipped,
+}
+
+/// One operation on file "f".
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    ScanSame,
+    ScanTouched,
+    ScanEdited,
+    Uploading,
+    SyncedV1,
+    Failed,
+    Pending,
+    Skip,
+}
+
+/// The expected outcome: a state kind (and attempts for Failed), or an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Kind(FileStateKind),
+    FailedAttempts(u32),
+    NotFound,
+    Refused,
+}
+
+fn setup(store: &mut Store, start: Start) {
+    let scan = |store: &mut Store| {
+        store
+            .record_scanned(JOB, &[entry("f", b"v1", 1, Change::New)])
+            .unwrap()
+    };
+    match start {
+        Start::Absent => {}
+        Start::Pending => scan(store),
+        Start::Uploading => {
+            scan(store);
+            store.mark_uploading(JOB, "f").unwrap();
+        }
+        Start::Synced => {
+            scan(store);
+            store.mark_synced(JOB, "f", &synced_info(b"v1")).unwrap();
+        }
+        Start::Failed2 => {
+            scan(store);
+            store.mark_failed(JOB, "f", "boom", Some(10)).unwrap();
+            store.mark_uploading(JOB, "f").unwrap();
+            store.mark_failed(JOB, "f", "boom", Some(20)).unwrap();
+        }
+        Start::Skipped => {
+            scan(store);
+            store.record_skipped(JOB, "f", "unreadable").unwrap();
+        }
+    }
+}
+
+fn apply(store: &mut Store, op: Op) -> Result<(), StateError> {
+    match op {
+        Op::ScanSame => store.record_scanned(JOB, &[entry("f", b"v1", 1, Change::Unchanged)]),
+        Op::ScanTouched => store.record_scanned(JOB, &[entry("f", b"v1", 9, Change::Changed)]),
+        Op::ScanEdited => store.record_scanned(JOB, &[entry("f", b"v2", 9, Change::Changed)]),
+        Op::Uploading => store.mark_uploading(JOB, "f"),
+        Op::SyncedV1 => store.mark_synced(JOB, "f", &synced_info(b"v1")).map(drop),
+        Op::Failed => store.mark_failed(JOB, "f", "503", None).map(drop),
+        Op::Pending => store.mark_pending(JOB, "f"),
+        Op::Skip => store.record_skipped(JOB, "f", "name not allowed"),
+    }
+}
+
+#[rstest]
+// Scans.
+#[case(Start::Absent, Op::ScanSame, Expect::Kind(FileStateKind::Pending))]
+#[case(Start::Pending, Op::ScanSame, Expect::Kind(FileStateKind::Pending))]
+#[case(Start::Uploading, Op::ScanSame, Expect::Kind(FileStateKind::Uploading))]
+#[case(Start::Synced, Op::ScanSame, Expect::Kind(FileStateKind::Synced))]
+#[case(Start::Synced, Op::ScanTouched, Expect::Kind(FileStateKind::Synced))]
+#[case(Start::Synced, Op::ScanEdited, Expect::Kind(FileStateKind::Pending))]
+#[case(Start::Uploading, Op::ScanEdited, Expect::Kind(FileStateKind::Pending))]
+#[case(Start::Failed2, Op::ScanSame, Expect::FailedAttempts(2))]
+#[case(Start::Failed2, Op::ScanTouched, Expect::FailedAttempts(2))]
+#[case(Start::Failed2, Op::ScanEdited, Expect::Kind(FileStateKind::Pending))]
+#[case(Start::Skipped, Op::ScanSame, Expect::Kind(FileStateKind::Pending))]
+#[case(Start::Skipped, Op::ScanEdited, Expect::Kind(FileStateKind::Pending))]
+// Upload transitions.
+#[case(Start::Absent, Op::Uploading, Expect::NotFound)]
+#[case(Start::Pending, Op::Uploading, Expect::Kind(FileStateKind::Uploading))]
+#[case(Start::Failed2, Op::Uploading, Expect::Kind(FileStateKind::Uploading))]
+#[case(Start::Synced, Op::Uploading, Expect::Kind(FileStateKind::Uploading))]
+#[case(Start::Skipped, Op::Uploading, Expect::Refused)]
+#[case(Start::Absent, Op::SyncedV1, Expect::NotFound)]
+#[case(Start::Pending, Op::SyncedV1, Expect::Kind(FileStateKind::Synced))]
+#[case(Start::Uploading, Op::SyncedV1, Expect::Kind(FileStateKind::Synced))]
+#[case(Start::Failed2, Op::SyncedV1, Expect::Kind(FileStateKind::Synced))]
+#[case(Start::Skipped, Op::SyncedV1, Expect::Refused)]
+#[case(Start::Absent, Op::Failed, Expect::NotFound)]
+#[case(Start::Pending, Op::Failed, Expect::FailedAttempts(1))]
+#[case(Start::Uploading, Op::Failed, Expect::FailedAttempts(1))]
+#[case(Start::Failed2, Op::Failed, Expect::FailedAttempts(3))]
+#[case(Start::Skipped, Op::Failed, Expect::Refused)]
+#[case(Start::Absent, Op::Pending, Expect::NotFound)]
+#[case(Start::Synced, Op::Pending, Expect::Kind(FileStateKind::Pending))]
+#[case(Start::Failed2, Op::Pending, Expect::Kind(FileStateKind::Pending))]
+#[case(Start::Skipped, Op::Pending, Expect::Kind(FileStateKind::Pending))]
+// Skips.
+#[case(Start::Absent, Op::Skip, Expect::Kind(FileStateKind::Skipped))]
+#[case(Start::Synced, Op::Skip, Expect::Kind(FileStateKind::Skipped))]
+#[case(Start::Failed2, Op::Skip, Expect::Kind(FileStateKind::Skipped))]
+fn file_state_transitions(#[case] start: Start, #[case] op: Op, #[case] expect: Expect) {
+    let (_tmp, mut store) = open_temp();
+    setup(&mut store, start);
+    let before = store.file(JOB, "f").unwrap();
+    let result = apply(&mut store, op);
+    let after = store.file(JOB, "f").unwrap();
+    match expect {
+        Expect::NotFound => {
+            assert!(
+                matches!(result, Err(StateError::NotFound { .. })),
+                "{result:?}"
+            );
+            assert_eq!(after, None);
+        }
+        Expect::Refused => {
+            assert!(
+                matches!(result, Err(StateError::InvalidTransition { .. })),
+                "{result:?}"
+            );
+            assert_eq!(after, before, "a refused transition writes nothing");
+        }
+        Expect::Kind(kind) => {
+            result.unwrap();
+            assert_eq!(after.unwrap().state.kind(), kind);
+        }
+        Expect::FailedAttempts(n) => {
+            result.unwrap();
+            match after.unwrap().state {
+                FileState::Failed { attempts, .. } => assert_eq!(attempts, n),
+                other => panic!("expected Failed, got {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn failure_details_and_reset_on_success() {
+    let (_tmp, mut store) = open_temp();
+    store
+        .record_scanned(JOB, &[entry("f", b"v1", 1, Change::New)])
+        .unwrap();
+    assert_eq!(
+        store
+            .mark_failed(JOB, "f", "429 throttled", Some(100))
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.mark_failed(JOB, "f", "503", Some(200)).unwrap(), 2);
+    assert_eq!(
+        state_of(&store, "f"),
+        FileState::Failed {
+            attempts: 2,
+            error: "503".into(),
+            next_attempt: Some(200)
+        }
+    );
+    store.mark_uploading(JOB, "f").unwrap();
+    assert_eq!(
+        store.mark_failed(JOB, "f", "503", None).unwrap(),
+        3,
+        "attempts survive a retry"
+    );
+    store.mark_synced(JOB, "f", &synced_info(b"v1")).unwrap();
+    store.mark_failed(JOB, "f", "again", None).unwrap();
+    assert!(matches!(
+        state_of(&store, "f"),
+        FileState::Failed { attempts: 1, .. }
+    ));
+}
+
+#[test]
+fn skipped_files_round_trip_and_unknown_rows_are_rehashed() {
+    let (_tmp, mut store) = open_temp();
+    store
+        .record_skipped(JOB, "bad:name", "invalid name")
+        .unwrap();
+    assert_eq!(
+        state_of(&store, "bad:name"),
+        FileState::Skipped {
+            reason: "invalid name".into()
+        }
+    );
+    let known = store.known_files(JOB).unwrap();
+    let k = &known["bad:name"];
+    assert_eq!(
+        (k.size, k.mtime_ns, k.inode, &k.hashes, k.synced),
+        (0, 0, 0, &None, false)
+    );
+    assert_eq!(store.counts(JOB).unwrap().skipped, 1);
+}
+
+#[test]
+fn queries_for_status_and_planning() {
+    let (_tmp, mut store) = open_temp();
+    let entries: Vec<_> = ["c", "a", "b", "d"]
+        .iter()
+        .map(|p| entry(p, p.as_bytes(), 1, Change::New))
+        .collect();
+    store.record_scanned(JOB, &entries).unwrap();
+    store.mark_synced(JOB, "a", &synced_info(b"a")).unwrap();
+    store.mark_failed(JOB, "b", "e", None).unwrap();
+    store.mark_failed(JOB, "d", "e", None).unwrap();
+    store.record_skipped(JOB, "z", "too large").unwrap();
+
+    assert_eq!(
+        store.counts(JOB).unwrap(),
+        StateCounts {
+            pending: 1,
+            uploading: 0,
+            synced: 1,
+            failed: 2,
+            skipped: 1
+        }
+    );
+    assert_eq!(store.counts(JOB).unwrap().total(), 5);
+    let failed: Vec<_> = store
+        .files_in_state(JOB, FileStateKind::Failed)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(failed, ["b", "d"]);
+
+    let all = store.all_records(JOB).unwrap();
+    assert_eq!(all.len(), 5);
+    assert_eq!(all["a"].item_id.as_deref(), Some("ITEM1"));
+    let some = store.records_for(JOB, &["a", "c", "missing"]).unwrap();
+    assert_eq!(some.len(), 2);
+    assert_eq!(some["c"], all["c"]);
+    assert_eq!(some["c"].state, FileState::Pending);
+
+    assert_eq!(store.forget(JOB, &["a".into(), "nope".into()]).unwrap(), 1);
+    assert_eq!(store.file(JOB, "a").unwrap(), None);
+    assert_eq!(store.counts(JOB).unwrap().total(), 4);
+}
+
+#[test]
+fn bulk_record_of_100k_files_in_one_transaction() {
+    let (_tmp, mut store) = open_temp();
+    let hashes = Hashes {
+        sha1: "0".repeat(40),
+        quick_xor: "A".repeat(28),
+    };
+    let entries: Vec<LocalEntry> = (0..100_000u64)
+        .map(|i| LocalEntry {
+            path: format!("d{:03}/f{i:06}.dat", i % 1000),
+            size: i,
+            mtime_ns: i as i64 * 1_000,
+            inode: i,
+            hashes: hashes.clone(),
+            change: Change::New,
+        })
+        .collect();
+    store.record_scanned(JOB, &entries).unwrap();
+    // An unchanged rescan writes nothing and changes nothing.
+    store.record_scanned(JOB, &entries).unwrap();
+    let known = store.known_files(JOB).unwrap();
+    assert_eq!(known.len(), 100_000);
+    assert_eq!(known["d123/f054123.dat"].size, 54_123);
+    assert_eq!(store.counts(JOB).unwrap().pending, 100_000);
+    let paths: Vec<String> = entries.iter().map(|e| e.path.clone()).collect();
+    assert_eq!(store.forget(JOB, &paths).unwrap(), 100_000);
+    assert!(store.known_files(JOB).unwrap().is_empty());
+}
+
+// ---------------------------------------------------------------- sessions
+
+fn session_row(path: &str) -> UploadSessionRow {
+    UploadSessionRow {
+        job: JOB.into(),
+        path: path.into(),
+        upload_url: "https://tenant.sharepoint.com/upload?tempauth=SECRET".into(),
+        total_size: 41_943_040,
+        fingerprint: SourceFingerprint {
+            size: 41_943_040,
+            mtime_ns: 5,
+            inode: u64::MAX,
+            quick_xor: hash_bytes(b"big").quick_xor,
+        },
+        expires_at: Some(1_800_000_000),
+        next_offset: 0,
+    }
+}
+
+#[test]
+fn sessions_round_trip_and_go_with_their_file() {
+    let (_tmp, mut store) = open_temp();
+    let err = store.save_session(&session_row("big.iso")).unwrap_err();
+    assert!(matches!(err, StateError::NotFound { .. }), "{err:?}");
+
+    store
+        .record_scanned(JOB, &[entry("big.iso", b"big", 5, Change::New)])
+        .unwrap();
+    let row = session_row("big.iso");
+    store.save_session(&row).unwrap();
+    assert_eq!(store.session(JOB, "big.iso").unwrap(), Some(row.clone()));
+    assert!(
+        !format!("{row:?}").contains("SECRET"),
+        "Debug hides the upload URL"
+    );
+
+    store
+        .update_session_offset(JOB, "big.iso", 10 * 327_680, Some(1_800_000_900))
+        .unwrap();
+    store
+        .update_session_offset(JOB, "big.iso", 20 * 327_680, None)
+        .unwrap();
+    let saved = store.session(JOB, "big.iso").unwrap().unwrap();
+    assert_eq!(
+        (saved.next_offset, saved.expires_at),
+        (20 * 327_680, Some(1_800_000_900))
+    );
+    assert!(matches!(
+        store.update_session_offset(JOB, "other", 1, None),
+        Err(StateError::NotFound { .. })
+    ));
+
+    // Saving again replaces (a restarted session).
+    let fresh = UploadSessionRow {
+        upload_url: "https://x/new".into(),
+        ..row.clone()
+    };
+    store.save_session(&fresh).unwrap();
+    assert_eq!(store.session(JOB, "big.iso").unwrap(), Some(fresh));
+
+    assert!(store.delete_session(JOB, "big.iso").unwrap());
+    assert!(!store.delete_session(JOB, "big.iso").unwrap());
+    store.save_session(&row).unwrap();
+    store.forget(JOB, &["big.iso".into()]).unwrap();
+    assert_eq!(store.session(JOB, "big.iso").unwrap(), None, "cascaded");
+}
+
+#[test]
+fn sessions_survive_reopening() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let mut store = Store::open(tmp.path()).unwrap();
+        store
+            .record_scanned(JOB, &[entry("big.iso", b"big", 5, Change::New)])
+            .unwrap();
+        store.mark_uploading(JOB, "big.iso").unwrap();
+        store.save_session(&session_row("big.iso")).unwrap();
+        store
+            .update_session_offset(JOB, "big.iso", 327_680, None)
+            .unwrap();
+    }
+    let store = Store::open(tmp.path()).unwrap();
+    assert_eq!(state_of(&store, "big.iso"), FileState::Uploading);
+    assert_eq!(
+        store.session(JOB, "big.iso").unwrap().unwrap().next_offset,
+        327_680
+    );
+}
+
+// ---------------------------------------------------------------- drives, folders
+
+#[test]
+fn drives_and_delta_links() {
+    let (_tmp, mut store) = open_temp();
+    let site = "https://contoso.sharepoint.com/sites/Finance";
+    assert_eq!(store.drive(site, "Documents").unwrap(), None);
+    assert!(matches!(
+        store.set_delta_link(site, "Documents", "x"),
+        Err(StateError::DriveNotFound { .. })
+    ));
+
+    store.save_drive_id(site, "Documents", "b!abc").unwrap();
+    store
+        .set_delta_link(site, "Documents", "https://g/delta?token=1")
+        .unwrap();
+    let drive = store.drive(site, "Documents").unwrap().unwrap();
+    assert_eq!(drive.drive_id, "b!abc");
+    assert_eq!(drive.delta_link.as_deref(), Some("https://g/delta?token=1"));
+    assert!(drive.delta_updated_at.is_some());
+
+    // Same id again: the link stays.
+    store.save_drive_id(site, "Documents", "b!abc").unwrap();
+    assert!(
+        store
+            .drive(site, "Documents")
+            .unwrap()
+            .unwrap()
+            .delta_link
+            .is_some()
+    );
+    store.clear_delta_link(site, "Documents").unwrap();
+    let drive = store.drive(site, "Documents").unwrap().unwrap();
+    assert_eq!((drive.delta_link, drive.delta_updated_at), (None, None));
+
+    // A different drive id invalidates the link.
+    store.set_delta_link(site, "Documents", "L").unwrap();
+    store.save_drive_id(site, "Documents", "b!new").unwrap();
+    let drive = store.drive(site, "Documents").unwrap().unwrap();
+    assert_eq!((drive.drive_id.as_str(), drive.delta_link), ("b!new", None));
+}
+
+#[test]
+fn folders_round_trip() {
+    let (_tmp, mut store) = open_temp();
+    assert_eq!(store.folder_item(JOB, "a/b").unwrap(), None);
+    store.record_folder(JOB, "", "ROOT").unwrap();
+    store.record_folder(JOB, "a", "A1").unwrap();
+    store.record_folder(JOB, "a/b", "B1").unwrap();
+    store.record_folder(JOB, "a", "A2").unwrap();
+    store.record_folder("other", "z", "Z").unwrap();
+    assert_eq!(store.folder_item(JOB, "a").unwrap().as_deref(), Some("A2"));
+    let known = store.known_folders(JOB).unwrap();
+    assert_eq!(known.len(), 3);
+    assert!(known.contains("") && known.contains("a/b"));
+}
+
+// ---------------------------------------------------------------- runs
+
+#[test]
+fn runs_round_trip_and_interrupted_runs_are_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let mut store = Store::open(tmp.path()).unwrap();
+        assert_eq!(store.last_run(JOB).unwrap(), None);
+        let id = store.start_run(JOB, RunTrigger::Schedule, 1_000).unwrap();
+        let summary = RunSummary {
+            ended_at: 1_060,
+            counts: RunCounts {
+                new: 3,
+                changed: 1,
+                unchanged: 100,
+                uploaded: 4,
+                failed: 1,
+                skipped: 2,
+            },
+            bytes: 1 << 40,
+            outcome: RunOutcome::SomeFilesFailed,
+            error: None,
+        };
+        store.finish_run(id, &summary).unwrap();
+        let last = store.last_run(JOB).unwrap().unwrap();
+        assert_eq!(
+            last,
+            RunRow {
+                id,
+                job: JOB.into(),
+                trigger: RunTrigger::Schedule,
+                started_at: 1_000,
+                ended_at: Some(1_060),
+                counts: summary.counts,
+                bytes: 1 << 40,
+                outcome: Some(RunOutcome::SomeFilesFailed),
+                error: None,
+            }
+        );
+        assert!(matches!(
+            store.finish_run(RunId(9999), &summary),
+            Err(StateError::RunNotFound { id: 9999 })
+        ));
+        // A run the process dies in.
+        let open = store.start_run(JOB, RunTrigger::Watch, 2_000).unwrap();
+        let running = store.last_run(JOB).unwrap().unwrap();
+        assert_eq!(
+            (running.id, running.outcome, running.ended_at),
+            (open, None, None)
+        );
+    }
+    let store = Store::open(tmp.path()).unwrap();
+    let last = store.last_run(JOB).unwrap().unwrap();
+    assert_eq!(last.trigger, RunTrigger::Watch);
+    assert_eq!(last.outcome, Some(RunOutcome::Interrupted));
+    assert_eq!(store.jobs().unwrap(), vec![JOB.to_string()]);
+}
+
+/// `cargo test --release -p sharepush --lib state::tests::bulk_timing -- --ignored --nocapture`
+/// Times the bulk paths a 100,000-file scan uses.
+#[test]
+#[ignore = "benchmark: run in release"]
+fn bulk_timing() {
+    use std::time::Instant;
+    let (_tmp, mut store) = open_temp();
+    if let Ok(c) = std::env::var("SP_CACHE") {
+        store
+            .conn
+            .execute_batch(&format!("PRAGMA cache_size = {c}"))
+            .unwrap();
+    }
+    if let Ok(c) = std::env::var("SP_PRAGMA") {
+        store.conn.execute_batch(&c).unwrap();
+    }
+    let sorted = std::env::var("SP_SORTED").is_ok();
+    let entries: Vec<LocalEntry> = (0..100_000u64)
+        .map(|i| LocalEntry {
+            path: if sorted {
+                format!("folder{:03}/file{i:06}.dat", i / 100)
+            } else {
+                format!("folder{:03}/file{i:06}.dat", i % 1000)
+            },
+            size: i,
+            mtime_ns: i as i64 * 1_000,
+            inode: i,
+            hashes: hash_bytes(&i.to_le_bytes()),
+            change: Change::New,
+        })
+        .collect();
+    let time = |label: &str, f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        f();
+        println!("{label:<40} {:>8.1} ms", t.elapsed().as_secs_f64() * 1e3);
+    };
+    time("record_scanned 100k new", &mut || {
+        store.record_scanned(JOB, &entries).unwrap()
+    });
+    time("record_scanned 100k unchanged", &mut || {
+        store.record_scanned(JOB, &entries).unwrap()
+    });
+    let touched: Vec<LocalEntry> = entries
+        .iter()
+        .map(|e| LocalEntry {
+            mtime_ns: e.mtime_ns + 1,
+            ..e.clone()
+        })
+        .collect();
+    time("record_scanned 100k touched", &mut || {
+        store.record_scanned(JOB, &touched).unwrap()
+    });
+    time("known_files 100k", &mut || {
+        assert_eq!(store.known_files(JOB).unwrap().len(), 100_000)
+    });
+    time("all_records 100k", &mut || {
+        assert_eq!(store.all_records(JOB).unwrap().len(), 100_000)
+    });
+    let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+    time("records_for 100k", &mut || {
+        assert_eq!(store.records_for(JOB, &paths).unwrap().len(), 100_000)
+    });
+    time("counts", &mut || {
+        assert_eq!(store.counts(JOB).unwrap().pending, 100_000)
+    });
+    time("mark_uploading+mark_synced x1000", &mut || {
+        for e in &entries[..1000] {
+            store.mark_uploading(JOB, &e.path).unwrap();
+            let info = SyncedInfo {
+                content: e.hashes.clone(),
+                item_id: None,
+                etag: None,
+                remote_quick_xor: None,
+                remote_size: None,
+            };
+            store.mark_synced(JOB, &e.path, &info).unwrap();
+        }
+    });
+    let owned: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+    time("forget 100k", &mut || {
+        assert_eq!(store.forget(JOB, &owned).unwrap(), 100_000)
+    });
+}
+
+#[test]
+#[ignore = "scratch"]
+fn scratch_variants() {
+    use std::time::Instant;
+    let variants: Vec<(&str, String)> = vec![
+        ("full", files::UPSERT_SCANNED.to_string()),
+        ("no-where", files::UPSERT_SCANNED.split("\nWHERE NOT").next().unwrap().to_string()),
+        ("plain-update", "INSERT INTO files (job, path, size, mtime_ns, inode, sha1, quick_xor, state, attempts, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 0, ?8) ON CONFLICT (job, path) DO UPDATE SET mtime_ns = excluded.mtime_ns".to_string()),
+    ];
+    for (label, sql) in variants {
+        let (_tmp, mut store) = open_temp();
+        let entries: Vec<LocalEntry> = (0..100_000u64)
+            .map(|i| LocalEntry {
+                path: format!("folder{:03}/file{i:06}.dat", i / 100),
+                size: i,
+                mtime_ns: i as i64 * 1_000,
+                inode: i,
+                hashes: hash_bytes(&i.to_le_bytes()),
+                change: Change::New,
+            })
+            .collect();
+        for round in [0i64, 0, 1, 2] {
+            let t = Instant::now();
+            let tx = store.conn.transaction().unwrap();
+            {
+                let mut stmt = tx.prepare_cached(&sql).unwrap();
+                for e in &entries {
+                    stmt.execute(rusqlite::params![
+                        JOB,
+                        e.path,
+                        e.size as i64,
+                        e.mtime_ns + round,
+                        e.inode as i64,
+                        e.hashes.sha1,
+                        e.hashes.quick_xor,
+                        5
+                    ])
+                    .unwrap();
+                }
+            }
+            let t1 = t.elapsed();
+            tx.commit().unwrap();
+            println!(
+                "{label:<14} round {round}: exec {:>7.1} ms, total {:>7.1} ms",
+                t1.as_secs_f64() * 1e3,
+                t.elapsed().as_secs_f64() * 1e3
+            );
+        }
+    }
+}

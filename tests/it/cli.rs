@@ -1,0 +1,160 @@
+//! `sharepush check` and `sharepush scan` as an administrator runs them.
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use crate::support::{Fixture, text};
+
+fn repo_file(rel: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+fn scan_json(fx: &Fixture, config: &Path) -> serde_json::Value {
+    let out = fx.sharepush(config, &["scan", "--json"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+#[test]
+fn check_lists_the_example_jobs() {
+    let fx = Fixture::new();
+    let out = fx.sharepush(&repo_file("config/example.toml"), &["check"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(stdout.contains("job finance-reports"), "{stdout}");
+    // Next run times are listed for scheduled jobs.
+    assert!(stdout.contains("next "), "{stdout}");
+}
+
+#[test]
+fn check_reports_every_problem_with_its_line_and_exits_78() {
+    let fx = Fixture::new();
+    let config = fx.path("bad.toml");
+    fs::write(
+        &config,
+        r#"[auth]
+tenant = "contoso.onmicrosoft.com"
+client_id = "00000000-0000-0000-0000-000000000000"
+mode = "device_code"
+
+[defaults]
+fragment_size = "1MiB"
+
+[[job]]
+name = "reports"
+source = "relative/reports"
+site = "https://contoso.sharepoint.com/sites/Finance"
+schedule = "61 * * * *"
+colour = "blue"
+"#,
+    )
+    .unwrap();
+    let out = fx.sharepush(&config, &["check"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(78),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    for (line, needle) in [
+        (7, "fragment_size"),
+        (11, "source"),
+        (13, "schedule"),
+        (14, "colour"),
+    ] {
+        let hit = stderr
+            .lines()
+            .any(|l| l.contains(&format!("bad.toml:{line}:")) && l.contains(needle));
+        assert!(hit, "no error naming {needle} at line {line}:\n{stderr}");
+    }
+}
+
+#[test]
+fn scan_reports_new_then_nothing_then_exactly_the_edited_file() {
+    let fx = Fixture::new();
+    let config = fx.write_config();
+    let src = fx.source();
+    for d in 0..100 {
+        let dir = src.join(format!("d{d:03}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..100 {
+            fs::write(dir.join(format!("f{f:03}.txt")), format!("file {d} {f}\n")).unwrap();
+        }
+    }
+
+    let first = scan_json(&fx, &config);
+    let job = &first["jobs"][0];
+    assert_eq!(job["name"], "docs");
+    assert_eq!(job["new"], 10_000);
+    assert_eq!(job["changed"], 0);
+    assert_eq!(job["hashed_files"], 10_000);
+
+    let second = scan_json(&fx, &config);
+    let job = &second["jobs"][0];
+    assert_eq!(job["new"], 0);
+    assert_eq!(job["changed"], 0);
+    assert_eq!(job["unchanged"], 10_000);
+    assert_eq!(
+        job["hashed_bytes"], 0,
+        "an unchanged rescan must hash nothing"
+    );
+
+    let edited = src.join("d042/f007.txt");
+    let f = fs::File::create(&edited).unwrap();
+    use std::io::Write;
+    (&f).write_all(b"edited\n").unwrap();
+    f.set_modified(SystemTime::now() + Duration::from_secs(3))
+        .unwrap();
+    drop(f);
+
+    let third = scan_json(&fx, &config);
+    let job = &third["jobs"][0];
+    assert_eq!(job["new"], 0);
+    assert_eq!(job["changed"], 1);
+    assert_eq!(job["changed_paths"], serde_json::json!(["d042/f007.txt"]));
+    assert_eq!(job["hashed_files"], 1);
+    assert_eq!(job["hashed_bytes"], 7);
+}
+
+#[test]
+fn a_second_process_on_the_same_state_dir_fails_fast_naming_the_holder() {
+    let fx = Fixture::new();
+    let config = fx.write_config();
+    // This test process holds the state directory, as a running daemon would.
+    let _held = sharepush::state::Store::open(&fx.state()).expect("open store");
+    let out = fx.sharepush(&config, &["scan"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("pid {}", std::process::id())),
+        "the lock message names the holder's pid: {stderr}"
+    );
+}
+
+#[test]
+fn scan_of_an_unknown_job_is_a_usage_error() {
+    let fx = Fixture::new();
+    let config = fx.write_config();
+    let out = fx.sharepush(&config, &["scan", "nope"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no job named \"nope\""), "{stderr}");
+    assert!(
+        stderr.contains("docs"),
+        "lists the jobs there are: {stderr}"
+    );
+}
