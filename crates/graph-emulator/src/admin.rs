@@ -6,10 +6,12 @@
 //! | `GET tree` | files of the default library: `{path, size, quickXorHash, lastModifiedDateTime, id}` |
 //! | `GET requests` / `DELETE requests` | request log `{t_ms, method, path, status, route}` / clear it |
 //! | `GET counters` | `{route: {status: n}}` |
+//! | `GET throttle` | `{throttled, until, violations}`: requests sent inside a Retry-After window |
 //! | `GET faults` / `POST faults` / `DELETE faults` | list / add (spec as JSON string, `{"spec": ...}` or text) / clear |
 //! | `POST approve` / `POST decline` | `{"user_code": ...}`: play the user of the device code flow |
 //! | `GET user-codes` | device codes waiting for the user |
 //! | `POST revoke` | revoke every refresh token |
+//! | `POST login` | `{"client_id", "scope"}`: a signed-in user's token reply, without the device code flow |
 //! | `POST expire` | `{"tokens": true, "sessions": true}`: expire now |
 //! | `POST clock` | `{"advance_secs": N}`: move emulator time forward |
 //! | `POST reset` | empty the libraries, drop sessions, faults and the log (`{"tokens": true}` also drops tokens) |
@@ -28,6 +30,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// One file of the default library (`GET /_emulator/tree`).
@@ -79,10 +82,25 @@ impl Shared {
         lock(&self.store).reset(&self.opts, self.clock.now_ms());
         lock(&self.faults).clear();
         lock(&self.log).clear();
+        self.throttled_until_ms.store(0, Ordering::Release);
+        self.throttle_violations.store(0, Ordering::Release);
         if tokens {
             lock(&self.auth).clear();
         }
         self.changed();
+    }
+
+    /// Sign a user in without the device code dance (token reply JSON).
+    pub fn user_tokens(&self, client_id: &str, scope: &str) -> Value {
+        let svc = crate::auth::TokenService {
+            opts: &self.opts,
+            clock: &self.clock,
+            certs: &self.certs,
+            token_url: String::new(),
+        };
+        let v = svc.user_tokens(&mut lock(&self.auth), client_id, scope);
+        self.changed();
+        v
     }
 
     /// Expire every access token and/or upload session now.
@@ -140,6 +158,7 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/_emulator/tree", get(tree))
         .route("/_emulator/requests", get(requests).delete(clear_requests))
         .route("/_emulator/counters", get(counters))
+        .route("/_emulator/throttle", get(throttle))
         .route(
             "/_emulator/faults",
             get(list_faults).post(add_faults).delete(clear_faults),
@@ -148,6 +167,7 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/_emulator/decline", post(decline))
         .route("/_emulator/user-codes", get(user_codes))
         .route("/_emulator/revoke", post(revoke))
+        .route("/_emulator/login", post(login))
         .route("/_emulator/expire", post(expire))
         .route("/_emulator/clock", post(clock))
         .route("/_emulator/reset", post(reset))
@@ -169,6 +189,15 @@ async fn clear_requests(State(sh): State<Arc<Shared>>) -> Response {
 
 async fn counters(State(sh): State<Arc<Shared>>) -> Response {
     crate::server::ok_json(&json!(sh.counters()))
+}
+
+async fn throttle(State(sh): State<Arc<Shared>>) -> Response {
+    let until = sh.throttled_until_ms.load(Ordering::Acquire);
+    crate::server::ok_json(&json!({
+        "throttled": until > sh.clock.now_ms(),
+        "until": if until > 0 { Some(crate::clock::fmt_ms(until)) } else { None },
+        "violations": sh.throttle_violations.load(Ordering::Acquire),
+    }))
 }
 
 async fn list_faults(State(sh): State<Arc<Shared>>) -> Response {
@@ -242,6 +271,19 @@ async fn decline(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
 
 async fn user_codes(State(sh): State<Arc<Shared>>) -> Response {
     crate::server::ok_json(&json!(lock(&sh.auth).pending_user_codes()))
+}
+
+async fn login(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
+    let v = body_json(&body);
+    let client_id = v
+        .get("client_id")
+        .and_then(Value::as_str)
+        .unwrap_or("emulator-client");
+    let scope = v
+        .get("scope")
+        .and_then(Value::as_str)
+        .unwrap_or(crate::auth::DEFAULT_USER_SCOPE);
+    crate::server::ok_json(&sh.user_tokens(client_id, scope))
 }
 
 async fn revoke(State(sh): State<Arc<Shared>>) -> Response {

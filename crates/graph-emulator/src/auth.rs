@@ -4,9 +4,9 @@
 //! tokens that rotate on every use (optionally refusing the old one at
 //! once), revocation, client credentials with a secret, and access tokens
 //! that expire on the emulator's clock. Tokens are opaque random strings.
-//! Certificate assertions (`client_assertion`) are recognised but refused:
-//! this emulator does not verify JWTs yet.
+//! Certificate assertions (`client_assertion`) are checked by `assertion`.
 
+use crate::assertion::Certificates;
 use crate::clock::Clock;
 use crate::error::{GraphError, oauth_error};
 use crate::options::Options;
@@ -18,6 +18,8 @@ use serde_json::json;
 use std::collections::HashMap;
 
 const GRAPH: &str = "https://graph.microsoft.com/";
+/// Scope of `POST /_emulator/login` when none is given.
+pub const DEFAULT_USER_SCOPE: &str = "Files.ReadWrite.All Sites.ReadWrite.All offline_access";
 const OIDC_SCOPES: &[&str] = &["offline_access", "openid", "profile", "email"];
 const INACTIVITY_MS: i64 = 90 * 24 * 3600 * 1000;
 
@@ -195,6 +197,10 @@ pub struct TokenService<'a> {
     pub opts: &'a Options,
     /// Emulator time.
     pub clock: &'a Clock,
+    /// Certificates registered for certificate assertions.
+    pub certs: &'a Certificates,
+    /// The token URL as the client called it (`aud` of assertions).
+    pub token_url: String,
 }
 
 impl TokenService<'_> {
@@ -431,6 +437,29 @@ impl TokenService<'_> {
         scopes: Vec<String>,
         offline: bool,
     ) -> Response {
+        let body = self.delegated_tokens(state, client_id, scopes, offline);
+        crate::error::json_response(StatusCode::OK, &body)
+    }
+
+    /// Tokens for a user who signed in with `scope`, as the token endpoint
+    /// would return them (for tests and demos that preset a token).
+    pub fn user_tokens(
+        &self,
+        state: &mut AuthState,
+        client_id: &str,
+        scope: &str,
+    ) -> serde_json::Value {
+        let (scopes, offline) = normalize_scopes(scope);
+        self.delegated_tokens(state, client_id, scopes, offline)
+    }
+
+    fn delegated_tokens(
+        &self,
+        state: &mut AuthState,
+        client_id: &str,
+        scopes: Vec<String>,
+        offline: bool,
+    ) -> serde_json::Value {
         let now = self.clock.now_ms();
         let lifetime = self.opts.token_lifetime.as_secs();
         let access = random_token("eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.emu", 1200);
@@ -462,7 +491,7 @@ impl TokenService<'_> {
             );
             body["refresh_token"] = json!(refresh);
         }
-        crate::error::json_response(StatusCode::OK, &body)
+        body
     }
 
     fn refresh_grant(
@@ -575,13 +604,40 @@ impl TokenService<'_> {
                 &format!("The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."),
             );
         }
-        if form.contains_key("client_assertion") {
-            return self.err(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                700027,
-                "Client assertion failed signature validation (certificate credentials are not configured in this emulator).",
-            );
+        if let Some(assertion) = form.get("client_assertion") {
+            if form.get("client_assertion_type").map(String::as_str)
+                != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+            {
+                return self.err(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    50027,
+                    "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
+                );
+            }
+            if has_secret {
+                return self.err(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    90014,
+                    "Send either client_secret or client_assertion, not both.",
+                );
+            }
+            let now = self.clock.now_ms();
+            if let Err(r) = self
+                .certs
+                .verify(assertion, client_id, &self.token_url, now)
+            {
+                return oauth_error(
+                    StatusCode::from_u16(r.status).unwrap_or(StatusCode::UNAUTHORIZED),
+                    r.error,
+                    r.code,
+                    &r.message,
+                    None,
+                    now,
+                );
+            }
+            return self.app_token(state, client_id);
         }
         if !has_secret {
             return self.err(
@@ -591,6 +647,10 @@ impl TokenService<'_> {
                 "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
             );
         }
+        self.app_token(state, client_id)
+    }
+
+    fn app_token(&self, state: &mut AuthState, client_id: &str) -> Response {
         let now = self.clock.now_ms();
         let lifetime = self.opts.token_lifetime.as_secs();
         let access = random_token("eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.app", 1200);

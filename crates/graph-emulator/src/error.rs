@@ -39,6 +39,14 @@ pub enum Error {
     /// The fault spec does not parse.
     #[error(transparent)]
     Faults(#[from] crate::faults::FaultSpecError),
+    /// The TLS certificate or key cannot be used (or TLS support was not
+    /// compiled in: feature `tls`).
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// A registered client certificate cannot be used (or certificate
+    /// support was not compiled in: feature `cert-auth`).
+    #[error("client certificate: {0}")]
+    Certificate(String),
     /// The listener's local address is unavailable.
     #[error("listener: {0}")]
     Listener(#[source] std::io::Error),

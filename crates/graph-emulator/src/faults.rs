@@ -6,8 +6,8 @@
 //! item   := "seed=" N | rule
 //! rule   := class ":" kind (":" param)*
 //! class  := token | graph | delta | upload | session | download | any
-//! kind   := 429 | 500 | 503 | 507 | 404 | 410 | drop | latency
-//!         | expire-token | expire-session
+//! kind   := 429 | 500 | 502 | 503 | 504 | 507 | 404 | 410 | resync
+//!         | drop | drop-reply | latency | expire-token | expire-session
 //! param  := count=N | rate=F | after=N | retry-after=N | ms=N
 //! ```
 //!
@@ -87,6 +87,9 @@ pub enum FaultKind {
     Status(u16),
     /// Drop the connection mid-body.
     Drop,
+    /// Handle the request, then drop the connection instead of replying
+    /// (the change happened; the client does not know).
+    DropReply,
     /// Delay the request.
     Latency,
     /// Expire every access token, then handle the request.
@@ -142,6 +145,7 @@ pub fn parse(spec: &str) -> Result<(Vec<Rule>, Option<u64>), FaultSpecError> {
             .to_ascii_lowercase();
         let kind = match kind.as_str() {
             "drop" => FaultKind::Drop,
+            "drop-reply" => FaultKind::DropReply,
             "latency" => FaultKind::Latency,
             "expire-token" => FaultKind::ExpireToken,
             "expire-session" => FaultKind::ExpireSession,
@@ -150,7 +154,7 @@ pub fn parse(spec: &str) -> Result<(Vec<Rule>, Option<u64>), FaultSpecError> {
                 Ok(s @ (404 | 410 | 429 | 500 | 502 | 503 | 504 | 507)) => FaultKind::Status(s),
                 _ => {
                     return Err(err(
-                        "unknown kind (429, 500, 502, 503, 504, 507, 404, 410, drop, latency, expire-token, expire-session)",
+                        "unknown kind (429, 500, 502, 503, 504, 507, 404, 410, resync, drop, drop-reply, latency, expire-token, expire-session)",
                     ));
                 }
             },
@@ -221,6 +225,8 @@ pub enum Action {
     },
     /// Drop the connection mid-body.
     Drop,
+    /// Handle the request, then drop the connection.
+    DropReply,
 }
 
 /// The active rules and the seeded generator.
@@ -288,7 +294,10 @@ impl Faults {
             if rule.count == Some(0) {
                 continue;
             }
-            let is_action = matches!(rule.kind, FaultKind::Status(_) | FaultKind::Drop);
+            let is_action = matches!(
+                rule.kind,
+                FaultKind::Status(_) | FaultKind::Drop | FaultKind::DropReply
+            );
             if is_action && d.action.is_some() {
                 continue;
             }
@@ -313,6 +322,7 @@ impl Faults {
                     });
                 }
                 FaultKind::Drop => d.action = Some(Action::Drop),
+                FaultKind::DropReply => d.action = Some(Action::DropReply),
                 FaultKind::Latency => d.latency += Duration::from_millis(rule.ms),
                 FaultKind::ExpireToken => d.expire_tokens = true,
                 FaultKind::ExpireSession => d.expire_sessions = true,

@@ -14,14 +14,17 @@
 //! ```
 //!
 //! Modules: `server` (wiring, faults at the front door, request log),
-//! `auth` (token service), `graph` (drive API), `upload` (upload sessions),
+//! `auth` (token service), `assertion` (certificate credentials, feature
+//! `cert-auth`), `graph` (drive API), `upload` (upload sessions),
 //! `store` (tree, sessions, disk layout, snapshot data), `names` (refused
 //! names), `faults` (grammar and decisions), `qxh` (QuickXorHash), `admin`
-//! (`/_emulator/` API), `clock` (virtual time). It does not serve TLS yet.
+//! (`/_emulator/` API), `clock` (virtual time), `tls` (HTTPS listener, cargo
+//! feature `tls`).
 
 #![forbid(unsafe_code)]
 
 mod admin;
+mod assertion;
 mod auth;
 mod clock;
 mod error;
@@ -32,12 +35,14 @@ mod options;
 mod qxh;
 mod server;
 mod store;
+#[cfg(feature = "tls")]
+mod tls;
 mod upload;
 
 pub use admin::TreeEntry;
 pub use error::Error;
 pub use faults::FaultSpecError;
-pub use options::{Options, SiteOptions};
+pub use options::{Options, SiteOptions, TlsFiles};
 pub use qxh::{QuickXor, quick_xor_hash};
 pub use server::RequestRecord;
 pub use upload::{FRAGMENT_MULTIPLE, MAX_FRAGMENT};
@@ -59,6 +64,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Handle, Error> {
     let local_addr = listener.local_addr().map_err(Error::Listener)?;
+    #[cfg(not(feature = "tls"))]
+    if opts.tls.is_some() {
+        return Err(Error::Tls(
+            "this build has no TLS support (cargo feature `tls`)".into(),
+        ));
+    }
+    #[cfg(feature = "tls")]
+    let listener = match &opts.tls {
+        Some(files) => Served::Tls(tls::TlsListener::new(listener, &files.cert, &files.key)?),
+        None => Served::Plain(listener),
+    };
     let (data_dir, temp, persist) = match &opts.data_dir {
         Some(d) => (d.clone(), None, true),
         None => {
@@ -80,6 +96,7 @@ pub async fn serve(
     if let Some(spec) = &opts.faults {
         faults.add(spec)?;
     }
+    let certs = assertion::Certificates::load(&opts.client_certificates)?;
     let clock = clock::Clock::default();
     let store = store::Store::new(data_dir.clone(), &opts, clock.now_ms());
     let (log_seq, _) = watch::channel(0u64);
@@ -95,8 +112,11 @@ pub async fn serve(
         data_dir,
         _temp: temp,
         local_addr,
-        scheme: "http",
+        scheme: if opts.tls.is_some() { "https" } else { "http" },
         download_secret: uuid::Uuid::new_v4().simple().to_string(),
+        throttled_until_ms: Default::default(),
+        throttle_violations: Default::default(),
+        certs,
         clock,
         started: std::time::Instant::now(),
         opts,
@@ -113,18 +133,32 @@ pub async fn serve(
                 _ = server_stop.wait_for(|s| *s) => {}
             }
         };
+        #[cfg(feature = "tls")]
+        let listener = match listener {
+            Served::Plain(l) => l,
+            Served::Tls(t) => {
+                return axum::serve(t, app).with_graceful_shutdown(signal).await;
+            }
+        };
         axum::serve(listener, app)
             .with_graceful_shutdown(signal)
             .await
     });
     let persist = tokio::spawn(server::persist_task(shared.clone(), stop_rx));
     Ok(Handle {
-        url: format!("http://{local_addr}"),
+        url: format!("{}://{local_addr}", shared.scheme),
         shared,
         stop: stop_tx,
         server: Some(server),
         persist: Some(persist),
     })
+}
+
+/// What `serve` listens with.
+#[cfg(feature = "tls")]
+enum Served {
+    Plain(tokio::net::TcpListener),
+    Tls(tls::TlsListener),
 }
 
 /// A running emulator: its URLs, inspection, fault control and shutdown.
@@ -239,6 +273,13 @@ impl Handle {
         tokio::time::timeout(timeout, check).await.is_ok() && pred(&lock(&self.shared.log))
     }
 
+    /// Requests that arrived inside a `Retry-After` window.
+    pub fn throttle_violations(&self) -> u64 {
+        self.shared
+            .throttle_violations
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Add fault rules (grammar in the README).
     pub fn add_faults(&self, spec: &str) -> Result<(), FaultSpecError> {
         self.shared.add_faults(spec)
@@ -262,6 +303,13 @@ impl Handle {
     /// User codes waiting for approval.
     pub fn pending_user_codes(&self) -> Vec<String> {
         lock(&self.shared.auth).pending_user_codes()
+    }
+
+    /// Tokens for a signed-in user (the token endpoint's reply JSON, with
+    /// `refresh_token` when `scope` has `offline_access`), skipping the
+    /// device code flow: for tests and demos that preset a token.
+    pub fn user_tokens(&self, client_id: &str, scope: &str) -> serde_json::Value {
+        self.shared.user_tokens(client_id, scope)
     }
 
     /// Revoke every refresh token (next use: `invalid_grant`, AADSTS70008).

@@ -18,6 +18,13 @@ struct Cli {
     /// one, removed on exit, when absent.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Serve HTTPS with this PEM certificate chain (needs `--tls-key`;
+    /// build with the `tls` feature).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Fault spec, e.g. `upload:429:retry-after=2:count=3,graph:503:rate=0.05,seed=42`.
     #[arg(long)]
     faults: Option<String>,
@@ -30,6 +37,10 @@ struct Cli {
     /// Secret accepted by client credentials.
     #[arg(long, default_value = "emulator-secret")]
     client_secret: String,
+    /// PEM certificate whose key may sign client assertions (repeatable;
+    /// build with the `cert-auth` feature).
+    #[arg(long = "client-certificate")]
+    client_certificates: Vec<PathBuf>,
     /// Access token lifetime in seconds.
     #[arg(long, default_value_t = 3599)]
     token_lifetime: u64,
@@ -64,6 +75,12 @@ struct Cli {
     /// Each has one library "Documents". `/sites/demo` always exists.
     #[arg(long = "site")]
     sites: Vec<String>,
+    /// Extra library of `/sites/demo` besides "Documents"; repeatable.
+    #[arg(long = "library")]
+    libraries: Vec<String>,
+    /// Do not throttle requests sent inside a Retry-After window.
+    #[arg(long)]
+    no_enforce_retry_after: bool,
 }
 
 #[tokio::main]
@@ -75,12 +92,18 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
+    let tls = match (cli.tls_cert, cli.tls_key) {
+        (Some(cert), Some(key)) => Some(graph_emulator::TlsFiles { cert, key }),
+        _ => None,
+    };
     let mut opts = graph_emulator::Options {
+        tls,
         data_dir: cli.data,
         faults: cli.faults,
         latency: Duration::from_millis(cli.latency),
         client_id: cli.client_id,
         client_secret: cli.client_secret,
+        client_certificates: cli.client_certificates,
         token_lifetime: Duration::from_secs(cli.token_lifetime),
         device_code_interval: Duration::from_secs(cli.device_code_interval),
         session_lifetime: Duration::from_secs(cli.session_lifetime),
@@ -89,10 +112,12 @@ async fn main() -> anyhow::Result<()> {
         invalidate_old_refresh_tokens: cli.invalidate_old_refresh_tokens,
         rewrite_office: cli.rewrite_office,
         strict: !cli.lenient_upload_auth,
+        enforce_retry_after: !cli.no_enforce_retry_after,
         tenant: cli.tenant,
         hostname: cli.hostname,
         ..Default::default()
     };
+    opts.sites[0].libraries.extend(cli.libraries);
     for s in cli.sites {
         opts.sites.push(graph_emulator::SiteOptions {
             path: s,

@@ -18,10 +18,21 @@ pub struct SiteOptions {
     pub libraries: Vec<String>,
 }
 
-/// Everything `serve` needs to know; `Options::default()` is the documented
-/// default tenant.
+/// PEM files for serving HTTPS (needs the `tls` feature).
 #[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Everything `serve` needs to know; `Options::default()` is the documented
+/// default tenant. `Debug` leaves the client secret out.
+#[derive(Clone)]
 pub struct Options {
+    /// Serve HTTPS with these files instead of HTTP.
+    pub tls: Option<TlsFiles>,
     /// Where content, sessions and the metadata snapshot live; `None` uses a
     /// temporary directory removed when the emulator stops.
     pub data_dir: Option<PathBuf>,
@@ -39,6 +50,9 @@ pub struct Options {
     pub client_id: Option<String>,
     /// Secret accepted for client credentials.
     pub client_secret: String,
+    /// PEM certificates registered for client-credential assertions
+    /// (needs the `cert-auth` feature).
+    pub client_certificates: Vec<PathBuf>,
     /// Application permissions an app-only token carries.
     pub app_roles: Vec<String>,
     /// `expires_in` of access tokens; after it they answer 401.
@@ -53,6 +67,10 @@ pub struct Options {
     pub invalidate_old_refresh_tokens: bool,
     /// Refuse an `Authorization` header on upload URLs with 401.
     pub strict: bool,
+    /// After a reply with `Retry-After`, answer every Graph, upload and
+    /// download request with 429 until the window ends, and count them
+    /// (graph-api.md §7: wait before ANY further request to the tenant).
+    pub enforce_retry_after: bool,
     /// Largest body a simple upload (`PUT .../content`) accepts.
     pub simple_upload_max: u64,
     /// How far each fragment pushes an upload session's expiry.
@@ -72,9 +90,27 @@ pub struct Options {
     pub persist_interval: Duration,
 }
 
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("tls", &self.tls)
+            .field("data_dir", &self.data_dir)
+            .field("tenant", &self.tenant)
+            .field("hostname", &self.hostname)
+            .field("sites", &self.sites)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("token_lifetime", &self.token_lifetime)
+            .field("strict", &self.strict)
+            .field("faults", &self.faults)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Self {
+            tls: None,
             data_dir: None,
             tenant: "contoso.onmicrosoft.com".into(),
             tenant_id: "9188040d-6c67-4c5b-b112-36a304b66dad".into(),
@@ -85,12 +121,14 @@ impl Default for Options {
             }],
             client_id: None,
             client_secret: "emulator-secret".into(),
+            client_certificates: Vec::new(),
             app_roles: vec!["Sites.ReadWrite.All".into()],
             token_lifetime: Duration::from_secs(3599),
             device_code_lifetime: Duration::from_secs(900),
             device_code_interval: Duration::from_secs(5),
             invalidate_old_refresh_tokens: false,
             strict: true,
+            enforce_retry_after: true,
             simple_upload_max: 250_000_000,
             session_lifetime: Duration::from_secs(15 * 60),
             quota_bytes: 1 << 40,

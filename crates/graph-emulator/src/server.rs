@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, watch};
 
@@ -78,6 +78,13 @@ pub struct Shared {
     pub scheme: &'static str,
     /// Secret that signs download URLs.
     pub download_secret: String,
+    /// Emulator time (Unix ms) until which the tenant is throttled after a
+    /// reply with `Retry-After`.
+    pub throttled_until_ms: AtomicI64,
+    /// Requests that arrived inside a Retry-After window.
+    pub throttle_violations: AtomicU64,
+    /// Certificates registered for client-credential assertions.
+    pub certs: crate::assertion::Certificates,
 }
 
 impl std::fmt::Debug for Shared {
@@ -269,6 +276,8 @@ async fn devicecode(
     let svc = TokenService {
         opts: &sh.opts,
         clock: &sh.clock,
+        certs: &sh.certs,
+        token_url: String::new(),
     };
     let resp = svc.devicecode(&mut lock(&sh.auth), &tenant, &form);
     sh.changed();
@@ -285,6 +294,8 @@ async fn token(
     let svc = TokenService {
         opts: &sh.opts,
         clock: &sh.clock,
+        certs: &sh.certs,
+        token_url: format!("{}/{tenant}/oauth2/v2.0/token", sh.base_url(&parts.headers)),
     };
     let resp = svc.token(&mut lock(&sh.auth), &tenant, &parts.headers, &form);
     sh.changed();
@@ -402,6 +413,30 @@ async fn front_door(State(sh): State<Arc<Shared>>, req: Request, next: Next) -> 
     let Some(&primary) = classes.first() else {
         return next.run(req).await;
     };
+    let route = match primary {
+        RouteClass::Any => "other",
+        c => c.name(),
+    };
+    if sh.opts.enforce_retry_after && primary != RouteClass::Token {
+        let now = sh.clock.now_ms();
+        let until = sh.throttled_until_ms.load(Ordering::Acquire);
+        if now < until {
+            // A request inside a Retry-After window (graph-api.md §7: wait
+            // before ANY further request to that tenant). Checked before
+            // faults so a throttled request does not use up a fault's count.
+            sh.throttle_violations.fetch_add(1, Ordering::AcqRel);
+            let secs = ((until - now) + 999) / 1000;
+            let mut e = GraphError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "activityLimitReached",
+                "The request has been throttled: Retry-After was not honoured",
+            )
+            .inner("throttledRequest");
+            e.retry_after = Some(secs as u64);
+            sh.record(&method, &path, 429, route);
+            return e.to_response(now);
+        }
+    }
     let mut decision = lock(&sh.faults).decide(&classes);
     if sh.opts.latency > std::time::Duration::ZERO {
         decision.latency += sh.opts.latency;
@@ -418,10 +453,6 @@ async fn front_door(State(sh): State<Arc<Shared>>, req: Request, next: Next) -> 
             s.expires_ms = s.expires_ms.min(now);
         }
     }
-    let route = match primary {
-        RouteClass::Any => "other",
-        c => c.name(),
-    };
     let resp = match decision.action {
         Some(Action::Status {
             status,
@@ -450,8 +481,30 @@ async fn front_door(State(sh): State<Arc<Shared>>, req: Request, next: Next) -> 
             sh.record(&method, &path, 0, route);
             return resp;
         }
+        Some(Action::DropReply) => {
+            let resp = next.run(req).await;
+            // Let the handler finish its work (its body may stream), then
+            // break the connection instead of delivering the reply.
+            let _ = resp.into_body().collect().await;
+            let mut resp = Response::new(dropped_body());
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, 4096.into());
+            sh.record(&method, &path, 0, route);
+            return resp;
+        }
         None => next.run(req).await,
     };
+    if let Some(secs) = resp
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok())
+        .filter(|_| primary != RouteClass::Token)
+    {
+        // The tenant is throttled for everyone until the window ends.
+        let until = now + secs * 1000;
+        sh.throttled_until_ms.fetch_max(until, Ordering::AcqRel);
+    }
     sh.record(&method, &path, resp.status().as_u16(), route);
     resp
 }

@@ -208,3 +208,85 @@ async fn cli_prints_the_listening_line_first() {
     assert_eq!(r.status(), 200);
     child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn admin_login_presets_a_users_tokens() {
+    let emu = start().await;
+    let r = emu
+        .c
+        .post(emu.url("/_emulator/login"))
+        .json(&json!({"client_id": "preset"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let at = v["access_token"].as_str().unwrap();
+    assert_eq!(
+        emu.c
+            .get(emu.drive_path("/root"))
+            .bearer_auth(at)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = emu
+        .token_form(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", "preset"),
+            ("refresh_token", v["refresh_token"].as_str().unwrap()),
+        ])
+        .await;
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn admin_user_codes_lists_pending_device_codes() {
+    let emu = start().await;
+    let v: Value = emu
+        .c
+        .post(emu.url(&format!("/{TENANT}/oauth2/v2.0/devicecode")))
+        .form(&[("client_id", "c"), ("scope", "Files.ReadWrite.All")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let codes: Value = emu
+        .c
+        .get(emu.url("/_emulator/user-codes"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(codes, json!([v["user_code"]]));
+}
+
+#[tokio::test]
+async fn wait_for_requests_returns_when_the_condition_holds() {
+    let emu = start().await;
+    let c = emu.c.clone();
+    let url = emu.drive_path("/root:/later.txt:");
+    let token = emu.token.clone();
+    let client =
+        tokio::spawn(async move { c.get(url).bearer_auth(token).send().await.unwrap().status() });
+    let seen = emu
+        .h
+        .wait_for_requests(std::time::Duration::from_secs(10), |log| {
+            log.iter()
+                .any(|r| r.path.ends_with("later.txt:") && r.status == 404)
+        })
+        .await;
+    assert!(seen);
+    assert_eq!(client.await.unwrap(), 404);
+    let never = emu
+        .h
+        .wait_for_requests(std::time::Duration::from_millis(50), |log| log.len() > 1000)
+        .await;
+    assert!(!never);
+}

@@ -29,7 +29,43 @@ async fn throttling_429_carries_retry_after_and_activity_limit_reached() {
         (status, code.as_str(), inner.as_deref()),
         (429, "activityLimitReached", Some("throttledRequest"))
     );
+    emu.h.advance_clock(Duration::from_secs(7));
     assert_eq!(emu.get("/root").await.status(), 200, "count=1 fires once");
+    assert_eq!(emu.h.throttle_violations(), 0);
+}
+
+#[tokio::test]
+async fn requests_inside_a_retry_after_window_are_throttled_and_counted() {
+    let emu = start().await;
+    emu.h
+        .add_faults("graph:429:retry-after=30:count=1")
+        .unwrap();
+    assert_eq!(emu.get("/root").await.status(), 429);
+    // ANY further request to the tenant, not just the throttled route.
+    let r = emu.create_session_raw("x.bin", serde_json::json!({})).await;
+    assert_eq!(r.status(), 429);
+    let r = emu.get("/root").await;
+    assert_eq!(r.status(), 429);
+    let left: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((29..=30).contains(&left), "{left}");
+    assert_eq!(emu.h.throttle_violations(), 2);
+    emu.h.advance_clock(Duration::from_secs(30));
+    assert_eq!(emu.get("/root").await.status(), 200);
+    let v: Value = emu
+        .c
+        .get(emu.url("/_emulator/throttle"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["violations"], 2);
+    assert_eq!(v["throttled"], false);
 }
 
 #[tokio::test]
@@ -50,6 +86,7 @@ async fn service_unavailable_503_and_internal_error_500() {
     let r = emu.get("/root").await;
     assert_eq!(r.headers()["retry-after"], "2");
     assert_eq!(graph_err(r).await.1, "serviceNotAvailable");
+    emu.h.advance_clock(Duration::from_secs(2));
     assert_eq!(
         graph_err(emu.get("/root").await).await.1,
         "generalException"

@@ -9,10 +9,16 @@ mod common;
 
 mod admin;
 mod auth;
+#[cfg(feature = "cert-auth")]
+mod certificates;
 mod delta;
 mod errors;
 mod items;
 mod names;
+#[cfg(feature = "tls")]
+mod rclone;
 mod session;
 mod simple_upload;
+#[cfg(feature = "tls")]
+mod tls;
 mod upload_session;

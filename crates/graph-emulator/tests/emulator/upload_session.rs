@@ -491,3 +491,61 @@ async fn upload_session_by_parent_id_and_name() {
     assert_eq!(emu.fragment(&url, 0, 1, b"s").await.status(), 201);
     assert_eq!(emu.h.tree()[0].path, "p/s.bin");
 }
+
+#[tokio::test]
+async fn lost_reply_to_a_fragment_then_retry_is_overlap_and_get_tells_where_to_go_on() {
+    let emu = start().await;
+    let data = bytes(2 * K320, 6);
+    let url = emu.session("lost.bin").await;
+    emu.h.add_faults("upload:drop-reply:count=1").unwrap();
+    let lost = emu
+        .c
+        .put(&url)
+        .header(
+            "Content-Range",
+            format!("bytes 0-{}/{}", K320 - 1, data.len()),
+        )
+        .body(data[..K320].to_vec())
+        .send()
+        .await;
+    assert!(match lost {
+        Err(_) => true,
+        Ok(r) => r.bytes().await.is_err(),
+    });
+    let (status, _, inner) =
+        graph_err(emu.fragment(&url, 0, data.len(), &data[..K320]).await).await;
+    assert_eq!((status, inner.as_deref()), (416, Some("fragmentOverlap")));
+    let v: Value = emu.c.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["nextExpectedRanges"], json!([format!("{K320}-")]));
+    assert_eq!(
+        emu.fragment(&url, K320, data.len(), &data[K320..])
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(emu.h.read_file("lost.bin").unwrap(), data);
+}
+
+#[tokio::test]
+async fn refused_10_mib_fragment_still_gets_its_416_reply() {
+    let emu = start().await;
+    let url = emu.session("big.bin").await;
+    let frag = vec![0u8; 10 * MIB];
+    let (status, _, inner) = graph_err(emu.fragment(&url, 10 * MIB, 30 * MIB, &frag).await).await;
+    assert_eq!(
+        (status, inner.as_deref()),
+        (416, Some("fragmentOutOfOrder"))
+    );
+    // A throttled fragment too: the client must see the 429, not a reset.
+    emu.h.add_faults("upload:429:count=1").unwrap();
+    assert_eq!(emu.fragment(&url, 0, 30 * MIB, &frag).await.status(), 429);
+    assert_eq!(emu.fragment(&url, 0, 30 * MIB, &frag).await.status(), 202);
+}
+
+#[tokio::test]
+async fn refused_simple_upload_body_still_gets_its_reply() {
+    let mut emu = start().await;
+    emu.token = "expired-or-bogus".into();
+    let (status, code, _) = graph_err(emu.put("x.bin", &vec![0u8; 8 * MIB]).await).await;
+    assert_eq!((status, code.as_str()), (401, "InvalidAuthenticationToken"));
+}
