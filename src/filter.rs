@@ -21,7 +21,7 @@
 //! reported per file; the filter holds only what the administrator wrote).
 //! Matching is case-sensitive, as on the local file system.
 
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 
 use ignore::Match;
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
@@ -95,22 +95,25 @@ impl Filter {
     /// every parent directory is checked against the exclude patterns top
     /// down, exactly as a walk would have met them.
     pub fn matches(&self, rel_path: &Path, is_dir: bool) -> Verdict {
-        let mut parent = std::path::PathBuf::new();
-        let components: Vec<Component<'_>> = rel_path
+        // Only normal components: a leading `/` or `./` is not part of the
+        // relative path (and an absolute path must not reach the matcher,
+        // which asserts paths are relative).
+        let rel: PathBuf = rel_path
             .components()
             .filter(|c| matches!(c, Component::Normal(_)))
             .collect();
-        if components.is_empty() {
+        let Some(parent) = rel.parent() else {
             // The source itself: always part of the job.
             return Verdict::Included;
-        }
-        for c in &components[..components.len() - 1] {
-            parent.push(c);
-            if self.exclude.matched(&parent, true).is_ignore() {
+        };
+        let mut ancestor = PathBuf::new();
+        for c in parent.components() {
+            ancestor.push(c);
+            if self.exclude.matched(&ancestor, true).is_ignore() {
                 return Verdict::Excluded;
             }
         }
-        self.matches_here(rel_path, is_dir)
+        self.matches_here(&rel, is_dir)
     }
 
     /// The verdict for a path whose parent directories are already known to
@@ -118,6 +121,7 @@ impl Filter {
     /// Cheaper than [`Filter::matches`]: only the path itself is matched
     /// against the exclude patterns.
     pub fn matches_here(&self, rel_path: &Path, is_dir: bool) -> Verdict {
+        let rel_path = rel_path.strip_prefix("/").unwrap_or(rel_path);
         if self.exclude.matched(rel_path, is_dir).is_ignore() {
             return Verdict::Excluded;
         }
@@ -215,6 +219,10 @@ mod tests {
     // The root itself and a leading ./ are handled.
     #[case(&[], &["*"], "", true, I)]
     #[case(&[], &["*.tmp"], "./a.tmp", false, X)]
+    #[case(&["*.pdf"], &["/build"], "/build/a.pdf", false, X)]
+    #[case(&["*.pdf"], &[], "/x/a.pdf", false, I)]
+    // Hidden files are ordinary files here.
+    #[case(&[], &[], ".config/app.ini", false, I)]
     fn verdicts(
         #[case] include: &[&str],
         #[case] exclude: &[&str],

@@ -185,23 +185,16 @@ impl Plan {
 /// Every ancestor folder of an upload that is not in
 /// [`PlanInput::remote_folders`] gets one `CreateFolder`, parents first.
 pub fn plan(report: &ScanReport, input: &PlanInput, delete: DeleteMode, now: SystemTime) -> Plan {
+    let listed_unchanged = report
+        .entries
+        .iter()
+        .filter(|e| e.change == Change::Unchanged)
+        .count() as u64;
+    // Unchanged files that were not listed are synced by construction.
+    let unlisted_unchanged = report.unchanged.saturating_sub(listed_unchanged);
     let mut summary = PlanSummary {
-        present: report.entries.len() as u64
-            + report.unchanged.saturating_sub(
-                report
-                    .entries
-                    .iter()
-                    .filter(|e| e.change == Change::Unchanged)
-                    .count() as u64,
-            ),
-        // Unchanged files that were not listed are synced by construction.
-        up_to_date: report.unchanged.saturating_sub(
-            report
-                .entries
-                .iter()
-                .filter(|e| e.change == Change::Unchanged)
-                .count() as u64,
-        ),
+        present: report.entries.len() as u64 + unlisted_unchanged,
+        up_to_date: unlisted_unchanged,
         ..PlanSummary::default()
     };
 

@@ -30,7 +30,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, Metadata};
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -195,6 +195,10 @@ pub enum SkipReason {
     TooLarge { size: u64, limit: u64 },
     /// Size, mtime or inode changed between the stat before and after hashing.
     ChangedWhileHashing,
+    /// The stat did not change, but reading gave a different number of bytes
+    /// than it reports: a pseudo-file (procfs, some FUSE file systems) or a
+    /// rewrite too quick for the file system's timestamps.
+    SizeMismatch { size: u64, read: u64 },
 }
 
 impl std::fmt::Display for SkipReason {
@@ -212,6 +216,9 @@ impl std::fmt::Display for SkipReason {
                 write!(f, "{size} bytes, above max_file_size {limit}")
             }
             SkipReason::ChangedWhileHashing => f.write_str("changed while being read"),
+            SkipReason::SizeMismatch { size, read } => {
+                write!(f, "stat says {size} bytes but {read} were read")
+            }
         }
     }
 }
@@ -638,12 +645,31 @@ impl Worker<'_> {
         };
         let mut file = File::open(path).map_err(unreadable)?;
         let hasher = self.hasher.get_or_insert_with(FileHasher::new);
-        let (hashes, bytes) = hasher.hash_reader(&mut file).map_err(unreadable)?;
+        // Reading stops after `size` bytes without the extra `read` that
+        // would confirm end of file: the `fstat` below proves the file still
+        // has exactly that size, or the file is skipped. Files that stat as
+        // empty are read to the end: pseudo-files (procfs, some FUSE) report
+        // size 0 whatever they hold, and must not be recorded as empty.
+        let limit = if before.size == 0 {
+            u64::MAX
+        } else {
+            before.size
+        };
+        let (hashes, bytes) = hasher
+            .hash_reader(&mut Read::take(&mut file, limit), before.size)
+            .map_err(unreadable)?;
         self.found.hashed_files += 1;
         self.found.hashed_bytes += bytes;
         let after = Fingerprint::of(&file.metadata().map_err(unreadable)?);
         if changed_while_hashing(before, &after, bytes) {
-            return Err(SkipReason::ChangedWhileHashing);
+            return Err(if *before == after {
+                SkipReason::SizeMismatch {
+                    size: after.size,
+                    read: bytes,
+                }
+            } else {
+                SkipReason::ChangedWhileHashing
+            });
         }
         Ok(hashes)
     }
@@ -1018,6 +1044,20 @@ mod tests {
     }
 
     #[test]
+    fn pseudo_file_that_stats_empty_is_not_recorded_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/proc/self/status", dir.path().join("status")).unwrap();
+        let mut o = opts(dir.path());
+        o.follow_symlinks = true;
+        let report = scan(&o, HashMap::new()).unwrap();
+        assert!(report.entries.is_empty());
+        match skip_of(&report, "status") {
+            Some(SkipReason::SizeMismatch { size: 0, read }) => assert!(*read > 0),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn unreadable_directory_keeps_its_known_files() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
@@ -1288,11 +1328,13 @@ mod tests {
     fn empty_files_and_nested_dirs() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "a/b/c/empty", b"");
+        write(dir.path(), ".hidden/.dotfile", b"no hidden-file rules");
         fs::create_dir_all(dir.path().join("a/emptydir")).unwrap();
         let report = scan(&opts(dir.path()), HashMap::new()).unwrap();
-        assert_eq!(report.entries[0].size, 0);
-        assert_eq!(report.entries[0].hashes, hash_bytes(b""));
-        assert_eq!(report.dirs, ["a", "a/b", "a/b/c", "a/emptydir"]);
+        assert_eq!(paths(&report), [".hidden/.dotfile", "a/b/c/empty"]);
+        assert_eq!(report.entries[1].size, 0);
+        assert_eq!(report.entries[1].hashes, hash_bytes(b""));
+        assert_eq!(report.dirs, [".hidden", "a", "a/b", "a/b/c", "a/emptydir"]);
     }
 
     #[test]

@@ -39,9 +39,6 @@ impl DirLock {
             .mode(0o600)
             .open(lock_path)
             .map_err(|e| io_err("open lock file", e))?;
-        // `File::try_lock` is stable since Rust 1.89; the workspace's
-        // `rust-version` (1.88) must be raised to 1.89, then this allow goes.
-        #[allow(clippy::incompatible_msrv)]
         let locked = file.try_lock();
         match locked {
             Ok(()) => {}

@@ -20,6 +20,13 @@
 //! here: the auth layer keeps the refresh token in its own 0600 file in the
 //! state directory (written atomically), so there is no `tokens` table.
 //!
+//! Reads for the pipeline: a scan takes [`Store::known_files`] (fingerprints
+//! and hashes only, one query) and hands back `LocalEntry`s to
+//! [`Store::record_scanned`]; the planner reads [`FileRecord`]s (state, item
+//! id, eTag) with [`Store::all_records`] after a full scan (one sequential
+//! query) or [`Store::records_for`] for a watch batch (one lookup per path,
+//! in one read transaction). Both return maps keyed by path.
+//!
 //! Safety around the database: [`Store::open`] takes an exclusive lock on
 //! `<state_dir>/sharepush.lock` (a second process fails fast with
 //! [`StateError::Locked`], naming the holder's pid), creates the directory 0700
@@ -29,16 +36,18 @@
 //! `sharepush status` while the daemon runs: no lock, no writes.
 //!
 //! Durability: WAL with `synchronous=NORMAL`. A committed write survives the
-//! process being killed (SIGKILL, OOM, panic); a power loss may roll back the
-//! last few commits. Every state here is safe to lose that way: a lost
-//! `Synced` or session row costs a repeated upload, never a lost change,
-//! because a file only leaves `Pending` when something recorded why.
+//! process being killed (SIGKILL, OOM, panic): that is what resuming an
+//! upload session after a crash needs. A power loss may roll back the last
+//! few commits, and each of them is safe to lose: a lost `Synced` re-uploads
+//! bytes SharePoint already has, a lost session restarts that upload, a lost
+//! scan is redone by the next scan. `FULL` would instead fsync on every
+//! commit, once per file uploaded.
 //!
 //! Threading: `Store` is `Send` but not `Sync`; the daemon owns it on one
 //! thread (or behind `spawn_blocking`), never on the async workers.
 
 mod drives;
-pub(crate) mod files;
+mod files;
 mod lock;
 mod runs;
 mod schema;

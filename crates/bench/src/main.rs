@@ -15,6 +15,7 @@
 //! exit status is 0 unless a scenario could not run or produced wrong results).
 #![forbid(unsafe_code)]
 
+mod emulator;
 mod measure;
 mod scenarios;
 
@@ -26,7 +27,7 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "sharepush-bench", version)]
 pub struct Args {
-    /// Scenarios to run: scan, hash (all when none given).
+    /// Scenarios to run: scan, hash, emulator (all when none given).
     #[arg(value_name = "SCENARIO")]
     scenarios: Vec<String>,
 
@@ -54,7 +55,7 @@ pub struct Args {
     #[arg(long, default_value_t = 16 * 1024)]
     max_size: usize,
 
-    /// hash: size of the file in MiB.
+    /// hash and emulator: size of the large file in MiB.
     #[arg(long, default_value_t = 1024)]
     hash_mib: usize,
 
@@ -73,7 +74,7 @@ fn main() -> anyhow::Result<()> {
         return measure::child_main(command);
     }
     let names: Vec<String> = if args.scenarios.is_empty() {
-        vec!["scan".into(), "hash".into()]
+        vec!["scan".into(), "hash".into(), "emulator".into()]
     } else {
         args.scenarios.clone()
     };
@@ -82,7 +83,8 @@ fn main() -> anyhow::Result<()> {
         match name.as_str() {
             "scan" => rows.extend(scenarios::scan(&args)?),
             "hash" => rows.extend(scenarios::hash(&args)?),
-            other => anyhow::bail!("unknown scenario {other:?}; known: scan, hash"),
+            "emulator" => rows.extend(emulator::emulator(&args)?),
+            other => anyhow::bail!("unknown scenario {other:?}; known: scan, hash, emulator"),
         }
     }
     if args.json {
