@@ -66,6 +66,35 @@ pub enum Command {
     /// Show what would be uploaded and why (new / changed / unchanged /
     /// skipped), without touching the network; records hashes in the state.
     Scan(ScanArgs),
+    /// Upload what changed, once, then exit: scan, plan, upload and record
+    /// each job. Exit 0 when everything is up, 1 when files failed (listed),
+    /// 77 when a person must sign in again (`sharepush login`).
+    Sync(SyncArgs),
+    /// Sign in with the device code flow (works over SSH) and store the
+    /// refresh token in the state directory (0600).
+    Login(LoginArgs),
+}
+
+/// `sharepush sync` options.
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Jobs to sync (all when none given).
+    #[arg(value_name = "JOB")]
+    pub jobs: Vec<String>,
+
+    /// Show what would be uploaded; touch neither SharePoint nor the state.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `sharepush login` options.
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Import a refresh token from this file instead of signing in
+    /// interactively (e.g. one obtained by an older script). It is checked
+    /// by refreshing it once.
+    #[arg(long, value_name = "FILE")]
+    pub refresh_token_file: Option<PathBuf>,
 }
 
 /// `sharepush scan` options.

@@ -6,7 +6,7 @@
 //! command's report goes to the given writer (stdout).
 
 use std::collections::HashSet;
-use std::io::Write;
+use std::io::{IsTerminal as _, Write};
 use std::path::Path;
 
 use chrono::{Local, SecondsFormat};
@@ -246,12 +246,22 @@ pub fn scan(
 }
 
 fn scan_one(store: &mut Store, job: &JobSpec) -> Result<JobScanJson, String> {
+    let t0 = std::time::Instant::now();
     let known = store.known_files(&job.name).map_err(|e| e.to_string())?;
+    let t1 = std::time::Instant::now();
     let options = ScanOptions::from(job);
     let report = scan::scan(&options, known).map_err(|e| e.to_string())?;
+    let t2 = std::time::Instant::now();
     store
         .record_scanned(&job.name, &report.entries)
         .map_err(|e| e.to_string())?;
+    tracing::debug!(
+        job = %job.name,
+        load_ms = (t1 - t0).as_millis() as u64,
+        walk_hash_ms = (t2 - t1).as_millis() as u64,
+        record_ms = t2.elapsed().as_millis() as u64,
+        "scan phases"
+    );
     for skipped in &report.skipped {
         store
             .record_skipped(&job.name, &skipped.path, &skipped.reason.to_string())
@@ -349,6 +359,368 @@ fn print_job_text(out: &mut dyn Write, line: &JobScanJson, all: bool) {
                 "  {label:>8}  ... and {} more (-v lists all, --json for machines)",
                 paths.len() - limit
             );
+        }
+    }
+}
+
+/// A runtime for one command: a few workers (uploads are I/O bound; hashing
+/// and SQLite run on blocking threads).
+fn runtime(err: &mut dyn Write) -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            let _ = writeln!(err, "error: cannot start the async runtime: {e}");
+            ExitCode::TempFail
+        })
+}
+
+/// `sharepush sync [JOB...] [--dry-run]`: one pass of scan -> plan ->
+/// upload -> record per job, a summary line per job, failures listed at the
+/// end. Exit 0, 1 (files failed), 77 (login needed), 75 (locked / network).
+pub fn sync(
+    global: &GlobalArgs,
+    args: &crate::cli::SyncArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> ExitCode {
+    let config = match load_config(global, err) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let selected = match select_jobs(&config, &args.jobs, err) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    if args.dry_run {
+        return dry_run(&config, &selected, out, err);
+    }
+    let rt = match runtime(err) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let progress = std::io::stderr()
+        .is_terminal()
+        .then(|| std::sync::Arc::new(crate::upload::Progress::default()));
+    let ticker = progress.clone().map(|p| rt.spawn(show_progress(p)));
+    let options = crate::job::SyncOptions {
+        progress,
+        ..crate::job::SyncOptions::default()
+    };
+    let result = rt.block_on(crate::job::sync_jobs(&config, &selected, &options));
+    if let Some(t) = ticker {
+        t.abort();
+        eprint!("\r\x1b[2K");
+    }
+    match result {
+        Ok(reports) => report_sync(&reports, out, err),
+        Err(crate::job::SyncError::State(e)) => {
+            let _ = writeln!(err, "error: {e}");
+            match e {
+                crate::state::StateError::TooNew { .. } => ExitCode::Config,
+                _ => ExitCode::TempFail,
+            }
+        }
+        Err(crate::job::SyncError::Remote(e)) => {
+            let _ = writeln!(err, "error: {e}");
+            ExitCode::TempFail
+        }
+    }
+}
+
+/// Redraws one progress line on the terminal (stderr) twice a second:
+/// job, files, bytes, rate and time left.
+async fn show_progress(p: std::sync::Arc<crate::upload::Progress>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let (total, sent) = (p.bytes_total.load(Relaxed), p.bytes_sent.load(Relaxed));
+        if p.files_total.load(Relaxed) == 0 {
+            continue;
+        }
+        let (job, elapsed) = p.job();
+        let secs = elapsed.as_secs_f64().max(0.001);
+        let rate = sent as f64 / secs;
+        let eta = if rate > 0.0 {
+            format!("{:.0}s", total.saturating_sub(sent) as f64 / rate)
+        } else {
+            "-".into()
+        };
+        eprint!(
+            "\r\x1b[2K{}: {}/{} files, {} of {}, {}/s, ETA {eta}",
+            job,
+            p.files_done.load(Relaxed),
+            p.files_total.load(Relaxed),
+            human_bytes(sent),
+            human_bytes(total),
+            human_bytes(rate as u64),
+        );
+    }
+}
+
+/// Human-readable size: `532 B`, `10.0 MiB`.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Prints a sync's per-job summary lines and the failures, and decides the
+/// exit code: 77 if any job needs a login, else 1 if anything failed.
+pub fn report_sync(
+    reports: &[crate::job::JobReport],
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> ExitCode {
+    let mut code = ExitCode::Ok;
+    let mut failures: Vec<String> = Vec::new();
+    for r in reports {
+        let _ = writeln!(
+            out,
+            "job {}: {} uploaded ({} in {:.1}s), {} failed, {} skipped, {} up to date{}{}",
+            r.name,
+            r.uploaded,
+            human_bytes(r.bytes),
+            r.elapsed.as_secs_f64(),
+            r.failed.len() + r.held.len(),
+            r.skipped.len(),
+            r.up_to_date,
+            if r.requeued.is_empty() {
+                String::new()
+            } else {
+                format!(", {} changed while uploading (next run)", r.requeued.len())
+            },
+            if r.deletes_held == 0 {
+                String::new()
+            } else {
+                format!(", {} remote delete(s) held", r.deletes_held)
+            },
+        );
+        for (local, remote) in &r.encoded {
+            let _ = writeln!(out, "  encoded  {local} -> {remote}");
+        }
+        for (path, reason) in &r.skipped {
+            let _ = writeln!(out, "  skipped  {path} ({reason})");
+        }
+        if let Some(e) = &r.error {
+            failures.push(format!("job {}: {e}", r.name));
+        }
+        for (path, e) in &r.failed {
+            failures.push(format!("{}/{path}: {e}", r.name));
+        }
+        for (path, until) in &r.held {
+            let when = chrono::DateTime::from_timestamp(*until, 0)
+                .map(|t| {
+                    t.with_timezone(&Local)
+                        .to_rfc3339_opts(SecondsFormat::Secs, false)
+                })
+                .unwrap_or_default();
+            failures.push(format!(
+                "{}/{path}: failed earlier; next attempt after {when}",
+                r.name
+            ));
+        }
+        if r.login_needed.is_some() {
+            code = ExitCode::AuthNeeded;
+        }
+    }
+    if !failures.is_empty() {
+        let _ = writeln!(out, "failed:");
+        for f in &failures {
+            let _ = writeln!(out, "  {f}");
+        }
+        if code == ExitCode::Ok {
+            code = ExitCode::SomeFilesFailed;
+        }
+    }
+    if let Some(why) = reports.iter().find_map(|r| r.login_needed.as_ref()) {
+        let _ = writeln!(err, "error: {why}");
+        let _ = writeln!(
+            err,
+            "changes are recorded and will upload after `sharepush login`"
+        );
+    } else if !failures.is_empty() {
+        let _ = writeln!(
+            err,
+            "{} problem(s); failed files are retried on a later run",
+            failures.len()
+        );
+    }
+    code
+}
+
+/// `sync --dry-run`: scan and plan without recording anything or talking
+/// to SharePoint; the state is only read (and not at all when none exists).
+fn dry_run(
+    config: &Config,
+    jobs: &[&JobSpec],
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> ExitCode {
+    use crate::plan::{Action, PlanInput};
+    let store = match Store::open_read_only(&config.daemon.state_dir) {
+        Ok(s) => Some(s),
+        Err(crate::state::StateError::Missing { .. }) => None,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            return ExitCode::TempFail;
+        }
+    };
+    let mut code = ExitCode::Ok;
+    for job in jobs {
+        let known = match &store {
+            Some(s) => match s.known_files(&job.name) {
+                Ok(k) => k,
+                Err(e) => {
+                    let _ = writeln!(err, "error: {e}");
+                    return ExitCode::TempFail;
+                }
+            },
+            None => Default::default(),
+        };
+        let report = match scan::scan(&ScanOptions::from(*job), known) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = writeln!(out, "job {} (dry run): error: {e}", job.name);
+                code = ExitCode::SomeFilesFailed;
+                continue;
+            }
+        };
+        let mut input = PlanInput::default();
+        if let Some(s) = &store {
+            let mut paths: Vec<&str> = report.entries.iter().map(|e| e.path.as_str()).collect();
+            paths.extend(report.vanished.iter().map(String::as_str));
+            paths.extend(report.deselected.iter().map(String::as_str));
+            match (s.records_for(&job.name, &paths), s.known_folders(&job.name)) {
+                (Ok(records), Ok(folders)) => {
+                    input.files = records
+                        .iter()
+                        .map(|(p, r)| (p.clone(), crate::job::prior_state(r)))
+                        .collect();
+                    input.remote_folders = folders;
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    let _ = writeln!(err, "error: {e}");
+                    return ExitCode::TempFail;
+                }
+            }
+        }
+        let plan = crate::plan::plan(&report, &input, job.delete, std::time::SystemTime::now());
+        let s = &plan.summary;
+        let _ = writeln!(
+            out,
+            "job {} (dry run): would create {} folder(s) and upload {} file(s), {} ({} new, {} changed, {} retried); {} up to date, {} held, {} forgotten, {} remote delete(s)",
+            job.name,
+            s.create_folders,
+            s.upload_new + s.upload_changed + s.upload_retry,
+            human_bytes(s.upload_bytes),
+            s.upload_new,
+            s.upload_changed,
+            s.upload_retry,
+            s.up_to_date,
+            s.held,
+            s.forget,
+            s.delete_remote
+        );
+        for action in &plan.actions {
+            let line = match action {
+                Action::CreateFolder { path } => format!("  mkdir    {path}/"),
+                Action::Upload { entry, reason } => format!(
+                    "  upload   {} ({}, {})",
+                    entry.path,
+                    serde_json::to_value(reason)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    human_bytes(entry.size)
+                ),
+                Action::Skip { path, .. } => format!("  hold     {path}"),
+                Action::Forget { path, .. } => format!("  forget   {path}"),
+                Action::DeleteRemote { path, .. } => format!("  delete   {path}"),
+            };
+            let _ = writeln!(out, "{line}");
+        }
+        for skipped in &report.skipped {
+            let _ = writeln!(out, "  skipped  {} ({})", skipped.path, skipped.reason);
+        }
+    }
+    code
+}
+
+/// `sharepush login [--refresh-token-file F]`: device code sign-in, or the
+/// import of an existing refresh token; either way the token ends up 0600
+/// in the state directory. Exit 77 when the sign-in failed.
+pub fn login(
+    global: &GlobalArgs,
+    args: &crate::cli::LoginArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> ExitCode {
+    let config = match load_config(global, err) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if config.auth.mode != crate::config::AuthMode::DeviceCode {
+        let _ = writeln!(
+            err,
+            "{}: [auth] mode is \"client_credentials\": the app signs in by itself, there is \
+             nothing to log in to (login is for mode = \"device_code\")",
+            config.path.display()
+        );
+        return ExitCode::Usage;
+    }
+    let rt = match runtime(err) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let result = rt.block_on(async {
+        let http = crate::remote::graph::http_client().map_err(|e| (e.to_string(), false))?;
+        let policy = crate::retry::RetryPolicy::default();
+        let tokens = crate::remote::auth::TokenProvider::new(
+            config.auth.clone(),
+            http.clone(),
+            &config.daemon.state_dir,
+            policy.clone(),
+        );
+        let outcome = match &args.refresh_token_file {
+            Some(file) => crate::remote::auth::import_refresh_token(&tokens, file).await,
+            None => {
+                crate::remote::auth::device_login(&config.auth, &http, tokens.store(), &policy, out)
+                    .await
+            }
+        };
+        outcome
+            .map(|()| tokens.store().path().to_path_buf())
+            .map_err(|e| (e.to_string(), e.needs_person()))
+    });
+    match result {
+        Ok(path) => {
+            let _ = writeln!(
+                out,
+                "Signed in. The refresh token is stored in {} (mode 0600); pending files \
+                 upload on the next run.",
+                path.display()
+            );
+            ExitCode::Ok
+        }
+        Err((text, needs_person)) => {
+            let _ = writeln!(err, "error: {text}");
+            if needs_person {
+                ExitCode::AuthNeeded
+            } else {
+                ExitCode::TempFail
+            }
         }
     }
 }

@@ -144,6 +144,20 @@ pub struct Settings {
     pub bandwidth_limit: Option<u64>,
     /// Larger files are skipped with a reason, `None` = no limit (SharePoint's 250 GB applies).
     pub max_file_size: Option<u64>,
+    /// What to do with names SharePoint refuses (`: ? |`, trailing dots...).
+    pub invalid_names: InvalidNames,
+}
+
+/// What the uploader does with a file or folder name SharePoint refuses
+/// (graph-api.md section 8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InvalidNames {
+    /// Map refused characters to full-width look-alikes, reversibly, as
+    /// rclone does (`a:b.txt` -> `a：b.txt`); reserved names are skipped.
+    #[default]
+    Encode,
+    /// Leave such files out and report them.
+    Skip,
 }
 
 impl Default for Settings {
@@ -155,6 +169,7 @@ impl Default for Settings {
             settle: Duration::from_secs(5),
             bandwidth_limit: None,
             max_file_size: None,
+            invalid_names: InvalidNames::Encode,
         }
     }
 }
@@ -503,6 +518,12 @@ const SETTINGS_KEYS: &[KeySpec] = &[
         "max_file_size",
         Kind::Size,
         "a size above 0, e.g. \"50GiB\"; leave the key out for no limit",
+    ),
+    spec(
+        "invalid_names",
+        Kind::Str,
+        "\"encode\" (default: map characters SharePoint refuses to full-width look-alikes) \
+         or \"skip\" (leave such files out and report them)",
     ),
 ];
 
@@ -1287,6 +1308,18 @@ fn compile_settings(
             );
         } else {
             s.bandwidth_limit = Some(n);
+        }
+    }
+    if let Some((text, span)) = t.str("invalid_names") {
+        match text {
+            "encode" => s.invalid_names = InvalidNames::Encode,
+            "skip" => s.invalid_names = InvalidNames::Skip,
+            _ => ctx.bad(
+                Some(span),
+                job,
+                &key("invalid_names"),
+                format!("unknown value {text:?}"),
+            ),
         }
     }
     if let Some((n, span)) = size_of(ctx, "max_file_size") {
@@ -2884,6 +2917,23 @@ mod tests {
             job("a", "A")
         ));
         assert!(e.message.contains("is not a GUID"), "{}", e.message);
+
+        let e = one_error(&with_job_lines("invalid_names = \"drop\""));
+        assert!(
+            e.message
+                .contains("unknown value \"drop\"; accepted: \"encode\" (default"),
+            "{}",
+            e.message
+        );
+        let c = ok(&format!(
+            "{AUTH}[defaults]\ninvalid_names = \"skip\"\n{}",
+            job("a", "A")
+        ));
+        assert_eq!(c.defaults.invalid_names, InvalidNames::Skip);
+        assert_eq!(c.jobs[0].settings.invalid_names, InvalidNames::Skip);
+        let c = ok(&with_job_lines("invalid_names = \"skip\""));
+        assert_eq!(c.defaults.invalid_names, InvalidNames::Encode);
+        assert_eq!(c.jobs[0].settings.invalid_names, InvalidNames::Skip);
     }
 
     #[test]
@@ -3267,7 +3317,11 @@ schedule = \"61 * * * *\"
         let j = &c.jobs[0];
         assert_eq!(j.name, "demo");
         assert_eq!(j.source, dir.join("config/demo/sample"));
-        assert_eq!(j.site.to_string(), "http://127.0.0.1:8070/sites/demo");
+        // The SharePoint site URL, not the emulator's address (requests go to graph_url).
+        assert_eq!(
+            j.site.to_string(),
+            "https://contoso.sharepoint.com/sites/demo"
+        );
         assert!(j.watch);
         assert_eq!(j.schedule.as_ref().unwrap().expr, "@hourly");
     }

@@ -6,9 +6,12 @@
 //! triggers (startup, cron, fs events, manual)
 //!   -> scan   (walk or dirty set; hash only what changed)      scan.rs, hash.rs, filter.rs
 //!   -> plan   (pure: local entries + state -> actions)          plan.rs
-//!   -> upload (the only stage that talks to the remote)         (uploader issue)
+//!   -> upload (the only stage that talks to the remote)         upload.rs, remote/, retry.rs
 //!   -> record (every file state transition, in a transaction)   state/
 //! ```
+//!
+//! `job` runs the four stages once for one job; `remote` is the [`remote::Remote`]
+//! trait with its Graph implementation, sign-in and SharePoint's naming rules.
 //!
 //! `config` turns the TOML file into checked [`config::Config`] values (phase
 //! two of the two-phase config), `schedule` owns cron parsing and next-run
@@ -23,22 +26,29 @@ pub mod config;
 pub mod error;
 pub mod filter;
 pub mod hash;
+pub mod job;
 pub mod logging;
 pub mod plan;
+pub mod remote;
+pub mod retry;
 pub mod scan;
 pub mod schedule;
 pub mod state;
+pub mod upload;
 
 /// Runs one parsed command line and returns the exit code to end with.
 /// Reports go to stdout, problems to stderr; nothing here exits the process.
 pub fn run(cli: cli::Cli) -> error::ExitCode {
-    let stdout = std::io::stdout();
-    let stderr = std::io::stderr();
-    let (mut out, mut err) = (stdout.lock(), stderr.lock());
+    // Unlocked handles (each write locks briefly): holding the stderr lock
+    // for the whole command would block `tracing`'s writes from the
+    // runtime's threads forever.
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
     match &cli.command {
         cli::Command::Check => commands::check(&cli.global, &mut out, &mut err),
         cli::Command::Scan(args) => {
             commands::scan(&cli.global, &args.jobs, args.json, &mut out, &mut err)
         }
+        cli::Command::Sync(args) => commands::sync(&cli.global, args, &mut out, &mut err),
+        cli::Command::Login(args) => commands::login(&cli.global, args, &mut out, &mut err),
     }
 }

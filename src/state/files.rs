@@ -484,6 +484,24 @@ impl Store {
 
     /// The files of one job in one state, sorted by path (`status` lists
     /// failed and skipped files; the uploader picks up pending ones).
+    /// Synced, non-empty files whose upload reply carried no quickXorHash
+    /// (SharePoint may fill it in later). Graph-api.md says never to assume
+    /// such an upload is intact: the uploader stats them again on a later
+    /// run and verifies the hash then. Sorted by path.
+    pub fn unconfirmed_synced(&self, job: &str) -> Result<Vec<FileRecord>, StateError> {
+        let context = "listing synced files without a remote hash";
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {RECORD_COLUMNS} FROM files WHERE job = ?1 AND state = 'synced'
+                 AND remote_quick_xor IS NULL AND size > 0 ORDER BY path"
+            ))
+            .map_err(self.sql(context))?;
+        stmt.query_map([job], record_from_row)
+            .and_then(|rows| rows.collect())
+            .map_err(self.sql(context))
+    }
+
     pub fn files_in_state(
         &self,
         job: &str,

@@ -948,3 +948,43 @@ fn bulk_timing() {
         assert_eq!(store.forget(JOB, &owned).unwrap(), 100_000)
     });
 }
+
+// ------------------------------------------------------ unverified uploads
+
+#[test]
+fn synced_files_without_a_remote_hash_are_listed_for_verification() {
+    let (_dir, mut store) = open_temp();
+    store
+        .record_scanned(
+            JOB,
+            &[
+                entry("verified.txt", b"v", 1, Change::New),
+                entry("unverified.txt", b"u", 1, Change::New),
+                entry("empty.txt", b"", 1, Change::New),
+                entry("pending.txt", b"p", 1, Change::New),
+            ],
+        )
+        .unwrap();
+    store
+        .mark_synced(JOB, "verified.txt", &synced_info(b"v"))
+        .unwrap();
+    for (path, content) in [("unverified.txt", &b"u"[..]), ("empty.txt", &b""[..])] {
+        let info = SyncedInfo {
+            remote_quick_xor: None,
+            ..synced_info(content)
+        };
+        store.mark_synced(JOB, path, &info).unwrap();
+    }
+    let listed: Vec<String> = store
+        .unconfirmed_synced(JOB)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(
+        listed,
+        ["unverified.txt"],
+        "non-empty, synced, hash unknown"
+    );
+    assert!(store.unconfirmed_synced("other-job").unwrap().is_empty());
+}

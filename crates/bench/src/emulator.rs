@@ -40,9 +40,13 @@ impl Client {
         let url = if parent.is_empty() {
             format!("{}/drives/{}/root/children", self.graph, self.drive)
         } else {
-            format!("{}/drives/{}/root:/{parent}:/children", self.graph, self.drive)
+            format!(
+                "{}/drives/{}/root:/{parent}:/children",
+                self.graph, self.drive
+            )
         };
-        let body = json!({"name": name, "folder": {}, "@microsoft.graph.conflictBehavior": "replace"});
+        let body =
+            json!({"name": name, "folder": {}, "@microsoft.graph.conflictBehavior": "replace"});
         self.send(
             self.http.post(url).bearer_auth(&self.token).json(&body),
             "create folder",
@@ -60,6 +64,8 @@ pub fn emulator(args: &Args) -> anyhow::Result<Vec<Row>> {
 }
 
 async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
+    // Already installed is fine (Err only says so).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     std::fs::create_dir_all(&args.work_dir)?;
     let data = std::fs::canonicalize(&args.work_dir)?.join("emulator-data");
     if data.exists() {

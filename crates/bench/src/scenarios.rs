@@ -59,7 +59,8 @@ fn generate_tree(root: &Path, args: &Args) -> anyhow::Result<()> {
         "files={} dirs={} min={} max={}\n",
         args.files, args.dirs, args.min_size, args.max_size
     );
-    let marker = root.join(".shape");
+    // The marker sits beside the tree, not in it: the tree is scanned.
+    let marker = root.with_extension("shape");
     if fs::read_to_string(&marker).ok().as_deref() == Some(shape.as_str()) {
         return Ok(());
     }

@@ -28,13 +28,21 @@ pub async fn start() -> Emu {
     start_with(opts()).await
 }
 
+/// A reqwest client builder that works whether or not the workspace build
+/// turned on reqwest's rustls (without a provider): installs ring first.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    // Err only means a provider is already installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Client::builder()
+}
+
 pub async fn start_with(opts: Options) -> Emu {
     let opts_client = opts.client_id.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let h = graph_emulator::serve(listener, opts, std::future::pending())
         .await
         .unwrap();
-    let c = Client::builder()
+    let c = client_builder()
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();

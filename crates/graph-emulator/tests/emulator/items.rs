@@ -420,7 +420,7 @@ async fn content_download_redirects_to_a_preauthenticated_url() {
     let emu = start().await;
     let data = bytes(300_000, 1);
     emu.put("d.bin", &data).await;
-    let no_redirect = reqwest::Client::builder()
+    let no_redirect = crate::common::client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();

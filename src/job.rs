@@ -1,0 +1,438 @@
+//! One run of one job: scan -> plan -> upload -> record, and
+//! [`sync_jobs`], the one-shot pass `sharepush sync` makes over the jobs.
+//!
+//! Input: a [`JobSpec`], the shared [`Remote`], store and throttle. Output:
+//! a [`JobReport`] (counts, per-file failures and skips) after the run is
+//! recorded in the `runs` table. The scan's findings are recorded before any
+//! upload starts, so changes are remembered even when the remote cannot be
+//! reached or signing in needs a person.
+//!
+//! What it does not do: schedule runs or watch folders (the daemon's job
+//! tasks call [`run_once`]), print anything (`commands`), or delete remote
+//! files (mirror deletes are held and counted until reconcile exists).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt as _;
+
+use crate::config::{Config, JobSpec};
+use crate::plan::{self, Action, HoldReason, PlanInput, PriorState};
+use crate::remote::auth::TokenProvider;
+use crate::remote::{GraphRemote, Remote, RemoteError};
+use crate::retry::{RetryPolicy, Throttle};
+use crate::scan::{self, ScanOptions};
+use crate::state::{
+    FileRecord, FileState, RunCounts, RunOutcome, RunSummary, RunTrigger, StateError, Store,
+};
+use crate::upload::{FileOutcome, Progress, SharedStore, Uploader};
+
+/// What one run of one job did, for the command's summary and exit code.
+#[derive(Debug, Clone, Default)]
+pub struct JobReport {
+    pub name: String,
+    /// Files found new / changed by the scan.
+    pub new: u64,
+    pub changed: u64,
+    /// Files already synced and unchanged.
+    pub up_to_date: u64,
+    /// Files uploaded (and verified) this run.
+    pub uploaded: u64,
+    /// Bytes of file content sent this run.
+    pub bytes: u64,
+    /// Files that failed: (path, error with Graph's code).
+    pub failed: Vec<(String, String)>,
+    /// Files left out: (path, reason) from the scan or the naming rules.
+    pub skipped: Vec<(String, String)>,
+    /// Files stored under an encoded name: (local path, remote path).
+    pub encoded: Vec<(String, String)>,
+    /// Files that failed before and are not due yet: (path, when, Unix s).
+    pub held: Vec<(String, i64)>,
+    /// Files that changed while uploading and go up again next run.
+    pub requeued: Vec<String>,
+    /// Remote deletes the plan asked for but this version holds back.
+    pub deletes_held: u64,
+    /// Why uploads stopped for a sign-in problem (says to run `sharepush login`).
+    pub login_needed: Option<String>,
+    /// Why the job could not run at all (missing source, unknown library...).
+    pub error: Option<String>,
+    pub elapsed: Duration,
+}
+
+impl JobReport {
+    /// How the run ended, as the `runs` table records it.
+    pub fn outcome(&self) -> RunOutcome {
+        if self.error.is_some() || self.login_needed.is_some() {
+            RunOutcome::Failed
+        } else if !self.failed.is_empty() || !self.held.is_empty() {
+            RunOutcome::SomeFilesFailed
+        } else {
+            RunOutcome::Ok
+        }
+    }
+}
+
+/// The store's record of a file, reduced to what the planner needs.
+pub fn prior_state(record: &FileRecord) -> PriorState {
+    match &record.state {
+        FileState::Pending => PriorState::Pending,
+        FileState::Uploading => PriorState::Uploading,
+        FileState::Synced { item_id, .. } => PriorState::Synced {
+            item_id: item_id
+                .clone()
+                .or(record.item_id.clone())
+                .unwrap_or_default(),
+        },
+        FileState::Failed { next_attempt, .. } => PriorState::Failed {
+            next_attempt: next_attempt.map(|t| UNIX_EPOCH + Duration::from_secs(t.max(0) as u64)),
+        },
+        FileState::Skipped { reason } => PriorState::Skipped {
+            reason: reason.clone(),
+        },
+    }
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The drive id of the job's library: from the state, or resolved once and
+/// recorded.
+async fn drive_of<R: Remote>(
+    remote: &R,
+    store: &SharedStore,
+    job: &JobSpec,
+) -> Result<Result<String, RemoteError>, StateError> {
+    let (site, library) = (job.site.to_string(), job.library.clone());
+    let cached = store.call(move |s| s.drive(&site, &library)).await?;
+    if let Some(row) = cached {
+        return Ok(Ok(row.drive_id));
+    }
+    let id = match remote.resolve_drive(&job.site, &job.library).await {
+        Ok(id) => id,
+        Err(e) => return Ok(Err(e)),
+    };
+    let (site, library, d) = (job.site.to_string(), job.library.clone(), id.clone());
+    store
+        .call(move |s| s.save_drive_id(&site, &library, &d))
+        .await?;
+    tracing::info!(job = %job.name, site = %job.site, library = %job.library, "library resolved");
+    Ok(Ok(id))
+}
+
+/// Scans, plans, uploads and records one job once. Per-file problems are in
+/// the report; only a broken state store is an error.
+pub async fn run_once<R: Remote>(
+    remote: &R,
+    store: &SharedStore,
+    throttle: &Throttle,
+    job: &JobSpec,
+    trigger: RunTrigger,
+    progress: Option<Arc<Progress>>,
+) -> Result<JobReport, StateError> {
+    let started = Instant::now();
+    let started_at = unix(SystemTime::now());
+    let mut report = JobReport {
+        name: job.name.clone(),
+        ..JobReport::default()
+    };
+
+    let name = job.name.clone();
+    let known = store.call(move |s| s.known_files(&name)).await?;
+    let options = ScanOptions::from(job);
+    let scanned = tokio::task::spawn_blocking(move || scan::scan(&options, known))
+        .await
+        .expect("scan task panicked");
+    let scanned = match scanned {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(job = %job.name, error = %e, "scan failed");
+            report.error = Some(e.to_string());
+            let (name, error) = (job.name.clone(), e.to_string());
+            store
+                .call(move |s| {
+                    let id = s.start_run(&name, trigger, started_at)?;
+                    s.finish_run(
+                        id,
+                        &RunSummary {
+                            ended_at: started_at,
+                            counts: RunCounts::default(),
+                            bytes: 0,
+                            outcome: RunOutcome::Failed,
+                            error: Some(error),
+                        },
+                    )
+                })
+                .await?;
+            report.elapsed = started.elapsed();
+            return Ok(report);
+        }
+    };
+    let counts = scanned.counts();
+    report.new = counts.new;
+    report.changed = counts.changed;
+    report.skipped = scanned
+        .skipped
+        .iter()
+        .map(|s| (s.path.clone(), s.reason.to_string()))
+        .collect();
+
+    // Prior state is read before the scan is recorded (recording moves
+    // changed files to pending), then the scan is recorded and the run opened.
+    let mut paths: Vec<String> = scanned.entries.iter().map(|e| e.path.clone()).collect();
+    paths.extend(scanned.vanished.iter().cloned());
+    paths.extend(scanned.deselected.iter().cloned());
+    let (name, entries, skipped) = (
+        job.name.clone(),
+        scanned.entries.clone(),
+        report.skipped.clone(),
+    );
+    let (records, folders, run) = store
+        .call(move |s| -> Result<_, StateError> {
+            let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+            let records = s.records_for(&name, &refs)?;
+            let folders = s.known_folders(&name)?;
+            s.record_scanned(&name, &entries)?;
+            for (path, reason) in &skipped {
+                s.record_skipped(&name, path, reason)?;
+            }
+            let run = s.start_run(&name, trigger, started_at)?;
+            Ok((records, folders, run))
+        })
+        .await?;
+    let input = PlanInput {
+        files: records
+            .iter()
+            .map(|(path, r)| (path.clone(), prior_state(r)))
+            .collect(),
+        remote_folders: folders,
+    };
+    let plan = plan::plan(&scanned, &input, job.delete, SystemTime::now());
+    report.up_to_date = plan.summary.up_to_date;
+
+    let mut forget = Vec::new();
+    for action in &plan.actions {
+        match action {
+            Action::Skip { path, reason } => match reason {
+                HoldReason::Backoff { until } => report.held.push((path.clone(), unix(*until))),
+                HoldReason::PreviouslySkipped { reason } => {
+                    report.skipped.push((path.clone(), reason.clone()))
+                }
+            },
+            Action::Forget { path, .. } => forget.push(path.clone()),
+            Action::DeleteRemote { path, .. } => {
+                report.deletes_held += 1;
+                tracing::warn!(job = %job.name, path, "remote delete (mirror) is not supported yet; kept");
+            }
+            Action::CreateFolder { .. } | Action::Upload { .. } => {}
+        }
+    }
+    if !forget.is_empty() {
+        let name = job.name.clone();
+        store.call(move |s| s.forget(&name, &forget)).await?;
+    }
+
+    let uploads: Vec<_> = plan.uploads().map(|(e, _)| e.clone()).collect();
+    let folders: Vec<String> = plan
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::CreateFolder { path } => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
+    // Uploads whose remote hash was not available yet are checked whenever
+    // the library is reachable, even on a run with nothing new.
+    let name = job.name.clone();
+    let unconfirmed = store
+        .call(move |s| s.unconfirmed_synced(&name).map(|v| !v.is_empty()))
+        .await?;
+    if !uploads.is_empty() || !folders.is_empty() || unconfirmed {
+        if let Some(p) = &progress {
+            p.start_job(&job.name, uploads.len() as u64, plan.summary.upload_bytes);
+        }
+        execute(
+            remote,
+            store,
+            throttle,
+            job,
+            &folders,
+            &uploads,
+            &mut report,
+            progress,
+        )
+        .await?;
+    }
+
+    report.elapsed = started.elapsed();
+    let summary = RunSummary {
+        ended_at: unix(SystemTime::now()),
+        counts: RunCounts {
+            new: report.new,
+            changed: report.changed,
+            unchanged: scanned.unchanged,
+            uploaded: report.uploaded,
+            failed: report.failed.len() as u64,
+            skipped: report.skipped.len() as u64,
+        },
+        bytes: report.bytes,
+        outcome: report.outcome(),
+        error: report.error.clone().or(report.login_needed.clone()),
+    };
+    store.call(move |s| s.finish_run(run, &summary)).await?;
+    tracing::info!(
+        job = %job.name,
+        uploaded = report.uploaded,
+        bytes = report.bytes,
+        failed = report.failed.len(),
+        skipped = report.skipped.len(),
+        up_to_date = report.up_to_date,
+        elapsed_ms = report.elapsed.as_millis() as u64,
+        "run finished"
+    );
+    Ok(report)
+}
+
+/// The remote part of a run: drive, job folder, folders, files.
+#[allow(clippy::too_many_arguments)]
+async fn execute<R: Remote>(
+    remote: &R,
+    store: &SharedStore,
+    throttle: &Throttle,
+    job: &JobSpec,
+    folders: &[String],
+    uploads: &[crate::scan::LocalEntry],
+    report: &mut JobReport,
+    progress: Option<Arc<Progress>>,
+) -> Result<(), StateError> {
+    let stop = |report: &mut JobReport, e: RemoteError| {
+        if let RemoteError::Auth(a) = &e
+            && a.needs_person()
+        {
+            report.login_needed = Some(a.to_string());
+        } else {
+            report.error = Some(format!("{} / {}: {e}", job.site, job.library));
+        }
+        tracing::error!(job = %job.name, error = %e, "cannot reach the library; changes are recorded and sent next run");
+    };
+    let drive = match drive_of(remote, store, job).await? {
+        Ok(d) => d,
+        Err(e) => {
+            stop(report, e);
+            return Ok(());
+        }
+    };
+    let uploader = Uploader::new(remote, store, throttle, job, drive).with_progress(progress);
+    if let Err(e) = uploader.ensure_root().await {
+        stop(report, e);
+        return Ok(());
+    }
+    uploader.verify_unconfirmed().await?;
+    for folder in folders {
+        uploader.create_folder(folder).await?;
+    }
+    let concurrency = job.settings.concurrency.max(1);
+    let outcomes: Vec<(String, u64, Result<FileOutcome, StateError>)> =
+        // Indices, not references, so the future stays `Send` (a closure
+        // taking `&LocalEntry` would have to be higher-ranked).
+        futures_util::stream::iter(0..uploads.len())
+            .map(|i| {
+                let uploader = &uploader;
+                let entry = &uploads[i];
+                async move {
+                    let outcome = uploader.upload(entry).await;
+                    uploader.count_file_done();
+                    (entry.path.clone(), entry.size, outcome)
+                }
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+    for (path, size, outcome) in outcomes {
+        let outcome = outcome?;
+        match &outcome {
+            FileOutcome::Uploaded { encoded_as, .. } => {
+                report.uploaded += 1;
+                tracing::debug!(job = %job.name, path, size, "uploaded");
+                if let Some(remote_name) = encoded_as {
+                    report.encoded.push((path.clone(), remote_name.clone()));
+                }
+            }
+            FileOutcome::Skipped { reason } => report.skipped.push((path.clone(), reason.clone())),
+            FileOutcome::Failed { error } => report.failed.push((path.clone(), error.clone())),
+            FileOutcome::Requeued => report.requeued.push(path.clone()),
+            FileOutcome::LoginNeeded => {}
+        }
+    }
+    report.bytes = uploader
+        .sent_bytes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if let Some(why) = uploader.login_needed() {
+        report.login_needed = Some(why);
+    }
+    report.failed.sort();
+    report.skipped.sort();
+    report.encoded.sort();
+    Ok(())
+}
+
+/// Knobs of a one-shot sync that tests turn (production uses the defaults).
+#[derive(Debug, Clone, Default)]
+pub struct SyncOptions {
+    /// Retry timing for every request.
+    pub policy: RetryPolicy,
+    /// Counters for a progress line (set when one is shown).
+    pub progress: Option<Arc<Progress>>,
+}
+
+/// Why a sync could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+}
+
+/// `sharepush sync`: one run of each of `jobs`, in order, sharing one
+/// store, one token provider, one throttle gate and one connection pool.
+pub async fn sync_jobs(
+    config: &Config,
+    jobs: &[&JobSpec],
+    options: &SyncOptions,
+) -> Result<Vec<JobReport>, SyncError> {
+    let state_dir = config.daemon.state_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&state_dir))
+        .await
+        .expect("open task panicked")?;
+    let store = SharedStore::new(store);
+    let http = crate::remote::graph::http_client()?;
+    let tokens = Arc::new(TokenProvider::new(
+        config.auth.clone(),
+        http.clone(),
+        &config.daemon.state_dir,
+        options.policy.clone(),
+    ));
+    let throttle = Arc::new(Throttle::new(
+        config.defaults.concurrency,
+        options.policy.clone(),
+    ));
+    let remote = GraphRemote::new(http, &config.auth.graph_url, tokens, Arc::clone(&throttle));
+    let mut reports = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        reports.push(
+            run_once(
+                &remote,
+                &store,
+                &throttle,
+                job,
+                RunTrigger::Manual,
+                options.progress.clone(),
+            )
+            .await?,
+        );
+    }
+    Ok(reports)
+}

@@ -1,0 +1,231 @@
+//! Retry timing and the per-tenant throttle gate.
+//!
+//! [`Throttle`]: one per tenant, shared by every job and every request. A
+//! `Retry-After` from any reply pauses *every* request to that tenant until
+//! it has passed (graph-api.md section 7: throttled requests still count
+//! against the budget, so hammering makes it worse). It also holds the global
+//! limit on files uploading at once.
+//!
+//! [`RetryPolicy`]: exponential backoff with full jitter for failures without
+//! a `Retry-After` (429 without it, 5xx, broken connections), with a capped
+//! number of attempts. Hand-rolled (a dozen lines) because the gate above is
+//! ours anyway and the policy must be tunable per test.
+//!
+//! [`Bandwidth`]: an optional bytes-per-second limit for upload content.
+//!
+//! What it does not do: decide *whether* an error is worth retrying (the
+//! remote implementation classifies replies) or send anything itself.
+//! Time is `tokio::time`, so tests run it with `start_paused`.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+/// How hard to retry one request before giving up on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// First backoff delay; each further attempt doubles it (before jitter).
+    pub base: Duration,
+    /// No single backoff delay is longer than this.
+    pub cap: Duration,
+    /// Attempts of one request for failures without `Retry-After`
+    /// (the first try included).
+    pub max_attempts: u32,
+    /// Attempts of one request that the service keeps answering with
+    /// `Retry-After`; each waits exactly as long as it says.
+    pub max_throttled: u32,
+    /// How long to wait before asking again about an upload session that
+    /// answered 404 (busy tenants return a transient 404).
+    pub session_gone_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(60),
+            max_attempts: 8,
+            max_throttled: 20,
+            session_gone_delay: Duration::from_secs(3),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before attempt `attempt + 1` (so `attempt` starts at 1 after
+    /// the first failure): uniformly random in `[0, min(cap, base * 2^(attempt-1))]`
+    /// ("full jitter"), so many clients that failed together do not retry together.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let ceiling = self.ceiling(attempt);
+        let nanos = ceiling.as_nanos().min(u64::MAX as u128) as u64;
+        Duration::from_nanos(fastrand::u64(0..=nanos))
+    }
+
+    /// The upper bound of [`RetryPolicy::backoff`] for `attempt`.
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        let shift = attempt.saturating_sub(1).min(30);
+        self.base.saturating_mul(1u32 << shift).min(self.cap)
+    }
+}
+
+/// The gate every request to one tenant passes. Cheap to share (`Arc`).
+#[derive(Debug)]
+pub struct Throttle {
+    /// No request may start before this instant (set from `Retry-After`).
+    paused_until: Mutex<Option<Instant>>,
+    /// Files uploading at once, across all jobs (`[defaults] concurrency`).
+    uploads: Semaphore,
+    /// Retry timing for requests through this gate.
+    policy: RetryPolicy,
+}
+
+impl Throttle {
+    /// A gate allowing `concurrency` uploads at once.
+    pub fn new(concurrency: usize, policy: RetryPolicy) -> Throttle {
+        Throttle {
+            paused_until: Mutex::new(None),
+            uploads: Semaphore::new(concurrency.max(1)),
+            policy,
+        }
+    }
+
+    /// The retry policy requests through this gate follow.
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+
+    /// Waits until no `Retry-After` pause is in force. Call right before
+    /// sending each request.
+    pub async fn ready(&self) {
+        loop {
+            let until = *self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+            match until {
+                Some(t) if t > Instant::now() => tokio::time::sleep_until(t).await,
+                _ => return,
+            }
+        }
+    }
+
+    /// Pauses every request for `d` from now (a reply said `Retry-After`).
+    /// A longer pause already in force is kept.
+    pub fn pause_for(&self, d: Duration) {
+        let until = Instant::now() + d;
+        let mut guard = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none_or(|t| t < until) {
+            *guard = Some(until);
+        }
+        tracing::warn!(
+            seconds = d.as_secs_f64(),
+            "throttled by the service: pausing every request to the tenant"
+        );
+    }
+
+    /// True while a `Retry-After` pause is in force.
+    pub fn is_paused(&self) -> bool {
+        let until = *self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        until.is_some_and(|t| t > Instant::now())
+    }
+
+    /// Waits for a free upload slot; the slot is released when the permit
+    /// is dropped.
+    pub async fn upload_slot(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.uploads
+            .acquire()
+            .await
+            .expect("the upload semaphore is never closed")
+    }
+}
+
+/// A bytes-per-second limit for upload content, shared by one job's uploads.
+/// Each send reserves its bytes on a virtual timeline and waits until its
+/// turn, so the long-run rate never exceeds the limit.
+#[derive(Debug)]
+pub struct Bandwidth {
+    bytes_per_sec: u64,
+    /// When the bytes reserved so far will have been "sent" at the limit.
+    next_free: Mutex<Option<Instant>>,
+}
+
+impl Bandwidth {
+    /// A limit of `bytes_per_sec` (at least 1).
+    pub fn new(bytes_per_sec: u64) -> Bandwidth {
+        Bandwidth {
+            bytes_per_sec: bytes_per_sec.max(1),
+            next_free: Mutex::new(None),
+        }
+    }
+
+    /// Waits until `bytes` more may be sent.
+    pub async fn consume(&self, bytes: u64) {
+        let cost = Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
+        let start = {
+            let mut guard = self.next_free.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let start = guard.filter(|t| *t > now).unwrap_or(now);
+            *guard = Some(start + cost);
+            start
+        };
+        tokio::time::sleep_until(start).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter_below_the_ceiling() {
+        let p = RetryPolicy {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(1),
+            ..RetryPolicy::default()
+        };
+        assert_eq!(p.ceiling(1), Duration::from_millis(100));
+        assert_eq!(p.ceiling(2), Duration::from_millis(200));
+        assert_eq!(p.ceiling(4), Duration::from_millis(800));
+        assert_eq!(p.ceiling(5), Duration::from_secs(1));
+        assert_eq!(p.ceiling(60), Duration::from_secs(1));
+        for attempt in 1..10 {
+            assert!(p.backoff(attempt) <= p.ceiling(attempt));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_holds_every_caller_until_it_ends() {
+        let t = Throttle::new(2, RetryPolicy::default());
+        let start = Instant::now();
+        t.ready().await;
+        assert_eq!(Instant::now(), start, "no pause: no wait");
+        t.pause_for(Duration::from_secs(30));
+        t.pause_for(Duration::from_secs(5)); // a shorter one does not shorten it
+        assert!(t.is_paused());
+        let (a, b) = tokio::join!(t.ready(), t.ready());
+        let _ = (a, b);
+        assert!(Instant::now() >= start + Duration::from_secs(30));
+        assert!(!t.is_paused());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bandwidth_spreads_bytes_over_time() {
+        let b = Bandwidth::new(1000);
+        let start = Instant::now();
+        b.consume(1000).await; // the first reservation starts now
+        b.consume(1000).await;
+        b.consume(1000).await;
+        let elapsed = Instant::now() - start;
+        assert!(elapsed >= Duration::from_secs(2), "{elapsed:?}");
+        assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn upload_slots_are_limited() {
+        let t = Throttle::new(2, RetryPolicy::default());
+        let a = t.upload_slot().await;
+        let _b = t.upload_slot().await;
+        assert!(t.uploads.try_acquire().is_err());
+        drop(a);
+        assert!(t.uploads.try_acquire().is_ok());
+    }
+}

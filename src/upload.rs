@@ -1,0 +1,1041 @@
+//! Upload: carry out a plan's folder and file actions against a [`Remote`],
+//! recording every file state transition in the store before the next step
+//! depends on it.
+//!
+//! Input: one job's [`Uploader`] (remote, store, drive, job folder, limits)
+//! and the plan's `CreateFolder` and `Upload` actions. Output: one
+//! [`FileOutcome`] per file, already recorded in `state`.
+//!
+//! How a file goes up:
+//! - its path is mapped to names SharePoint accepts (`remote::names`, per the
+//!   job's `invalid_names`); refused or too long paths are recorded skipped;
+//! - zero-byte files by one simple PUT (sessions refuse empty content), with
+//!   the modification time set after;
+//! - everything else by an upload session created with `fileSystemInfo`
+//!   (mtime, one version) and conflict behaviour `replace`. The session URL
+//!   and the source fingerprint are saved *before* the first fragment, and
+//!   the acknowledged offset after each, so a restart resumes: it asks the
+//!   service where it stands (`nextExpectedRanges`) and goes on from there.
+//!   The file is read one fragment at a time (memory is about one fragment
+//!   per upload) and hashed as it is sent;
+//! - the file's fingerprint (size, mtime, inode) is checked before the first
+//!   fragment and after reading each one; a change abandons the session and
+//!   queues the file again, so the remote never gets half-old, half-new
+//!   content;
+//! - a 416 or a broken connection resumes from the service's offset; a
+//!   session that vanished (404) is asked about once more after a short wait,
+//!   then the upload starts over (unless the file turns out to be complete);
+//! - the returned quickXorHash is compared with the hash of what was sent.
+//!   Files SharePoint rewrites (Office, PDF, HTML) that differ are recorded
+//!   synced with the remote hash and size, so the next run does not upload
+//!   them again; other mismatches are uploaded once more, then failed. A
+//!   missing hash is asked for again and, if still missing, checked on a
+//!   later run ([`Uploader::verify_unconfirmed`]).
+//!
+//! Errors: one file failing never stops the others. Permanent errors record
+//! the file failed with Graph's innermost code; `507` stops this job's
+//! uploads to the drive; an authentication failure that needs a person stops
+//! the job's uploads and leaves the files pending for after `sharepush login`.
+//! Only a broken state store ends the run.
+//!
+//! What it does not do: decide what to upload (`plan`), scan, or retry
+//! single requests (the remote does that).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+
+use crate::config::{FRAGMENT_UNIT, JobSpec};
+use crate::hash::{ContentHasher, Hashes};
+use crate::remote::names::{self, MAX_PATH_CHARS};
+use crate::remote::{
+    AuthError, ErrorClass, FragmentOutcome, Remote, RemoteError, RemoteItem, RemotePath,
+};
+use crate::retry::{Bandwidth, RetryPolicy, Throttle};
+use crate::scan::{Fingerprint, LocalEntry};
+use crate::state::{
+    FileStateKind, SourceFingerprint, StateError, Store, SyncedInfo, UploadSessionRow,
+};
+
+/// The state store shared by async tasks: one owner (a mutex around the one
+/// connection), used only from blocking threads.
+#[derive(Clone)]
+pub struct SharedStore(Arc<Mutex<Store>>);
+
+impl std::fmt::Debug for SharedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedStore").finish_non_exhaustive()
+    }
+}
+
+impl SharedStore {
+    /// Wraps an open store.
+    pub fn new(store: Store) -> SharedStore {
+        SharedStore(Arc::new(Mutex::new(store)))
+    }
+
+    /// Runs `f` with the store on a blocking thread (SQLite must stay off
+    /// the async workers).
+    pub async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> T + Send + 'static,
+    ) -> T {
+        let inner = Arc::clone(&self.0);
+        tokio::task::spawn_blocking(move || {
+            let mut store = inner.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut store)
+        })
+        .await
+        .expect("state store task panicked")
+    }
+}
+
+/// Live counters of a sync for a terminal progress line: written by the
+/// uploads, read by whoever displays them. Cheap atomics, no locking on the
+/// upload path (the job name changes once per job).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// The job being uploaded, and when its uploads started (for the rate).
+    job: Mutex<(String, Option<std::time::Instant>)>,
+    /// Files the current job's plan uploads, and how many are finished.
+    pub files_total: AtomicU64,
+    pub files_done: AtomicU64,
+    /// Bytes the current job's plan uploads, and how many were sent.
+    pub bytes_total: AtomicU64,
+    pub bytes_sent: AtomicU64,
+}
+
+impl Progress {
+    /// A job starts uploading `files` files of `bytes` bytes in all.
+    pub fn start_job(&self, job: &str, files: u64, bytes: u64) {
+        *self.job.lock().unwrap_or_else(|e| e.into_inner()) =
+            (job.to_string(), Some(std::time::Instant::now()));
+        self.files_total.store(files, Ordering::Relaxed);
+        self.files_done.store(0, Ordering::Relaxed);
+        self.bytes_total.store(bytes, Ordering::Relaxed);
+        self.bytes_sent.store(0, Ordering::Relaxed);
+    }
+
+    /// The job being uploaded now, and how long its uploads have run.
+    pub fn job(&self) -> (String, std::time::Duration) {
+        let guard = self.job.lock().unwrap_or_else(|e| e.into_inner());
+        (
+            guard.0.clone(),
+            guard.1.map(|t| t.elapsed()).unwrap_or_default(),
+        )
+    }
+}
+
+/// How one file's upload ended (already recorded in the store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileOutcome {
+    /// Uploaded and verified (or recorded as rewritten by SharePoint).
+    Uploaded {
+        bytes: u64,
+        /// The remote name when it had to be encoded.
+        encoded_as: Option<String>,
+    },
+    /// Not uploaded, on purpose (invalid name, path too long).
+    Skipped { reason: String },
+    /// Failed; recorded with the error and retried on a later run.
+    Failed { error: String },
+    /// Changed while being uploaded; queued again (the next scan re-reads it).
+    Requeued,
+    /// Not attempted or interrupted because signing in needs a person; the
+    /// file stays pending.
+    LoginNeeded,
+}
+
+/// Why an upload stopped before it could be recorded as done.
+#[derive(Debug, thiserror::Error)]
+enum TransferError {
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    /// The local file could not be read.
+    #[error("cannot read the file: {0}")]
+    Local(#[source] std::io::Error),
+    /// The file changed since it was scanned or while it was read.
+    #[error("the file changed while it was being uploaded")]
+    Changed,
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// One job's uploads against one drive.
+#[derive(Debug)]
+pub struct Uploader<'a, R: Remote> {
+    remote: &'a R,
+    store: &'a SharedStore,
+    throttle: &'a Throttle,
+    job: &'a JobSpec,
+    /// The drive (document library) id.
+    drive: String,
+    /// The job's folder inside the library.
+    root: RemotePath,
+    /// Optional bytes-per-second limit of this job.
+    bandwidth: Option<Bandwidth>,
+    /// Set once the drive answered 507: later uploads fail fast.
+    quota_full: AtomicBool,
+    /// Set once signing in needs a person: later uploads are not attempted.
+    login_needed: Mutex<Option<String>>,
+    /// Folders (local relative paths) that could not be created, and why.
+    failed_folders: Mutex<HashMap<String, String>>,
+    /// Bytes of file content sent, for the run summary.
+    pub sent_bytes: AtomicU64,
+    /// Where a terminal progress line reads from, if one is shown.
+    progress: Option<Arc<Progress>>,
+}
+
+/// Extensions of files SharePoint rewrites after upload (graph-api.md 3).
+const REWRITTEN_EXTENSIONS: &[&str] = &[
+    "docx", "docm", "dotx", "xlsx", "xlsm", "xltx", "pptx", "pptm", "potx", "ppsx", "vsdx", "pdf",
+    "html", "htm",
+];
+
+/// Whether SharePoint may change this file's bytes after upload.
+pub fn is_rewritten_type(name: &str) -> bool {
+    name.rsplit_once('.').is_some_and(|(_, ext)| {
+        REWRITTEN_EXTENSIONS
+            .iter()
+            .any(|e| e.eq_ignore_ascii_case(ext))
+    })
+}
+
+/// How a finished upload's remote hash compares with what was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Same hash and size.
+    Match,
+    /// Differs, but SharePoint rewrites files of this type.
+    Rewritten,
+    /// Differs on a file SharePoint leaves alone.
+    Mismatch,
+    /// The service has not computed the hash yet.
+    Missing,
+}
+
+fn verdict(name: &str, item: &RemoteItem, sent: &Hashes, size: u64) -> Verdict {
+    match &item.quick_xor {
+        None => Verdict::Missing,
+        Some(h) if *h == sent.quick_xor && item.size == size => Verdict::Match,
+        Some(_) if is_rewritten_type(name) => Verdict::Rewritten,
+        Some(_) => Verdict::Mismatch,
+    }
+}
+
+/// The local modification time as Graph takes it (UTC, whole seconds).
+fn mtime_of(mtime_ns: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(mtime_ns.div_euclid(1_000_000_000), 0).unwrap_or_default()
+}
+
+fn unix_now() -> i64 {
+    Utc::now().timestamp()
+}
+
+/// When a failed file is due again: soon for temporary trouble, later for
+/// errors that need someone to change something.
+fn next_attempt(class: ErrorClass) -> i64 {
+    let wait = match class {
+        ErrorClass::Permanent => 6 * 3600,
+        ErrorClass::Quota => 3600,
+        ErrorClass::RetryAfter(d) => d.as_secs().max(60) as i64,
+        ErrorClass::Backoff | ErrorClass::SessionGone | ErrorClass::Reauth => 300,
+    };
+    unix_now() + wait
+}
+
+async fn read_fragment(
+    file: Arc<File>,
+    offset: u64,
+    len: usize,
+    mut hasher: ContentHasher,
+) -> Result<(Bytes, ContentHasher, Fingerprint), std::io::Error> {
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, offset)?;
+        hasher.update(&buf);
+        let after = Fingerprint::of(&file.metadata()?);
+        Ok((Bytes::from(buf), hasher, after))
+    })
+    .await
+    .expect("read task panicked")
+}
+
+/// Hashes bytes `0..len` of the file again (after a resume, so the hash of
+/// what was sent covers the fragments a previous process sent).
+async fn hash_prefix(file: Arc<File>, len: u64) -> Result<ContentHasher, std::io::Error> {
+    tokio::task::spawn_blocking(move || {
+        let mut hasher = ContentHasher::new();
+        let mut buf = vec![0u8; crate::hash::READ_BUFFER_SIZE];
+        let mut done = 0u64;
+        while done < len {
+            let n = buf.len().min((len - done) as usize);
+            file.read_exact_at(&mut buf[..n], done)?;
+            hasher.update(&buf[..n]);
+            done += n as u64;
+        }
+        Ok(hasher)
+    })
+    .await
+    .expect("hash task panicked")
+}
+
+async fn fstat(file: Arc<File>) -> Result<Fingerprint, std::io::Error> {
+    tokio::task::spawn_blocking(move || Ok(Fingerprint::of(&file.metadata()?)))
+        .await
+        .expect("stat task panicked")
+}
+
+impl<'a, R: Remote> Uploader<'a, R> {
+    /// An uploader for `job` into `drive`.
+    pub fn new(
+        remote: &'a R,
+        store: &'a SharedStore,
+        throttle: &'a Throttle,
+        job: &'a JobSpec,
+        drive: String,
+    ) -> Uploader<'a, R> {
+        Uploader {
+            remote,
+            store,
+            throttle,
+            job,
+            drive,
+            root: RemotePath::parse(&job.folder),
+            bandwidth: job.settings.bandwidth_limit.map(Bandwidth::new),
+            quota_full: AtomicBool::new(false),
+            login_needed: Mutex::new(None),
+            failed_folders: Mutex::new(HashMap::new()),
+            sent_bytes: AtomicU64::new(0),
+            progress: None,
+        }
+    }
+
+    /// Reports bytes and finished files to `progress` as well.
+    pub fn with_progress(mut self, progress: Option<Arc<Progress>>) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    fn count_sent(&self, n: u64) {
+        self.sent_bytes.fetch_add(n, Ordering::Relaxed);
+        if let Some(p) = &self.progress {
+            p.bytes_sent.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// One more file is finished, whatever its outcome (for the progress line).
+    pub fn count_file_done(&self) {
+        if let Some(p) = &self.progress {
+            p.files_done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn policy(&self) -> &RetryPolicy {
+        self.throttle.policy()
+    }
+
+    /// The sign-in problem that stopped this job's uploads, if one did.
+    pub fn login_needed(&self) -> Option<String> {
+        self.login_needed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn note_auth(&self, e: &AuthError) {
+        let mut guard = self.login_needed.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            tracing::error!(job = %self.job.name, error = %e, "uploads paused: signing in needs a person");
+            *guard = Some(e.to_string());
+        }
+    }
+
+    /// Makes sure the job's own folder exists (once; remembered in state).
+    pub async fn ensure_root(&self) -> Result<(), RemoteError> {
+        let job = self.job.name.clone();
+        let known = self
+            .store
+            .call(move |s| s.folder_item(&job, ""))
+            .await
+            .ok()
+            .flatten();
+        if known.is_some() {
+            return Ok(());
+        }
+        let mut path = RemotePath::root();
+        let mut item = None;
+        for seg in self.root.segments() {
+            path = path.child(seg);
+            item = Some(self.remote.ensure_folder(&self.drive, &path).await?);
+        }
+        let id = match item {
+            Some(i) => i.id,
+            None => match self.remote.stat(&self.drive, &RemotePath::root()).await? {
+                Some(i) => i.id,
+                None => return Ok(()),
+            },
+        };
+        let job = self.job.name.clone();
+        let _ = self
+            .store
+            .call(move |s| s.record_folder(&job, "", &id))
+            .await;
+        Ok(())
+    }
+
+    /// Creates the remote folder for local folder `rel` (its parent first,
+    /// as the plan orders them) and records it.
+    pub async fn create_folder(&self, rel: &str) -> Result<(), StateError> {
+        // Mapped as the parent of a file in it, so every segment is judged
+        // as a folder name (a root folder `forms` is reserved, a file not).
+        let mapped = match names::map_path(
+            &format!("{rel}/x"),
+            self.job.settings.invalid_names,
+            self.root.is_root(),
+        ) {
+            Ok(m) => m.remote.split_last().map(|(p, _)| p).unwrap_or_default(),
+            Err(problem) => {
+                self.fail_folder(rel, problem.to_string());
+                return Ok(());
+            }
+        };
+        let path = self.root.join(&mapped);
+        match self.remote.ensure_folder(&self.drive, &path).await {
+            Ok(item) => {
+                let (job, rel) = (self.job.name.clone(), rel.to_string());
+                self.store
+                    .call(move |s| s.record_folder(&job, &rel, &item.id))
+                    .await
+            }
+            Err(RemoteError::Auth(e)) if e.needs_person() => {
+                self.note_auth(&e);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(job = %self.job.name, folder = rel, error = %e, "cannot create folder");
+                self.fail_folder(rel, format!("folder {rel:?} could not be created: {e}"));
+                Ok(())
+            }
+        }
+    }
+
+    fn fail_folder(&self, rel: &str, why: String) {
+        self.failed_folders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(rel.to_string(), why);
+    }
+
+    /// Why a folder above `path` could not be created, if one could not.
+    fn folder_problem(&self, path: &str) -> Option<String> {
+        let failed = self
+            .failed_folders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        path.match_indices('/')
+            .find_map(|(i, _)| failed.get(&path[..i]).cloned())
+    }
+
+    /// Uploads one file and records the outcome. Only a broken state store
+    /// is an error; everything else is an outcome.
+    pub async fn upload(&self, entry: &LocalEntry) -> Result<FileOutcome, StateError> {
+        let _slot = self.throttle.upload_slot().await;
+        let job = self.job.name.clone();
+        let path = entry.path.clone();
+        if self.login_needed().is_some() {
+            return Ok(FileOutcome::LoginNeeded);
+        }
+        let mapped = match names::map_path(
+            &entry.path,
+            self.job.settings.invalid_names,
+            self.root.is_root(),
+        ) {
+            Ok(m) => m,
+            Err(problem) => return self.skip(entry, problem.to_string()).await,
+        };
+        let remote_path = self.root.join(&mapped.remote);
+        let length =
+            names::server_relative_len(&self.job.site.path, &self.job.library, &remote_path);
+        if length >= MAX_PATH_CHARS {
+            let reason = format!(
+                "path too long for SharePoint: {length} characters with site and library \
+                 (limit {})",
+                MAX_PATH_CHARS - 1
+            );
+            return self.skip(entry, reason).await;
+        }
+        if let Some(why) = self.folder_problem(&entry.path) {
+            return self.fail(entry, why, ErrorClass::Permanent).await;
+        }
+        if self.quota_full.load(Ordering::Acquire) {
+            return self
+                .fail(entry, RemoteError::Quota.to_string(), ErrorClass::Quota)
+                .await;
+        }
+        if mapped.encoded {
+            tracing::info!(job = %job, path = %entry.path, remote = %mapped.remote, "name encoded for SharePoint");
+        }
+        match self
+            .store
+            .call(move |s| s.mark_uploading(&job, &path))
+            .await
+        {
+            Ok(()) => {}
+            // Recorded as skipped meanwhile: that decision stands.
+            Err(StateError::InvalidTransition { from, .. }) => {
+                return Ok(FileOutcome::Skipped {
+                    reason: format!("recorded as {from}"),
+                });
+            }
+            Err(e) => return Err(e),
+        }
+
+        let mut verify_retry = false;
+        loop {
+            match self.transfer(entry, &remote_path).await {
+                Ok((item, sent)) => {
+                    match self
+                        .finish(entry, &remote_path, item, &sent, verify_retry)
+                        .await?
+                    {
+                        Some(mut outcome) => {
+                            if let FileOutcome::Uploaded { encoded_as, .. } = &mut outcome
+                                && mapped.encoded
+                            {
+                                *encoded_as = Some(mapped.remote.to_string());
+                            }
+                            return Ok(outcome);
+                        }
+                        None => {
+                            verify_retry = true;
+                            tracing::warn!(job = %self.job.name, path = %entry.path, "remote hash differs from what was sent; uploading once more");
+                        }
+                    }
+                }
+                Err(TransferError::Changed) => {
+                    let (job, path) = (self.job.name.clone(), entry.path.clone());
+                    self.store
+                        .call(move |s| s.mark_pending(&job, &path))
+                        .await?;
+                    tracing::info!(job = %self.job.name, path = %entry.path, "changed while uploading; queued again");
+                    return Ok(FileOutcome::Requeued);
+                }
+                Err(TransferError::State(e)) => return Err(e),
+                Err(TransferError::Local(e)) => {
+                    return self
+                        .fail(
+                            entry,
+                            format!("cannot read the file: {e}"),
+                            ErrorClass::Backoff,
+                        )
+                        .await;
+                }
+                Err(TransferError::Remote(e)) => {
+                    let class = e.class();
+                    match (&e, class) {
+                        (RemoteError::Auth(a), ErrorClass::Reauth) => {
+                            self.note_auth(a);
+                            return Ok(FileOutcome::LoginNeeded);
+                        }
+                        (_, ErrorClass::Quota) if !self.quota_full.swap(true, Ordering::AcqRel) => {
+                            tracing::error!(job = %self.job.name, "the library is full (507); no more uploads to it this run");
+                        }
+                        _ => {}
+                    }
+                    return self.fail(entry, e.to_string(), class).await;
+                }
+            }
+        }
+    }
+
+    async fn skip(&self, entry: &LocalEntry, reason: String) -> Result<FileOutcome, StateError> {
+        tracing::warn!(job = %self.job.name, path = %entry.path, reason, "not uploaded");
+        let (job, path, r) = (self.job.name.clone(), entry.path.clone(), reason.clone());
+        self.store
+            .call(move |s| s.record_skipped(&job, &path, &r))
+            .await?;
+        Ok(FileOutcome::Skipped { reason })
+    }
+
+    async fn fail(
+        &self,
+        entry: &LocalEntry,
+        error: String,
+        class: ErrorClass,
+    ) -> Result<FileOutcome, StateError> {
+        let (job, path, e) = (self.job.name.clone(), entry.path.clone(), error.clone());
+        let when = next_attempt(class);
+        let attempts = self
+            .store
+            .call(move |s| s.mark_failed(&job, &path, &e, Some(when)))
+            .await?;
+        tracing::warn!(job = %self.job.name, path = %entry.path, attempt = attempts, error, "upload failed");
+        Ok(FileOutcome::Failed { error })
+    }
+
+    /// Records a finished upload after checking its hash. `None` asks the
+    /// caller to upload once more (a mismatch on a file nobody rewrites).
+    async fn finish(
+        &self,
+        entry: &LocalEntry,
+        remote_path: &RemotePath,
+        mut item: RemoteItem,
+        sent: &Hashes,
+        second_try: bool,
+    ) -> Result<Option<FileOutcome>, StateError> {
+        let name = remote_path
+            .split_last()
+            .map(|(_, n)| n.to_string())
+            .unwrap_or_default();
+        let mut v = verdict(&name, &item, sent, entry.size);
+        if v == Verdict::Missing {
+            // Right after an upload the hash may not be computed yet.
+            if let Ok(Some(again)) = self.remote.stat(&self.drive, remote_path).await {
+                item = again;
+                v = verdict(&name, &item, sent, entry.size);
+            }
+        }
+        match v {
+            Verdict::Mismatch if !second_try => return Ok(None),
+            Verdict::Mismatch => {
+                let error = format!(
+                    "quickXorHash mismatch after upload (sent {}, SharePoint has {})",
+                    sent.quick_xor,
+                    item.quick_xor.as_deref().unwrap_or("none")
+                );
+                return self.fail(entry, error, ErrorClass::Backoff).await.map(Some);
+            }
+            Verdict::Rewritten => {
+                tracing::info!(job = %self.job.name, path = %entry.path, "SharePoint rewrote the file; recording its hash and size");
+            }
+            Verdict::Missing => {
+                tracing::info!(job = %self.job.name, path = %entry.path, "remote hash not available yet; it is checked on a later run");
+            }
+            Verdict::Match => {}
+        }
+        let info = SyncedInfo {
+            content: sent.clone(),
+            item_id: Some(item.id.clone()),
+            etag: item.etag.clone(),
+            remote_quick_xor: item.quick_xor.clone(),
+            remote_size: Some(item.size),
+        };
+        let (job, path) = (self.job.name.clone(), entry.path.clone());
+        let state = self
+            .store
+            .call(move |s| s.mark_synced(&job, &path, &info))
+            .await?;
+        if state.kind() == FileStateKind::Pending {
+            tracing::info!(job = %self.job.name, path = %entry.path, "changed since it was scanned; it goes up again next run");
+        }
+        Ok(Some(FileOutcome::Uploaded {
+            bytes: entry.size,
+            encoded_as: None,
+        }))
+    }
+
+    /// Sends the file's content; returns the committed item and the hashes
+    /// of what was sent.
+    async fn transfer(
+        &self,
+        entry: &LocalEntry,
+        remote_path: &RemotePath,
+    ) -> Result<(RemoteItem, Hashes), TransferError> {
+        let local: PathBuf = self.job.source.join(&entry.path);
+        let expected = Fingerprint {
+            size: entry.size,
+            mtime_ns: entry.mtime_ns,
+            inode: entry.inode,
+        };
+        let file = Arc::new(open(&local).await.map_err(TransferError::Local)?);
+        if fstat(Arc::clone(&file))
+            .await
+            .map_err(TransferError::Local)?
+            != expected
+        {
+            return Err(TransferError::Changed);
+        }
+        let mtime = mtime_of(entry.mtime_ns);
+        if entry.size == 0 {
+            let item = self
+                .with_parents(remote_path, || {
+                    self.remote
+                        .upload_small(&self.drive, remote_path, Bytes::new(), mtime)
+                })
+                .await?;
+            return Ok((item, crate::hash::hash_bytes(b"")));
+        }
+        self.session_upload(entry, remote_path, file, &expected, mtime)
+            .await
+    }
+
+    /// Runs `op`; on a 404 (a parent folder vanished since we recorded it)
+    /// creates the parents again and runs it once more.
+    async fn with_parents<T, F, Fut>(
+        &self,
+        remote_path: &RemotePath,
+        op: F,
+    ) -> Result<T, RemoteError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, RemoteError>>,
+    {
+        match op().await {
+            Err(RemoteError::Permanent { status: 404, .. }) => {
+                let (parent, _) = remote_path.split_last().unwrap_or_default();
+                let mut path = RemotePath::root();
+                for seg in parent.segments() {
+                    path = path.child(seg);
+                    self.remote.ensure_folder(&self.drive, &path).await?;
+                }
+                op().await
+            }
+            other => other,
+        }
+    }
+
+    async fn session_upload(
+        &self,
+        entry: &LocalEntry,
+        remote_path: &RemotePath,
+        file: Arc<File>,
+        expected: &Fingerprint,
+        mtime: DateTime<Utc>,
+    ) -> Result<(RemoteItem, Hashes), TransferError> {
+        let job = self.job.name.clone();
+        let fingerprint = SourceFingerprint {
+            size: entry.size,
+            mtime_ns: entry.mtime_ns,
+            inode: entry.inode,
+            quick_xor: entry.hashes.quick_xor.clone(),
+        };
+        let total = entry.size;
+        let fragment = self.job.settings.fragment_size.max(FRAGMENT_UNIT);
+
+        // Resume a saved session of this very content, or drop a stale one.
+        let (j, p) = (job.clone(), entry.path.clone());
+        let saved = self.store.call(move |s| s.session(&j, &p)).await?;
+        let mut session: Option<(String, u64)> = None;
+        if let Some(row) = saved {
+            if row.fingerprint == fingerprint && row.total_size == total {
+                match self.remote.query_session(&row.upload_url).await {
+                    Ok(s) => {
+                        tracing::info!(job = %job, path = %entry.path, offset = s.next_offset, "resuming upload session");
+                        session = Some((row.upload_url.clone(), s.next_offset));
+                    }
+                    Err(RemoteError::SessionGone) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            } else {
+                // Another version's bytes: never commit them.
+                let _ = self.remote.delete_session(&row.upload_url).await;
+            }
+            if session.is_none() {
+                let (j, p) = (job.clone(), entry.path.clone());
+                self.store.call(move |s| s.delete_session(&j, &p)).await?;
+            }
+        }
+        let (mut url, mut offset) = match session {
+            Some(s) => s,
+            None => {
+                self.new_session(entry, remote_path, mtime, &fingerprint)
+                    .await?
+            }
+        };
+
+        let mut hasher = if offset > 0 {
+            hash_prefix(Arc::clone(&file), offset)
+                .await
+                .map_err(TransferError::Local)?
+        } else {
+            ContentHasher::new()
+        };
+        let mut gone_once = false;
+        let mut restarts = 0;
+        loop {
+            if offset >= total {
+                // The service has every byte but we never saw the commit:
+                // the file is either there, or the session must start over.
+                if let Some(done) = self.already_there(remote_path, entry).await? {
+                    let (j, p) = (job.clone(), entry.path.clone());
+                    self.store.call(move |s| s.delete_session(&j, &p)).await?;
+                    return Ok(done);
+                }
+                let _ = self.remote.delete_session(&url).await;
+                (url, offset) = self
+                    .new_session(entry, remote_path, mtime, &fingerprint)
+                    .await?;
+                hasher = ContentHasher::new();
+                restarts += 1;
+                if restarts > 2 {
+                    return Err(RemoteError::SessionGone.into());
+                }
+                continue;
+            }
+            let len = fragment.min(total - offset) as usize;
+            let (bytes, h, after) = read_fragment(Arc::clone(&file), offset, len, hasher)
+                .await
+                .map_err(TransferError::Local)?;
+            hasher = h;
+            if after != *expected {
+                self.abandon(entry, &url).await?;
+                return Err(TransferError::Changed);
+            }
+            if let Some(b) = &self.bandwidth {
+                b.consume(len as u64).await;
+            }
+            match self.remote.put_fragment(&url, offset, bytes, total).await {
+                Ok(FragmentOutcome::Accepted {
+                    next_offset,
+                    expires,
+                }) => {
+                    self.count_sent(len as u64);
+                    gone_once = false;
+                    if next_offset != offset + len as u64 {
+                        hasher = hash_prefix(Arc::clone(&file), next_offset)
+                            .await
+                            .map_err(TransferError::Local)?;
+                    }
+                    offset = next_offset;
+                    let (j, p) = (job.clone(), entry.path.clone());
+                    let exp = expires.map(|t| t.timestamp());
+                    self.store
+                        .call(move |s| s.update_session_offset(&j, &p, offset, exp))
+                        .await?;
+                }
+                Ok(FragmentOutcome::Done(item)) => {
+                    self.count_sent(len as u64);
+                    let (j, p) = (job.clone(), entry.path.clone());
+                    self.store.call(move |s| s.delete_session(&j, &p)).await?;
+                    return Ok((item, hasher.finish()));
+                }
+                Err(RemoteError::Range { code }) => {
+                    // The service holds more or less than we thought
+                    // (a reply lost with a dropped connection): ask it.
+                    let s = match self.remote.query_session(&url).await {
+                        Ok(s) => s,
+                        Err(RemoteError::SessionGone) => {
+                            if let Some(done) = self.already_there(remote_path, entry).await? {
+                                return Ok(done);
+                            }
+                            return Err(RemoteError::SessionGone.into());
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    tracing::debug!(job = %job, path = %entry.path, code, from = offset, to = s.next_offset, "resuming at the service's offset");
+                    offset = s.next_offset;
+                    hasher = hash_prefix(Arc::clone(&file), offset)
+                        .await
+                        .map_err(TransferError::Local)?;
+                }
+                Err(RemoteError::SessionGone) => {
+                    if !gone_once {
+                        // Busy tenants answer a transient 404: ask again once.
+                        gone_once = true;
+                        tokio::time::sleep(self.policy().session_gone_delay).await;
+                        if let Ok(s) = self.remote.query_session(&url).await {
+                            offset = s.next_offset;
+                            hasher = hash_prefix(Arc::clone(&file), offset)
+                                .await
+                                .map_err(TransferError::Local)?;
+                            continue;
+                        }
+                    }
+                    // The last fragment may have been committed with its
+                    // reply lost: then the file is complete.
+                    if let Some(done) = self.already_there(remote_path, entry).await? {
+                        let (j, p) = (job.clone(), entry.path.clone());
+                        self.store.call(move |s| s.delete_session(&j, &p)).await?;
+                        return Ok(done);
+                    }
+                    restarts += 1;
+                    if restarts > 2 {
+                        return Err(RemoteError::SessionGone.into());
+                    }
+                    tracing::info!(job = %job, path = %entry.path, "upload session expired; starting over");
+                    let (j, p) = (job.clone(), entry.path.clone());
+                    self.store.call(move |s| s.delete_session(&j, &p)).await?;
+                    (url, offset) = self
+                        .new_session(entry, remote_path, mtime, &fingerprint)
+                        .await?;
+                    hasher = ContentHasher::new();
+                    gone_once = false;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Opens a session and saves it before any fragment is sent.
+    async fn new_session(
+        &self,
+        entry: &LocalEntry,
+        remote_path: &RemotePath,
+        mtime: DateTime<Utc>,
+        fingerprint: &SourceFingerprint,
+    ) -> Result<(String, u64), TransferError> {
+        let s = self
+            .with_parents(remote_path, || {
+                self.remote.create_session(&self.drive, remote_path, mtime)
+            })
+            .await?;
+        let row = UploadSessionRow {
+            job: self.job.name.clone(),
+            path: entry.path.clone(),
+            upload_url: s.url.clone(),
+            total_size: entry.size,
+            fingerprint: fingerprint.clone(),
+            expires_at: s.expires.map(|t| t.timestamp()),
+            next_offset: s.next_offset,
+        };
+        self.store.call(move |st| st.save_session(&row)).await?;
+        Ok((s.url, s.next_offset))
+    }
+
+    /// Cancels a session whose source changed, and forgets it.
+    async fn abandon(&self, entry: &LocalEntry, url: &str) -> Result<(), StateError> {
+        if let Err(e) = self.remote.delete_session(url).await {
+            tracing::debug!(job = %self.job.name, path = %entry.path, error = %e, "could not cancel the upload session (it expires by itself)");
+        }
+        let (j, p) = (self.job.name.clone(), entry.path.clone());
+        self.store.call(move |s| s.delete_session(&j, &p)).await?;
+        Ok(())
+    }
+
+    /// The remote item, if it already holds exactly this file's content.
+    async fn already_there(
+        &self,
+        remote_path: &RemotePath,
+        entry: &LocalEntry,
+    ) -> Result<Option<(RemoteItem, Hashes)>, TransferError> {
+        match self.remote.stat(&self.drive, remote_path).await? {
+            Some(item)
+                if item.size == entry.size
+                    && item.quick_xor.as_deref() == Some(entry.hashes.quick_xor.as_str()) =>
+            {
+                Ok(Some((item, entry.hashes.clone())))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Checks synced files whose remote hash was not available when they
+    /// were uploaded: records it when it matches, queues the file again when
+    /// it does not (and SharePoint does not rewrite such files).
+    pub async fn verify_unconfirmed(&self) -> Result<(), StateError> {
+        let job = self.job.name.clone();
+        let unconfirmed = self.store.call(move |s| s.unconfirmed_synced(&job)).await?;
+        for record in unconfirmed {
+            let Some(hashes) = record.hashes.clone() else {
+                continue;
+            };
+            let Ok(mapped) = names::map_path(
+                &record.path,
+                self.job.settings.invalid_names,
+                self.root.is_root(),
+            ) else {
+                continue;
+            };
+            let path = self.root.join(&mapped.remote);
+            let item = match self.remote.stat(&self.drive, &path).await {
+                Ok(Some(item)) => item,
+                Ok(None) | Err(_) => continue,
+            };
+            let name = path
+                .split_last()
+                .map(|(_, n)| n.to_string())
+                .unwrap_or_default();
+            let (job, rel) = (self.job.name.clone(), record.path.clone());
+            match verdict(&name, &item, &hashes, record.size) {
+                Verdict::Missing => {}
+                Verdict::Mismatch => {
+                    tracing::warn!(job = %job, path = %rel, "remote hash differs from the uploaded content; uploading again");
+                    self.store.call(move |s| s.mark_pending(&job, &rel)).await?;
+                }
+                Verdict::Match | Verdict::Rewritten => {
+                    let info = SyncedInfo {
+                        content: hashes,
+                        item_id: Some(item.id.clone()),
+                        etag: item.etag.clone(),
+                        remote_quick_xor: item.quick_xor.clone(),
+                        remote_size: Some(item.size),
+                    };
+                    self.store
+                        .call(move |s| s.mark_synced(&job, &rel, &info))
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn open(path: &Path) -> std::io::Result<File> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || File::open(path))
+        .await
+        .expect("open task panicked")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(hash: Option<&str>, size: u64) -> RemoteItem {
+        RemoteItem {
+            id: "i".into(),
+            name: "n".into(),
+            size,
+            etag: None,
+            ctag: None,
+            quick_xor: hash.map(str::to_string),
+            mtime: None,
+            is_folder: false,
+        }
+    }
+
+    #[test]
+    fn verification_table() {
+        let sent = Hashes {
+            sha1: "s".into(),
+            quick_xor: "Q".into(),
+        };
+        for (name, remote, size, want) in [
+            ("a.txt", Some("Q"), 5, Verdict::Match),
+            ("a.txt", Some("Q"), 6, Verdict::Mismatch),
+            ("a.txt", Some("X"), 5, Verdict::Mismatch),
+            ("a.docx", Some("X"), 9, Verdict::Rewritten),
+            ("A.PDF", Some("X"), 5, Verdict::Rewritten),
+            ("a.html", Some("X"), 5, Verdict::Rewritten),
+            ("a.docx", Some("Q"), 5, Verdict::Match),
+            ("a.txt", None, 5, Verdict::Missing),
+        ] {
+            assert_eq!(
+                verdict(name, &item(remote, size), &sent, 5),
+                want,
+                "{name} {remote:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn mtimes_are_whole_utc_seconds() {
+        let t = mtime_of(1_700_000_000_999_999_999);
+        assert_eq!(t.timestamp(), 1_700_000_000);
+        assert_eq!(mtime_of(-1).timestamp(), -1, "before 1970 rounds down");
+    }
+
+    #[test]
+    fn failed_files_wait_longer_for_permanent_errors() {
+        let now = unix_now();
+        assert!(next_attempt(ErrorClass::Backoff) <= now + 301);
+        assert!(next_attempt(ErrorClass::Permanent) >= now + 6 * 3600);
+    }
+}

@@ -1,0 +1,431 @@
+//! Signing in, token rotation and crash recovery, against the emulator;
+//! the binary where a process boundary is the point (exit codes, SIGKILL,
+//! what reaches the log).
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use graph_emulator::{Handle, Options};
+use secrecy::ExposeSecret;
+use sharepush::remote::auth::{self, AuthError, TokenProvider, TokenStore};
+use sharepush::retry::RetryPolicy;
+
+use crate::emu::{self, FOLDER, MIB, Sign};
+use crate::support::{Fixture, text};
+
+/// Runs the binary with `args` (blocking; call from `spawn_blocking`).
+fn run(config: PathBuf, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sharepush"));
+    cmd.arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("SHAREPUSH_CONFIG")
+        .env_remove("SHAREPUSH_STATE_DIR");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("running sharepush")
+}
+
+async fn run_async(config: PathBuf, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        run(config, &args, &env)
+    })
+    .await
+    .unwrap()
+}
+
+/// Plays the person at the browser: approves the first device code that
+/// shows up.
+async fn approve_when_asked(emu: &Handle) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(code) = emu.pending_user_codes().first() {
+            assert!(emu.approve(code));
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no device code appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn quick_login_options() -> Options {
+    Options {
+        device_code_interval: Duration::from_secs(1),
+        ..Options::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_code_login_prints_the_message_and_stores_a_private_token() {
+    let emu = emu::start(quick_login_options()).await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(&fx, &emu, Sign::DeviceCode, ""));
+    let http = sharepush::remote::graph::http_client().unwrap();
+    let store = TokenStore::in_dir(&fx.state());
+    let policy = RetryPolicy::default();
+    let mut out = Vec::new();
+    let (result, ()) = tokio::join!(
+        auth::device_login(&config.auth, &http, &store, &policy, &mut out),
+        approve_when_asked(&emu)
+    );
+    result.unwrap();
+    let printed = String::from_utf8(out).unwrap();
+    assert!(printed.contains("devicelogin"), "{printed}");
+    let token = store.load().unwrap().expect("stored");
+    assert!(!token.expose_secret().is_empty());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(store.path())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Declined: a clear error, nothing stored over the good token.
+    let decline = async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(code) = emu.pending_user_codes().first() {
+                assert!(emu.decline(code));
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let mut out = Vec::new();
+    let (result, ()) = tokio::join!(
+        auth::device_login(&config.auth, &http, &store, &policy, &mut out),
+        decline
+    );
+    assert!(matches!(result, Err(AuthError::Declined)), "{result:?}");
+    assert_eq!(
+        store.load().unwrap().unwrap().expose_secret(),
+        token.expose_secret()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiring_access_tokens_are_refreshed_and_every_rotation_is_on_disk_first() {
+    // Old refresh tokens die at once: only the newest on disk keeps working.
+    let emu = emu::start(Options {
+        invalidate_old_refresh_tokens: true,
+        ..Options::default()
+    })
+    .await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(&fx, &emu, Sign::DeviceCode, ""));
+    let first = emu::preset_login(&fx, &emu);
+    let files = emu::acceptance_tree(&fx, false);
+    // Mid-upload, every access token expires (twice).
+    emu.add_faults("graph:expire-token:after=4:count=1,graph:expire-token:after=9:count=1")
+        .unwrap();
+    let reports = emu::sync(&config, &emu::fast_policy()).await;
+    emu::assert_clean(&reports);
+    emu::assert_arrived(&emu, &files);
+    let refreshes = emu
+        .requests()
+        .iter()
+        .filter(|r| r.route == "token" && r.status == 200)
+        .count();
+    assert_eq!(
+        refreshes, 3,
+        "one at start, one per expiry, however many saw the 401"
+    );
+    let graph_401 = emu
+        .requests()
+        .iter()
+        .filter(|r| r.route == "graph" && r.status == 401)
+        .count();
+    assert!(
+        (2..=8).contains(&graph_401),
+        "each expiry refused at most the requests in flight: {graph_401}"
+    );
+
+    // A new process (as after a crash) starts from the file: it must hold
+    // the newest token, since every older one is already refused.
+    let on_disk = TokenStore::in_dir(&fx.state()).load().unwrap().unwrap();
+    assert_ne!(on_disk.expose_secret(), first);
+    let http = sharepush::remote::graph::http_client().unwrap();
+    let fresh = TokenProvider::new(
+        config.auth.clone(),
+        http,
+        &fx.state(),
+        RetryPolicy::default(),
+    );
+    fresh.access_token().await.expect("the stored token works");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refreshes_are_serialised_across_concurrent_callers() {
+    let emu = emu::start(Options {
+        invalidate_old_refresh_tokens: true,
+        ..Options::default()
+    })
+    .await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(&fx, &emu, Sign::DeviceCode, ""));
+    emu::preset_login(&fx, &emu);
+    let http = sharepush::remote::graph::http_client().unwrap();
+    let provider = Arc::new(TokenProvider::new(
+        config.auth.clone(),
+        http,
+        &fx.state(),
+        RetryPolicy::default(),
+    ));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let p = Arc::clone(&provider);
+        tasks.push(tokio::spawn(
+            async move { p.access_token().await.map(|_| ()) },
+        ));
+    }
+    for t in tasks {
+        t.await.unwrap().expect("every caller gets a token");
+    }
+    let token_requests = emu.requests().iter().filter(|r| r.route == "token").count();
+    assert_eq!(token_requests, 1, "one refresh for everyone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_sign_in_exits_77_and_after_login_the_pending_files_go_up() {
+    let emu = emu::start(quick_login_options()).await;
+    let fx = Fixture::new();
+    let config = emu::write_config(&fx, &emu, Sign::DeviceCode, "");
+    emu::preset_login(&fx, &emu);
+    emu::put(&fx, "a.txt", b"first");
+    emu::put(&fx, "sub/b.txt", b"second");
+    emu.revoke();
+
+    let out = run_async(config.clone(), &["sync"], &[]).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(77), "{stdout}\n{stderr}");
+    assert!(stderr.contains("run `sharepush login`"), "{stderr}");
+    assert!(emu.tree().is_empty());
+
+    // The administrator signs in again (the test plays the browser).
+    let child = Command::new(env!("CARGO_BIN_EXE_sharepush"))
+        .arg("--config")
+        .arg(&config)
+        .arg("login")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    approve_when_asked(&emu).await;
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("enter the code"), "{stdout}");
+
+    let out = run_async(config, &["sync"], &[]).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("job docs: 2 uploaded"), "{stdout}");
+    let paths: Vec<String> = emu.tree().into_iter().map(|e| e.path).collect();
+    assert_eq!(
+        paths,
+        [format!("{FOLDER}/a.txt"), format!("{FOLDER}/sub/b.txt")]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn importing_a_refresh_token_checks_and_rotates_it() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::write_config(&fx, &emu, Sign::DeviceCode, "");
+    let reply = emu.user_tokens(emu::CLIENT_ID, "Files.ReadWrite.All offline_access");
+    let file = fx.path("rt.txt");
+    std::fs::write(&file, reply["refresh_token"].as_str().unwrap()).unwrap();
+    let out = run_async(
+        config.clone(),
+        &["login", "--refresh-token-file", file.to_str().unwrap()],
+        &[],
+    )
+    .await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let stored = std::fs::read_to_string(fx.state().join("refresh-token")).unwrap();
+    assert_ne!(
+        stored.trim(),
+        reply["refresh_token"].as_str().unwrap(),
+        "rotated"
+    );
+
+    std::fs::write(&file, "not-a-token").unwrap();
+    let out = run_async(
+        config,
+        &["login", "--refresh-token-file", file.to_str().unwrap()],
+        &[],
+    )
+    .await;
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(77), "{stderr}");
+    assert!(stderr.contains("sharepush login"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_upload_resumes_its_session_without_resending() {
+    // Slow requests down so the process can be killed mid-upload.
+    let emu = emu::start(Options {
+        latency: Duration::from_millis(15),
+        ..Options::default()
+    })
+    .await;
+    let fx = Fixture::new();
+    let config = emu::write_config(&fx, &emu, Sign::Secret, "concurrency = 1");
+    let bytes = emu::content(40 * MIB, 3);
+    emu::put(&fx, "forty.bin", &bytes);
+    let fragment = 960 * 1024;
+    let fragments = (40 * MIB).div_ceil(fragment);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sharepush"))
+        .arg("--config")
+        .arg(&config)
+        .arg("sync")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let accepted = |log: &[graph_emulator::RequestRecord]| {
+        log.iter()
+            .filter(|r| r.route == "upload" && r.status == 202)
+            .count()
+    };
+    assert!(
+        emu.wait_for_requests(Duration::from_secs(60), |log| accepted(log) >= 10)
+            .await,
+        "fragments did not start"
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let sent_before = accepted(&emu.requests());
+    assert!(sent_before < fragments, "killed before the end");
+
+    // The session was saved before the first fragment, with its offset.
+    let saved = {
+        let store = sharepush::state::Store::open_read_only(&fx.state()).unwrap();
+        store
+            .session("docs", "forty.bin")
+            .unwrap()
+            .expect("session row")
+    };
+    assert!(saved.next_offset > 0, "offset recorded");
+    assert!(saved.next_offset <= (sent_before * fragment) as u64);
+
+    let out = run_async(config, &["sync"], &[]).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    emu::assert_arrived(&emu, &[("forty.bin".to_string(), bytes)]);
+
+    let log = emu.requests();
+    let created = log
+        .iter()
+        .filter(|r| r.path.ends_with("forty.bin:/createUploadSession"))
+        .count();
+    assert_eq!(created, 1, "the same session was resumed");
+    assert!(
+        !log.iter().any(|r| r.status == 416),
+        "no fragment before the service's offset was sent again"
+    );
+    let stored = log
+        .iter()
+        .filter(|r| r.route == "upload" && matches!(r.status, 200..=202))
+        .count();
+    assert_eq!(stored, fragments, "every fragment stored exactly once");
+    let resumes = log
+        .iter()
+        .filter(|r| r.route == "session" && r.method == "GET")
+        .count();
+    assert_eq!(resumes, 1, "asked the service where it stood");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_log_even_at_trace_level() {
+    let emu = emu::start(Options::default()).await;
+
+    // Delegated: refresh tokens (old and rotated), access tokens, upload URLs.
+    let fx = Fixture::new();
+    let config = emu::write_config(&fx, &emu, Sign::DeviceCode, "");
+    let first = emu::preset_login(&fx, &emu);
+    emu::put(&fx, "big.bin", &emu::content(2 * MIB, 1));
+    emu::put(&fx, "small.txt", b"x");
+    emu.add_faults("graph:expire-token:after=2:count=1")
+        .unwrap();
+    let out = run_async(config, &["-vv", "sync"], &[("RUST_LOG", "trace")]).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stderr.contains("TRACE"), "trace logging was on");
+    let rotated = std::fs::read_to_string(fx.state().join("refresh-token")).unwrap();
+    for secret in [
+        first.as_str(),
+        rotated.trim(),
+        "eyJ0eXAi",
+        "tempauth",
+        "Bearer ",
+    ] {
+        assert!(!stderr.contains(secret), "{secret:?} leaked into the log");
+        assert!(
+            !stdout.contains(secret),
+            "{secret:?} leaked into the output"
+        );
+    }
+
+    // App-only: the client secret.
+    let fx = Fixture::new();
+    let config = emu::write_config(&fx, &emu, Sign::Secret, "");
+    emu::put(&fx, "c.txt", b"y");
+    let out = run_async(config, &["-vv", "sync"], &[("RUST_LOG", "trace")]).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    for secret in [emu::SECRET, "eyJ0eXAi", "tempauth"] {
+        assert!(!stderr.contains(secret), "{secret:?} leaked into the log");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_only_sign_in_with_a_certificate_uploads() {
+    let emu = emu::start(Options {
+        client_certificates: vec![emu::certificate()],
+        ..Options::default()
+    })
+    .await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(&fx, &emu, Sign::Certificate, ""));
+    emu::put(&fx, "a.txt", b"signed by a certificate");
+    let reports = emu::sync(&config, &emu::fast_policy()).await;
+    emu::assert_clean(&reports);
+    assert_eq!(reports[0].uploaded, 1);
+    assert!(
+        !fx.state().join("refresh-token").exists(),
+        "app-only keeps no token"
+    );
+
+    // A certificate the app does not know: refused, a clear error, exit 77.
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::write_config(&fx, &emu, Sign::Certificate, "");
+    emu::put(&fx, "a.txt", b"x");
+    let out = run_async(config, &["sync"], &[]).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(77), "{stdout}\n{stderr}");
+    assert!(stderr.contains("invalid_client"), "{stderr}");
+}

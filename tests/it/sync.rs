@@ -1,0 +1,438 @@
+//! `sharepush sync` against the Graph emulator over real HTTP: the
+//! uploader's acceptance tests (issue 4).
+
+use std::time::Duration;
+
+use graph_emulator::Options;
+
+use crate::emu::{self, FOLDER, MIB, Sign};
+use crate::support::{Fixture, text};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_arrives_intact_with_mtimes_and_a_second_sync_sends_nothing() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(&fx, &emu, Sign::Secret, ""));
+    let files = emu::acceptance_tree(&fx, true);
+
+    let reports = emu::sync(&config, &emu::fast_policy()).await;
+    emu::assert_clean(&reports);
+    assert_eq!(reports[0].uploaded, files.len() as u64, "{:?}", reports[0]);
+    assert_eq!(
+        reports[0].bytes,
+        files.iter().map(|(_, b)| b.len() as u64).sum::<u64>()
+    );
+    emu::assert_arrived(&emu, &files);
+
+    // Every non-empty file went through one session; the empty one by PUT.
+    let log = emu.requests();
+    let sessions = log
+        .iter()
+        .filter(|r| r.path.ends_with("/createUploadSession"))
+        .count();
+    assert_eq!(sessions, files.len() - 1);
+    assert!(
+        log.iter()
+            .any(|r| r.method == "PUT" && r.path.ends_with("empty.bin:/content")),
+        "zero-byte file by simple upload"
+    );
+    assert_eq!(emu.throttle_violations(), 0);
+
+    let before = emu.requests().len();
+    let reports = emu::sync(&config, &emu::fast_policy()).await;
+    emu::assert_clean(&reports);
+    assert_eq!(reports[0].uploaded, 0);
+    assert_eq!(reports[0].up_to_date, files.len() as u64);
+    let after = emu.requests();
+    assert_eq!(
+        after.len(),
+        before,
+        "the second sync sent requests: {:?}",
+        &after[before..]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_errors_and_dropped_connections_do_not_harm_the_tree() {
+    let faults = [
+        "seed=42",
+        // 10% 429 (half with Retry-After), 5% 503, on every route but tokens.
+        "graph:429:rate=0.05:retry-after=1",
+        "upload:429:rate=0.05:retry-after=1",
+        "graph:429:rate=0.05",
+        "upload:429:rate=0.05",
+        "graph:503:rate=0.05",
+        "upload:503:rate=0.05",
+        // A few dropped connections, before and after the service acted.
+        "upload:drop:after=3:count=2",
+        "upload:drop-reply:after=6:count=2",
+        "graph:drop:after=2:count=1",
+        "graph:drop-reply:after=5:count=1",
+        "session:404:after=9:count=1",
+        "upload:503:after=2:count=1",
+        "graph:503:after=3:count=1",
+    ]
+    .join(",");
+    let emu = emu::start(Options {
+        faults: Some(faults),
+        ..Options::default()
+    })
+    .await;
+    let fx = Fixture::new();
+    // One request at a time, so every request after a Retry-After reply is
+    // one the client chose to send (with several in flight, those already
+    // on the wire arrive inside the window; the next test covers that).
+    let config = emu::load(&emu::write_config(
+        &fx,
+        &emu,
+        Sign::Secret,
+        "concurrency = 1",
+    ));
+    let files = emu::acceptance_tree(&fx, false);
+    let reports = emu::sync(&config, &emu::fast_policy()).await;
+    emu::assert_clean(&reports);
+    emu::assert_arrived(&emu, &files);
+
+    let log = emu.requests();
+    let count = |status: u16| log.iter().filter(|r| r.status == status).count();
+    assert!(
+        count(429) > 0 && count(503) > 0 && count(0) > 0,
+        "faults fired: {:?}",
+        emu.counters()
+    );
+    // No request arrived inside a Retry-After window (the emulator counts them).
+    assert_eq!(emu.throttle_violations(), 0, "{:?}", emu.counters());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_pause_holds_every_request_to_the_tenant() {
+    // One 429 with Retry-After: 1 while four uploads are running: after it,
+    // no request at all may reach the tenant for a second.
+    let emu = emu::start(Options {
+        faults: Some("upload:429:after=4:count=1:retry-after=1".into()),
+        ..Options::default()
+    })
+    .await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(&fx, &emu, Sign::Secret, ""));
+    let mut files = Vec::new();
+    for i in 0..4u8 {
+        let bytes = emu::content(3 * MIB, i);
+        emu::put(&fx, &format!("f{i}.bin"), &bytes);
+        files.push((format!("f{i}.bin"), bytes));
+    }
+    let reports = emu::sync(&config, &emu::fast_policy()).await;
+    emu::assert_clean(&reports);
+    emu::assert_arrived(&emu, &files);
+    let log = emu.requests();
+    let throttled = log.iter().position(|r| r.status == 429).expect("a 429");
+    let t = log[throttled].t_ms;
+    // Requests already on the wire when the 429 was sent arrive just after
+    // it (the emulator counts those as violations too: it cannot tell).
+    // After a grace for those, nothing may arrive until the second is over.
+    let grace = 100;
+    let early: Vec<_> = log[throttled + 1..]
+        .iter()
+        .filter(|r| r.t_ms > t + grace && r.t_ms < t + 1000)
+        .collect();
+    assert!(early.is_empty(), "requests during the pause: {early:?}");
+    let in_flight = log[throttled + 1..]
+        .iter()
+        .filter(|r| r.t_ms <= t + grace)
+        .count();
+    // Each of the other three uploads: the request on the wire, and at most
+    // one more released before the client had read the 429.
+    assert!(in_flight <= 6, "{:#?}", &log[throttled..]);
+    assert!(emu.throttle_violations() <= 6);
+    let resumed = log[throttled + 1..]
+        .iter()
+        .find(|r| r.t_ms > t + grace)
+        .expect("uploads went on");
+    assert!(resumed.t_ms >= t + 1000, "{resumed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_and_vanished_sessions_start_over_cleanly() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(&fx, &emu, Sign::Secret, ""));
+    let bytes = emu::content(5 * MIB, 9);
+    emu::put(&fx, "big.bin", &bytes);
+    // The session expires after the third fragment: the upload starts over.
+    emu.add_faults("upload:expire-session:after=2:count=1")
+        .unwrap();
+    let reports = emu::sync(&config, &emu::fast_policy()).await;
+    emu::assert_clean(&reports);
+    emu::assert_arrived(&emu, &[("big.bin".into(), bytes)]);
+    let sessions = emu
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/createUploadSession"))
+        .count();
+    assert_eq!(sessions, 2, "one expired session, one fresh");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharepoint_rewrites_of_office_files_do_not_cause_reuploads() {
+    let emu = emu::start(Options {
+        rewrite_office: true,
+        ..Options::default()
+    })
+    .await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(&fx, &emu, Sign::Secret, ""));
+    emu::put(&fx, "report.docx", &emu::content(50_000, 4));
+    emu::put(&fx, "scan.pdf", &emu::content(700_000, 5));
+    emu::put(&fx, "page.html", b"<html></html>");
+    emu::put(&fx, "plain.txt", b"plain");
+    let reports = emu::sync(&config, &emu::fast_policy()).await;
+    emu::assert_clean(&reports);
+    assert_eq!(reports[0].uploaded, 4);
+    let tree = emu.tree();
+    let docx = tree
+        .iter()
+        .find(|e| e.path == format!("{FOLDER}/report.docx"))
+        .unwrap();
+    assert!(docx.size > 50_000, "the emulator rewrote it");
+
+    let before = emu.requests().len();
+    let reports = emu::sync(&config, &emu::fast_policy()).await;
+    emu::assert_clean(&reports);
+    assert_eq!(reports[0].uploaded, 0);
+    assert_eq!(emu.requests().len(), before, "nothing sent the second time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_names_are_encoded_by_default() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(&fx, &emu, Sign::Secret, ""));
+    emu::put(&fx, "notes: draft?.txt", b"a");
+    emu::put(&fx, "odd dir. /end.", b"b");
+    emu::put(&fx, "CON.txt", b"c");
+    emu::put(&fx, "fine.txt", b"d");
+    let reports = emu::sync(&config, &emu::fast_policy()).await;
+    let r = &reports[0];
+    assert!(r.failed.is_empty(), "{:?}", r.failed);
+    assert_eq!(r.uploaded, 3, "{r:?}");
+    assert_eq!(
+        r.encoded,
+        [
+            (
+                "notes: draft?.txt".to_string(),
+                "notes： draft？.txt".to_string()
+            ),
+            ("odd dir. /end.".to_string(), "odd dir.␠/end．".to_string()),
+        ]
+    );
+    assert_eq!(r.skipped.len(), 1, "{:?}", r.skipped);
+    assert_eq!(r.skipped[0].0, "CON.txt");
+    let paths: Vec<String> = emu.tree().into_iter().map(|e| e.path).collect();
+    assert!(
+        paths.contains(&format!("{FOLDER}/notes： draft？.txt")),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&format!("{FOLDER}/odd dir.␠/end．")),
+        "{paths:?}"
+    );
+    assert!(!paths.iter().any(|p| p.contains("CON")), "{paths:?}");
+
+    // Nothing changes: nothing is sent again, the skip is reported again.
+    let before = emu.requests().len();
+    let reports = emu::sync(&config, &emu::fast_policy()).await;
+    assert_eq!(reports[0].uploaded, 0);
+    assert_eq!(emu.requests().len(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_names_are_reported_and_left_out_with_skip() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(
+        &fx,
+        &emu,
+        Sign::Secret,
+        "invalid_names = \"skip\"",
+    ));
+    emu::put(&fx, "notes: draft?.txt", b"a");
+    emu::put(&fx, "bad|dir/inner.txt", b"b");
+    emu::put(&fx, "fine.txt", b"c");
+    let reports = emu::sync(&config, &emu::fast_policy()).await;
+    let r = &reports[0];
+    assert_eq!(r.uploaded, 1);
+    let skipped: Vec<&str> = r.skipped.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(skipped, ["bad|dir/inner.txt", "notes: draft?.txt"]);
+    assert!(r.skipped[0].1.contains("invalid name"), "{:?}", r.skipped);
+    let paths: Vec<String> = emu.tree().into_iter().map(|e| e.path).collect();
+    assert_eq!(paths, [format!("{FOLDER}/fine.txt")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_too_long_for_sharepoint_are_reported_not_attempted() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(&fx, &emu, Sign::Secret, ""));
+    let long = format!(
+        "{}/{}/{}.txt",
+        "a".repeat(150),
+        "b".repeat(150),
+        "c".repeat(90)
+    );
+    emu::put(&fx, &long, b"x");
+    let reports = emu::sync(&config, &emu::fast_policy()).await;
+    let r = &reports[0];
+    assert_eq!(r.uploaded, 0);
+    assert_eq!(r.skipped.len(), 1);
+    assert!(r.skipped[0].1.contains("path too long"), "{:?}", r.skipped);
+    assert!(
+        !emu.requests().iter().any(|r| r.path.contains("ccccc")),
+        "never sent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_library_stops_uploads_and_reports() {
+    let emu = emu::start(Options {
+        quota_bytes: 2 * MIB as u64,
+        ..Options::default()
+    })
+    .await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(&fx, &emu, Sign::Secret, ""));
+    for i in 0..3u8 {
+        emu::put(&fx, &format!("f{i}.bin"), &emu::content(3 * MIB, i));
+    }
+    let reports = emu::sync(&config, &emu::fast_policy()).await;
+    let r = &reports[0];
+    assert_eq!(r.uploaded, 0);
+    assert_eq!(r.failed.len(), 3);
+    assert!(
+        r.failed.iter().all(|(_, e)| e.contains("507")),
+        "{:?}",
+        r.failed
+    );
+    let sessions = emu.requests().iter().filter(|r| r.status == 507).count();
+    assert!(sessions <= 4, "stopped asking after the first 507s");
+}
+
+#[test]
+fn dry_run_touches_neither_the_remote_nor_the_state() {
+    let fx = Fixture::new();
+    let config = fx.write_config();
+    std::fs::write(fx.source().join("a.txt"), b"a").unwrap();
+    let out = fx.sharepush(&config, &["sync", "--dry-run"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("would create 0 folder(s) and upload 1 file(s)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("upload   a.txt (new, 1 B)"), "{stdout}");
+    assert!(!fx.state().exists(), "no state written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_changed_during_upload_is_queued_again_not_half_sent() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(&fx, &emu, Sign::Secret, ""));
+    let bytes = emu::content(4 * MIB, 7);
+    emu::put(&fx, "moving.bin", &bytes);
+    // Slow fragments down so the file can be changed between them.
+    emu.add_faults("upload:latency:ms=150").unwrap();
+    let path = fx.source().join("moving.bin");
+    let sync = {
+        let config = config.clone();
+        tokio::spawn(async move { emu::sync(&config, &emu::fast_policy()).await })
+    };
+    assert!(
+        emu.wait_for_requests(Duration::from_secs(20), |log| {
+            log.iter()
+                .filter(|r| r.route == "upload" && r.status == 202)
+                .count()
+                >= 1
+        })
+        .await
+    );
+    std::fs::write(&path, emu::content(4 * MIB, 8)).unwrap();
+    let reports = sync.await.unwrap();
+    assert_eq!(reports[0].requeued, ["moving.bin"], "{:?}", reports[0]);
+    assert!(
+        emu.tree().iter().all(|e| !e.path.ends_with("moving.bin")),
+        "nothing half-new committed"
+    );
+    // The next run uploads the new content.
+    emu.clear_faults();
+    let reports = emu::sync(&config, &emu::fast_policy()).await;
+    emu::assert_clean(&reports);
+    let stored = emu.read_file(&format!("{FOLDER}/moving.bin")).unwrap();
+    assert!(stored == emu::content(4 * MIB, 8));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_without_a_remote_hash_is_verified_on_a_later_run() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(&fx, &emu, Sign::Secret, ""));
+    emu::put(&fx, "a.txt", b"checked later");
+    emu::sync(&config, &emu::fast_policy()).await;
+
+    // As if SharePoint had not computed the hash when the upload finished.
+    let hashes = sharepush::hash::hash_bytes(b"checked later");
+    {
+        let mut store = sharepush::state::Store::open(&fx.state()).unwrap();
+        let info = sharepush::state::SyncedInfo {
+            content: hashes.clone(),
+            item_id: None,
+            etag: None,
+            remote_quick_xor: None,
+            remote_size: None,
+        };
+        store.mark_synced("docs", "a.txt", &info).unwrap();
+        assert_eq!(store.unconfirmed_synced("docs").unwrap().len(), 1);
+    }
+    let reports = emu::sync(&config, &emu::fast_policy()).await;
+    emu::assert_clean(&reports);
+    assert_eq!(reports[0].uploaded, 0, "checked, not sent again");
+    let store = sharepush::state::Store::open_read_only(&fx.state()).unwrap();
+    assert!(store.unconfirmed_synced("docs").unwrap().is_empty());
+    match store.file("docs", "a.txt").unwrap().unwrap().state {
+        sharepush::state::FileState::Synced {
+            remote_quick_xor, ..
+        } => assert_eq!(remote_quick_xor, Some(hashes.quick_xor)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_files_are_listed_at_the_end_and_exit_1() {
+    let emu = emu::start(Options {
+        quota_bytes: MIB as u64,
+        ..Options::default()
+    })
+    .await;
+    let fx = Fixture::new();
+    let config = emu::write_config(&fx, &emu, Sign::Secret, "");
+    emu::put(&fx, "small.txt", b"fits");
+    emu::put(&fx, "big.bin", &emu::content(2 * MIB, 1));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sharepush"))
+            .arg("--config")
+            .arg(&config)
+            .arg("sync")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("job docs: 1 uploaded"), "{stdout}");
+    let tail = stdout.split("failed:\n").nth(1).expect("a failure list");
+    assert!(
+        tail.contains("docs/big.bin: 507 quotaLimitReached"),
+        "{stdout}"
+    );
+}
