@@ -82,6 +82,7 @@ pub fn prior_state(record: &FileRecord) -> PriorState {
                 .clone()
                 .or(record.item_id.clone())
                 .unwrap_or_default(),
+            content: record.hashes.clone(),
         },
         FileState::Failed { next_attempt, .. } => PriorState::Failed {
             next_attempt: next_attempt.map(|t| UNIX_EPOCH + Duration::from_secs(t.max(0) as u64)),

@@ -16,6 +16,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::SystemTime;
 
 use crate::config::DeleteMode;
+use crate::hash::Hashes;
 use crate::scan::{Change, LocalEntry, ScanReport};
 
 /// What the state database says of one path, reduced to what planning needs.
@@ -31,6 +32,11 @@ pub enum PriorState {
     Synced {
         /// Needed to delete it remotely when mirroring.
         item_id: String,
+        /// The hashes of the content the remote holds (what we uploaded);
+        /// `None` when unknown. A file whose mtime or inode changed but whose
+        /// content did not (a `touch`, a copy back) needs no new upload:
+        /// that would only add a SharePoint version.
+        content: Option<Hashes>,
     },
     /// The last upload failed; it is retried once `next_attempt` has passed.
     Failed {
@@ -167,7 +173,8 @@ impl Plan {
 /// |------------------------|-----------------------------|---------------------------------------|
 /// | new                    | none                        | Upload New                            |
 /// | new                    | not synced                  | Upload New                            |
-/// | new / changed          | synced                      | Upload Changed                        |
+/// | new / changed          | synced, same content hashes | nothing (a touch; counted `up_to_date`) |
+/// | new / changed          | synced, other or unknown content | Upload Changed                   |
 /// | changed                | none / pending / uploading / failed (due or not) / skipped | Upload Changed (new content resets backoff and skip) |
 /// | unchanged, not listed  | synced                      | nothing (counted `up_to_date`)        |
 /// | unchanged              | synced                      | nothing (counted `up_to_date`)        |
@@ -201,7 +208,7 @@ pub fn plan(report: &ScanReport, input: &PlanInput, delete: DeleteMode, now: Sys
     let mut uploads = Vec::new();
     let mut holds = Vec::new();
     for entry in &report.entries {
-        match decide_entry(entry.change, input.files.get(&entry.path), now) {
+        match decide_entry(entry, input.files.get(&entry.path), now) {
             EntryDecision::Upload(reason) => {
                 match reason {
                     UploadReason::New => summary.upload_new += 1,
@@ -240,7 +247,7 @@ pub fn plan(report: &ScanReport, input: &PlanInput, delete: DeleteMode, now: Sys
     let mut deletes = Vec::new();
     for path in &report.vanished {
         match (input.files.get(path), delete) {
-            (Some(PriorState::Synced { item_id }), DeleteMode::Mirror) => {
+            (Some(PriorState::Synced { item_id, .. }), DeleteMode::Mirror) => {
                 deletes.push(Action::DeleteRemote {
                     path: path.clone(),
                     item_id: item_id.clone(),
@@ -283,10 +290,16 @@ enum EntryDecision {
 }
 
 /// The rows of the decision table for files present locally.
-fn decide_entry(change: Change, prior: Option<&PriorState>, now: SystemTime) -> EntryDecision {
+fn decide_entry(entry: &LocalEntry, prior: Option<&PriorState>, now: SystemTime) -> EntryDecision {
     use EntryDecision::{Hold, UpToDate, Upload};
-    match (change, prior) {
+    match (entry.change, prior) {
         (Change::Unchanged, Some(PriorState::Synced { .. })) => UpToDate,
+        (
+            _,
+            Some(PriorState::Synced {
+                content: Some(h), ..
+            }),
+        ) if *h == entry.hashes => UpToDate,
         (_, Some(PriorState::Synced { .. })) => Upload(UploadReason::Changed),
         (Change::New, _) | (Change::Unchanged, None) => Upload(UploadReason::New),
         (Change::Changed, _) => Upload(UploadReason::Changed),
@@ -345,6 +358,15 @@ mod tests {
     fn synced() -> PriorState {
         PriorState::Synced {
             item_id: "ID1".into(),
+            content: None,
+        }
+    }
+
+    /// Synced, with the hashes of the content the remote holds.
+    fn synced_with(content: Hashes) -> PriorState {
+        PriorState::Synced {
+            item_id: "ID1".into(),
+            content: Some(content),
         }
     }
 
@@ -383,6 +405,16 @@ mod tests {
     )]
     #[case::new_synced(Change::New, Some(synced()), Want::Upload(UploadReason::Changed))]
     #[case::changed_synced(Change::Changed, Some(synced()), Want::Upload(UploadReason::Changed))]
+    #[case::touched_synced_same_content(
+        Change::Changed,
+        Some(synced_with(hash_bytes(b"f.txt"))),
+        Want::Nothing
+    )]
+    #[case::changed_synced_other_content(
+        Change::Changed,
+        Some(synced_with(hash_bytes(b"older content"))),
+        Want::Upload(UploadReason::Changed)
+    )]
     #[case::changed_none(Change::Changed, None, Want::Upload(UploadReason::Changed))]
     #[case::changed_pending(
         Change::Changed,

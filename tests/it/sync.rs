@@ -436,3 +436,34 @@ async fn failed_files_are_listed_at_the_end_and_exit_1() {
         "{stdout}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn touching_a_synced_file_without_editing_it_uploads_nothing() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(&fx, &emu, Sign::Secret, ""));
+    let files = emu::acceptance_tree(&fx, false);
+    let reports = emu::sync(&config, &emu::fast_policy()).await;
+    emu::assert_clean(&reports);
+
+    // A new mtime, same bytes (what `touch` or a restore from backup does):
+    // SharePoint already holds this content, a new version would only cost quota.
+    let touched = fx.source().join("nested/ten.bin");
+    let f = std::fs::File::options().write(true).open(&touched).unwrap();
+    f.set_modified(std::time::SystemTime::now() + Duration::from_secs(60))
+        .unwrap();
+    drop(f);
+
+    let before = emu.requests().len();
+    let reports = emu::sync(&config, &emu::fast_policy()).await;
+    emu::assert_clean(&reports);
+    assert_eq!(reports[0].changed, 1, "the scan sees the new mtime");
+    assert_eq!(reports[0].uploaded, 0, "{:?}", reports[0]);
+    let after = emu.requests();
+    assert_eq!(after.len(), before, "requests sent: {:?}", &after[before..]);
+
+    // The new fingerprint was recorded: the next scan hashes nothing.
+    let reports = emu::sync(&config, &emu::fast_policy()).await;
+    assert_eq!(reports[0].changed, 0);
+    assert_eq!(reports[0].up_to_date, files.len() as u64);
+}
