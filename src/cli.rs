@@ -73,6 +73,12 @@ pub enum Command {
     /// Sign in with the device code flow (works over SSH) and store the
     /// refresh token in the state directory (0600).
     Login(LoginArgs),
+    /// Try sharepush with no tenant: start the bundled Graph emulator on
+    /// loopback, sign in without a person, sync the config's jobs once and
+    /// show what arrived where (path, size, quickXorHash, match). Run it with
+    /// `--config config/demo.toml` from the repository root.
+    #[cfg(feature = "demo")]
+    Demo(DemoArgs),
 }
 
 /// `sharepush sync` options.
@@ -95,6 +101,21 @@ pub struct LoginArgs {
     /// by refreshing it once.
     #[arg(long, value_name = "FILE")]
     pub refresh_token_file: Option<PathBuf>,
+}
+
+/// `sharepush demo` options.
+#[cfg(feature = "demo")]
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Loopback port for the emulator instead of the one in `[auth]
+    /// authority` (8070 in config/demo.toml); 0 picks a free one.
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+
+    /// Keep the emulator running after the sync (until Ctrl-C), so rclone,
+    /// curl or another `sharepush sync` can talk to it.
+    #[arg(long)]
+    pub serve: bool,
 }
 
 /// `sharepush scan` options.

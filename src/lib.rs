@@ -17,12 +17,15 @@
 //! two of the two-phase config), `schedule` owns cron parsing and next-run
 //! times, `cli` is the command line, and `error` the error policy. `main.rs`
 //! stays thin: it parses arguments, sets up tracing and maps outcomes to exit
-//! codes.
+//! codes. `demo` (cargo feature `demo`, on by default) runs all of it
+//! against the Graph emulator in-process.
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod commands;
 pub mod config;
+#[cfg(feature = "demo")]
+pub mod demo;
 pub mod error;
 pub mod filter;
 pub mod hash;
@@ -50,5 +53,7 @@ pub fn run(cli: cli::Cli) -> error::ExitCode {
         }
         cli::Command::Sync(args) => commands::sync(&cli.global, args, &mut out, &mut err),
         cli::Command::Login(args) => commands::login(&cli.global, args, &mut out, &mut err),
+        #[cfg(feature = "demo")]
+        cli::Command::Demo(args) => demo::run(&cli.global, args, &mut out, &mut err),
     }
 }

@@ -5,6 +5,8 @@
 
 mod auth;
 mod cli;
+#[cfg(feature = "demo")]
+mod demo;
 mod emu;
 mod support;
 mod sync;
