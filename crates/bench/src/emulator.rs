@@ -20,14 +20,58 @@ const SMALL_FILES: usize = 5_000;
 const SMALL_SIZE: usize = 8 * 1024;
 const CONCURRENCY: usize = 16;
 
-struct Client {
-    http: reqwest::Client,
-    graph: String,
-    drive: String,
-    token: String,
+/// A bare Graph client: enough to create folders and upload sessions.
+pub(crate) struct Client {
+    pub(crate) http: reqwest::Client,
+    pub(crate) graph: String,
+    pub(crate) drive: String,
+    pub(crate) token: String,
 }
 
 impl Client {
+    /// Uploads `total` bytes (a repeated in-memory pattern, no disk read) to
+    /// `path` in one upload session with 10 MiB fragments: the emulator's
+    /// ingest rate, as close to the wire as a client gets.
+    pub(crate) async fn session_upload(&self, path: &str, total: u64) -> anyhow::Result<()> {
+        let mut chunk = vec![0u8; FRAGMENT];
+        for (i, b) in chunk.iter_mut().enumerate() {
+            *b = (i as u32).wrapping_mul(2_654_435_761) as u8;
+        }
+        let chunk = Bytes::from(chunk);
+        let session = self
+            .send(
+                self.http
+                    .post(format!(
+                        "{}/drives/{}/root:/{path}:/createUploadSession",
+                        self.graph, self.drive
+                    ))
+                    .bearer_auth(&self.token)
+                    .json(&json!({"item": {"@microsoft.graph.conflictBehavior": "replace"}})),
+                "create upload session",
+            )
+            .await?;
+        let upload_url = session["uploadUrl"]
+            .as_str()
+            .context("no uploadUrl")?
+            .to_string();
+        let mut offset = 0u64;
+        while offset < total {
+            let len = (total - offset).min(FRAGMENT as u64);
+            let body = chunk.slice(..len as usize);
+            let range = format!("bytes {}-{}/{}", offset, offset + len - 1, total);
+            self.send(
+                self.http
+                    .put(&upload_url)
+                    .header("Content-Range", range)
+                    .body(body),
+                "upload fragment",
+            )
+            .await?;
+            offset += len;
+        }
+        Ok(())
+    }
+
     async fn send(&self, req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<Value> {
         let resp = req.send().await.with_context(|| what.to_string())?;
         let status = resp.status();
@@ -96,47 +140,9 @@ async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
 
     // One large file by upload session.
     let total = (args.hash_mib * 1024 * 1024) as u64;
-    let mut chunk = vec![0u8; FRAGMENT];
-    for (i, b) in chunk.iter_mut().enumerate() {
-        *b = (i as u32).wrapping_mul(2_654_435_761) as u8;
-    }
-    let chunk = Bytes::from(chunk);
     let started = std::time::Instant::now();
     let before = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)?;
-    let session = client
-        .send(
-            client
-                .http
-                .post(format!(
-                    "{}/drives/{}/root:/bench/big.bin:/createUploadSession",
-                    client.graph, client.drive
-                ))
-                .bearer_auth(&client.token)
-                .json(&json!({"item": {"@microsoft.graph.conflictBehavior": "replace"}})),
-            "create upload session",
-        )
-        .await?;
-    let upload_url = session["uploadUrl"]
-        .as_str()
-        .context("no uploadUrl")?
-        .to_string();
-    let mut offset = 0u64;
-    while offset < total {
-        let len = (total - offset).min(FRAGMENT as u64);
-        let body = chunk.slice(..len as usize);
-        let range = format!("bytes {}-{}/{}", offset, offset + len - 1, total);
-        client
-            .send(
-                client
-                    .http
-                    .put(&upload_url)
-                    .header("Content-Range", range)
-                    .body(body),
-                "upload fragment",
-            )
-            .await?;
-        offset += len;
-    }
+    client.session_upload("bench/big.bin", total).await?;
     let big_wall = started.elapsed().as_secs_f64();
     let after = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)?;
     let big_cpu = cpu(&after) - cpu(&before);
@@ -229,7 +235,7 @@ async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
     ])
 }
 
-fn cpu(usage: &nix::sys::resource::Usage) -> f64 {
+pub(crate) fn cpu(usage: &nix::sys::resource::Usage) -> f64 {
     let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
     t(usage.user_time()) + t(usage.system_time())
 }

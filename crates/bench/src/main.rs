@@ -6,6 +6,10 @@
 //! and print one table (wall, CPU, peak RSS, ratio to baseline, target, verdict),
 //! optionally as JSON.
 //!
+//! `upload-small` and `upload-large` run `sharepush sync` and `rclone copy`
+//! against the `graph-emulator` binary (see `upload.rs`); they are not in
+//! the default set (minutes, gigabytes, root for rclone's namespace).
+//!
 //! External commands (sharepush itself, `find`, `sha1sum`) are measured in a
 //! child `sharepush-bench __measure` process that runs the command and reads
 //! `getrusage(RUSAGE_CHILDREN)`: exact CPU and peak RSS of that command alone.
@@ -18,6 +22,7 @@
 mod emulator;
 mod measure;
 mod scenarios;
+mod upload;
 
 use std::path::PathBuf;
 
@@ -27,7 +32,8 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "sharepush-bench", version)]
 pub struct Args {
-    /// Scenarios to run: scan, hash, emulator (all when none given).
+    /// Scenarios to run: scan, hash, emulator, upload-small, upload-large
+    /// (scan, hash and emulator when none given).
     #[arg(value_name = "SCENARIO")]
     scenarios: Vec<String>,
 
@@ -59,9 +65,35 @@ pub struct Args {
     #[arg(long, default_value_t = 1024)]
     hash_mib: usize,
 
+    /// upload-small: number of 8 KiB files.
+    #[arg(long, default_value_t = 5_000)]
+    small_files: usize,
+
+    /// upload-small: emulator latency per request in milliseconds (a WAN).
+    #[arg(long, default_value_t = 20)]
+    latency_ms: u64,
+
+    /// upload-large: size of the one file in MiB.
+    #[arg(long, default_value_t = 2048)]
+    large_mib: usize,
+
+    /// upload-*: skip the rclone comparison.
+    #[arg(long)]
+    no_rclone: bool,
+
+    /// upload-*: extra `[defaults]` lines for sharepush's config, e.g.
+    /// 'concurrency = 16' (experiments; the reported numbers use none).
+    #[arg(long, value_name = "TOML")]
+    sharepush_defaults: Option<String>,
+
     /// The sharepush binary (default: next to this one).
     #[arg(long)]
     sharepush: Option<PathBuf>,
+
+    /// The graph-emulator binary, built with the `tls` feature for the rclone
+    /// comparison (default: next to this one).
+    #[arg(long)]
+    emulator: Option<PathBuf>,
 
     /// Internal: run a command and print its rusage as JSON.
     #[arg(long = "__measure", hide = true, num_args = 1.., allow_hyphen_values = true)]
@@ -84,7 +116,11 @@ fn main() -> anyhow::Result<()> {
             "scan" => rows.extend(scenarios::scan(&args)?),
             "hash" => rows.extend(scenarios::hash(&args)?),
             "emulator" => rows.extend(emulator::emulator(&args)?),
-            other => anyhow::bail!("unknown scenario {other:?}; known: scan, hash, emulator"),
+            "upload-small" => rows.extend(upload::upload_small(&args)?),
+            "upload-large" => rows.extend(upload::upload_large(&args)?),
+            other => anyhow::bail!(
+                "unknown scenario {other:?}; known: scan, hash, emulator, upload-small, upload-large"
+            ),
         }
     }
     if args.json {

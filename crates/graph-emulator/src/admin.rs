@@ -4,7 +4,7 @@
 //! | route | does |
 //! |---|---|
 //! | `GET tree` | files of the default library: `{path, size, quickXorHash, lastModifiedDateTime, id}` |
-//! | `GET requests` / `DELETE requests` | request log `{t_ms, method, path, status, route}` / clear it |
+//! | `GET requests` / `DELETE requests` | request log `{t_ms, t_start_ms, method, path, status, route, range}` / clear it |
 //! | `GET counters` | `{route: {status: n}}` |
 //! | `GET throttle` | `{throttled, until, violations}`: requests sent inside a Retry-After window |
 //! | `GET faults` / `POST faults` / `DELETE faults` | list / add (spec as JSON string, `{"spec": ...}` or text) / clear |

@@ -32,8 +32,14 @@ use tokio::sync::{Notify, watch};
 /// One line of the request log (`GET /_emulator/requests`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RequestRecord {
-    /// Milliseconds since the emulator started.
+    /// Milliseconds since the emulator started, when the reply was ready
+    /// (headers sent; a streamed body may still be flowing) or the
+    /// connection was dropped.
     pub t_ms: u64,
+    /// Milliseconds since the emulator started, when the request arrived
+    /// (before any injected latency).
+    #[serde(default)]
+    pub t_start_ms: u64,
     /// HTTP method.
     pub method: String,
     /// Raw path, without the query.
@@ -42,6 +48,19 @@ pub struct RequestRecord {
     pub status: u16,
     /// Route class (token, graph, delta, upload, session, download, other).
     pub route: String,
+    /// The `Content-Range` header of a PUT on an upload URL (a fragment),
+    /// as sent; `None` for every other request.
+    #[serde(default)]
+    pub range: Option<String>,
+}
+
+/// What the request log keeps of a request from its arrival.
+struct Arrival {
+    t_start_ms: u64,
+    method: Method,
+    path: String,
+    route: &'static str,
+    range: Option<String>,
 }
 
 /// Everything the handlers share. Locks are never held across an await.
@@ -175,14 +194,21 @@ impl Shared {
         std::fs::rename(&tmp, self.snapshot_path())
     }
 
+    /// Milliseconds since the emulator started.
+    fn elapsed_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
     /// Log a finished request.
-    fn record(&self, method: &Method, path: &str, status: u16, route: &str) {
+    fn record(&self, arrival: &Arrival, status: u16) {
         let rec = RequestRecord {
-            t_ms: self.started.elapsed().as_millis() as u64,
-            method: method.to_string(),
-            path: path.to_string(),
+            t_ms: self.elapsed_ms(),
+            t_start_ms: arrival.t_start_ms,
+            method: arrival.method.to_string(),
+            path: arrival.path.clone(),
             status,
-            route: route.to_string(),
+            route: arrival.route.to_string(),
+            range: arrival.range.clone(),
         };
         lock(&self.log).push(rec);
         self.log_seq.send_modify(|n| *n += 1);
@@ -407,6 +433,7 @@ fn fault_response(
 }
 
 async fn front_door(State(sh): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let t_start_ms = sh.elapsed_ms();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let classes = classify(&method, &path);
@@ -417,6 +444,22 @@ async fn front_door(State(sh): State<Arc<Shared>>, req: Request, next: Next) -> 
         RouteClass::Any => "other",
         c => c.name(),
     };
+    // Fragment PUTs on an upload URL: keep the Content-Range as sent.
+    let range = if classes.contains(&RouteClass::Upload) {
+        req.headers()
+            .get(header::CONTENT_RANGE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    } else {
+        None
+    };
+    let arrival = Arrival {
+        t_start_ms,
+        method,
+        path,
+        route,
+        range,
+    };
+    let path = arrival.path.as_str();
     if sh.opts.enforce_retry_after && primary != RouteClass::Token {
         let now = sh.clock.now_ms();
         let until = sh.throttled_until_ms.load(Ordering::Acquire);
@@ -433,7 +476,7 @@ async fn front_door(State(sh): State<Arc<Shared>>, req: Request, next: Next) -> 
             )
             .inner("throttledRequest");
             e.retry_after = Some(secs as u64);
-            sh.record(&method, &path, 429, route);
+            sh.record(&arrival, 429);
             return e.to_response(now);
         }
     }
@@ -457,7 +500,7 @@ async fn front_door(State(sh): State<Arc<Shared>>, req: Request, next: Next) -> 
         Some(Action::Status {
             status,
             retry_after,
-        }) => fault_response(&sh, primary, status, retry_after, req.headers(), &path),
+        }) => fault_response(&sh, primary, status, retry_after, req.headers(), path),
         Some(Action::Drop) => {
             // Take part of the body first so the break is mid-request.
             let half = req
@@ -478,7 +521,7 @@ async fn front_door(State(sh): State<Arc<Shared>>, req: Request, next: Next) -> 
             let mut resp = Response::new(dropped_body());
             resp.headers_mut()
                 .insert(header::CONTENT_LENGTH, 4096.into());
-            sh.record(&method, &path, 0, route);
+            sh.record(&arrival, 0);
             return resp;
         }
         Some(Action::DropReply) => {
@@ -489,7 +532,7 @@ async fn front_door(State(sh): State<Arc<Shared>>, req: Request, next: Next) -> 
             let mut resp = Response::new(dropped_body());
             resp.headers_mut()
                 .insert(header::CONTENT_LENGTH, 4096.into());
-            sh.record(&method, &path, 0, route);
+            sh.record(&arrival, 0);
             return resp;
         }
         None => next.run(req).await,
@@ -505,7 +548,7 @@ async fn front_door(State(sh): State<Arc<Shared>>, req: Request, next: Next) -> 
         let until = now + secs * 1000;
         sh.throttled_until_ms.fetch_max(until, Ordering::AcqRel);
     }
-    sh.record(&method, &path, resp.status().as_u16(), route);
+    sh.record(&arrival, resp.status().as_u16());
     resp
 }
 

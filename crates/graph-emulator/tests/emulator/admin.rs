@@ -62,6 +62,56 @@ async fn admin_requests_log_in_order_without_admin_calls() {
 }
 
 #[tokio::test]
+async fn admin_requests_log_arrival_time_and_fragment_ranges() {
+    let emu = start_with(Options {
+        latency: std::time::Duration::from_millis(30),
+        ..opts()
+    })
+    .await;
+    let url = emu.session("r.bin").await;
+    let data = bytes(K320 + 5, 9);
+    emu.fragment(&url, 0, data.len(), &data[..K320]).await;
+    emu.fragment(&url, K320, data.len(), &data[K320..]).await;
+    let v: Value = emu
+        .c
+        .get(emu.url("/_emulator/requests"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let a = v.as_array().unwrap();
+    for r in a {
+        let (start, end) = (
+            r["t_start_ms"].as_u64().unwrap(),
+            r["t_ms"].as_u64().unwrap(),
+        );
+        assert!(
+            end >= start + 30,
+            "latency lies between arrival and reply: {r}"
+        );
+    }
+    let ranges: Vec<&Value> = a.iter().map(|r| &r["range"]).collect();
+    let n = ranges.len();
+    assert!(ranges[..n - 2].iter().all(|r| r.is_null()), "{v}");
+    let total = data.len();
+    assert_eq!(
+        ranges[n - 2..],
+        [
+            &json!(format!("bytes 0-{}/{total}", K320 - 1)),
+            &json!(format!("bytes {K320}-{}/{total}", total - 1))
+        ]
+    );
+    let log = emu.h.requests();
+    assert_eq!(
+        log.last().unwrap().range,
+        Some(format!("bytes {K320}-{}/{total}", total - 1))
+    );
+    assert!(log.iter().all(|r| r.t_ms >= r.t_start_ms));
+}
+
+#[tokio::test]
 async fn admin_faults_post_and_delete() {
     let emu = start().await;
     let r = emu
