@@ -86,6 +86,11 @@ pub struct Args {
     #[arg(long, value_name = "TOML")]
     sharepush_defaults: Option<String>,
 
+    /// upload-*: where the emulator stores content (default: the work dir);
+    /// a tmpfs such as /dev/shm takes disk write-back out of the numbers.
+    #[arg(long, value_name = "DIR")]
+    emulator_data: Option<PathBuf>,
+
     /// The sharepush binary (default: next to this one).
     #[arg(long)]
     sharepush: Option<PathBuf>,

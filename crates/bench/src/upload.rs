@@ -361,8 +361,11 @@ fn large_tree(root: &Path, mib: usize) -> anyhow::Result<Expected> {
     Ok(expected)
 }
 
-/// Reads every file under `root` once (page cache warm for every contender).
+/// Reads every file under `root` once (page cache warm for every contender)
+/// and flushes dirty pages (the previous run's emulator data), so no run
+/// pays for another's write-back.
 fn warm(root: &Path) -> anyhow::Result<()> {
+    run_measured("sync", &[])?;
     run_measured(
         "sh",
         &[
@@ -512,7 +515,7 @@ fn measure_sharepush(
     defaults: &str,
 ) -> anyhow::Result<Cost> {
     let mode = ns.map_or(Mode::Http, |n| Mode::Tls(n.ip));
-    let emu = Emulator::start(emulator, &work.join("emu-data"), latency_ms, mode)?;
+    let emu = Emulator::start(emulator, &emu_data(work), latency_ms, mode)?;
     let (authority, graph) = match ns {
         None => (emu.base.clone(), format!("{}/v1.0", emu.base)),
         Some(_) => (
@@ -551,13 +554,9 @@ fn measure_rclone(
     latency_ms: u64,
     ns: &Namespace,
 ) -> anyhow::Result<Cost> {
-    let emu = Emulator::start(
-        emulator,
-        &work.join("emu-data"),
-        latency_ms,
-        Mode::Tls(ns.ip),
-    )
-    .context("starting the TLS emulator for rclone (built with --features graph-emulator/tls?)")?;
+    let emu = Emulator::start(emulator, &emu_data(work), latency_ms, Mode::Tls(ns.ip)).context(
+        "starting the TLS emulator for rclone (built with --features graph-emulator/tls?)",
+    )?;
     let tok = emu.login("rclone-bench")?;
     let token = json!({
         "access_token": tok["access_token"],
@@ -590,7 +589,7 @@ fn measure_rclone(
 /// fragments from a bare client in this process (no file read), against the
 /// same binary over plain HTTP with no latency.
 fn measure_ingest(work: &Path, emulator: &Path, total: u64) -> anyhow::Result<Cost> {
-    let emu = Emulator::start(emulator, &work.join("emu-data"), 0, Mode::Http)?;
+    let emu = Emulator::start(emulator, &emu_data(work), 0, Mode::Http)?;
     let tok = emu.login(CLIENT_ID)?;
     let client = crate::emulator::Client {
         http: reqwest::Client::builder().build()?,
@@ -622,6 +621,18 @@ fn measure_ingest(work: &Path, emulator: &Path, total: u64) -> anyhow::Result<Co
     })
 }
 
+/// `--emulator-data`, once set by [`setup`].
+static EMU_ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Where the emulator keeps content: under `--emulator-data` (e.g. a tmpfs,
+/// so the disk's write-back does not decide the numbers) or the work dir.
+fn emu_data(work: &Path) -> PathBuf {
+    EMU_ROOT
+        .get()
+        .map_or(work, PathBuf::as_path)
+        .join("emu-data")
+}
+
 struct Setup {
     work: PathBuf,
     sharepush: PathBuf,
@@ -636,6 +647,10 @@ fn setup(args: &Args, scenario: &str) -> anyhow::Result<Setup> {
     fs::create_dir_all(&args.work_dir)?;
     let work = fs::canonicalize(&args.work_dir)?.join(scenario);
     fs::create_dir_all(&work)?;
+    if let Some(d) = &args.emulator_data {
+        fs::create_dir_all(d)?;
+        let _ = EMU_ROOT.set(fs::canonicalize(d)?);
+    }
     let sharepush = sibling(&args.sharepush, "sharepush")?;
     let emulator = sibling(&args.emulator, "graph-emulator")?;
     let skip = args.no_rclone.then(|| "--no-rclone given".to_string());
@@ -710,7 +725,9 @@ pub fn upload_small(args: &Args) -> anyhow::Result<Vec<Row>> {
             met: None,
         }),
         Some(ns) => {
+            warm(&source)?;
             let rclone = measure_rclone(&st.work, &st.emulator, &source, &expected, lat, ns)?;
+            warm(&source)?;
             let ours_tls = measure_sharepush(
                 &st.sharepush,
                 &st.work,
