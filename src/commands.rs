@@ -100,7 +100,7 @@ pub fn check(global: &GlobalArgs, out: &mut dyn Write, err: &mut dyn Write) -> E
 
 /// One job's line in `scan --json`. The integer counts are the stable part
 /// (documented in the README); the path lists may be long.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 struct JobScanJson {
     name: String,
     new: u64,
@@ -210,19 +210,8 @@ pub fn scan(
                 code = ExitCode::SomeFilesFailed;
                 JobScanJson {
                     name: job.name.clone(),
-                    new: 0,
-                    changed: 0,
-                    unchanged: 0,
-                    skipped: 0,
-                    pending: 0,
-                    vanished: 0,
-                    hashed_files: 0,
-                    hashed_bytes: 0,
-                    new_paths: Vec::new(),
-                    changed_paths: Vec::new(),
-                    skipped_paths: Vec::new(),
-                    vanished_paths: Vec::new(),
                     error: Some(message),
+                    ..JobScanJson::default()
                 }
             }
         };

@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::Args;
-use crate::measure::{Cost, Row};
+use crate::measure::{Cost, Row, cpu_seconds};
 
 const FRAGMENT: usize = 10 * 1024 * 1024;
 const SMALL_FILES: usize = 5_000;
@@ -145,7 +145,7 @@ async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
     client.session_upload("bench/big.bin", total).await?;
     let big_wall = started.elapsed().as_secs_f64();
     let after = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)?;
-    let big_cpu = cpu(&after) - cpu(&before);
+    let big_cpu = cpu_seconds(&after) - cpu_seconds(&before);
     let stored = emu
         .tree()
         .into_iter()
@@ -184,7 +184,7 @@ async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
     }
     let small_wall = started.elapsed().as_secs_f64();
     let after = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)?;
-    let small_cpu = cpu(&after) - cpu(&before);
+    let small_cpu = cpu_seconds(&after) - cpu_seconds(&before);
     let arrived = emu
         .tree()
         .iter()
@@ -233,9 +233,4 @@ async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
             met: None,
         },
     ])
-}
-
-pub(crate) fn cpu(usage: &nix::sys::resource::Usage) -> f64 {
-    let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
-    t(usage.user_time()) + t(usage.system_time())
 }

@@ -57,6 +57,12 @@ fn tv_secs(tv: nix::sys::time::TimeVal) -> f64 {
     tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6
 }
 
+/// User + system CPU seconds of one `getrusage` reading; every scenario
+/// measures CPU as the difference of two of these.
+pub fn cpu_seconds(usage: &nix::sys::resource::Usage) -> f64 {
+    tv_secs(usage.user_time()) + tv_secs(usage.system_time())
+}
+
 /// `__measure` child: run the command, wait, print the rusage of that one child.
 pub fn child_main(command: &[String]) -> anyhow::Result<()> {
     let (program, args) = command.split_first().context("__measure needs a command")?;
@@ -76,7 +82,7 @@ pub fn child_main(command: &[String]) -> anyhow::Result<()> {
     }
     let cost = Cost {
         wall_s: secs(wall),
-        cpu_s: tv_secs(usage.user_time()) + tv_secs(usage.system_time()),
+        cpu_s: cpu_seconds(&usage),
         max_rss_kib: usage.max_rss() as u64,
     };
     // The command's stdout goes first, then one line of JSON with the cost.
@@ -119,8 +125,7 @@ pub fn in_process<T>(f: impl FnOnce() -> T) -> anyhow::Result<(T, Cost)> {
     let value = f();
     let wall = start.elapsed();
     let after = getrusage(UsageWho::RUSAGE_SELF)?;
-    let cpu = (tv_secs(after.user_time()) + tv_secs(after.system_time()))
-        - (tv_secs(before.user_time()) + tv_secs(before.system_time()));
+    let cpu = cpu_seconds(&after) - cpu_seconds(&before);
     Ok((
         value,
         Cost {

@@ -616,7 +616,7 @@ fn measure_ingest(work: &Path, emulator: &Path, total: u64) -> anyhow::Result<Co
     emu.stop()?;
     Ok(Cost {
         wall_s: wall,
-        cpu_s: crate::emulator::cpu(&after) - crate::emulator::cpu(&before),
+        cpu_s: crate::measure::cpu_seconds(&after) - crate::measure::cpu_seconds(&before),
         max_rss_kib: 0,
     })
 }
