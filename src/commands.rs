@@ -367,7 +367,8 @@ fn runtime(err: &mut dyn Write) -> Result<tokio::runtime::Runtime, ExitCode> {
 
 /// `sharepush sync [JOB...] [--dry-run]`: one pass of scan -> plan ->
 /// upload -> record per job, a summary line per job, failures listed at the
-/// end. Exit 0, 1 (files failed), 77 (login needed), 75 (locked / network).
+/// end. Exit 0, 1 (files failed), 77 (login needed), 75 (locked / network),
+/// 130 / 143 (stopped by SIGINT / SIGTERM; the next run resumes).
 pub fn sync(
     global: &GlobalArgs,
     args: &crate::cli::SyncArgs,
@@ -393,8 +394,17 @@ pub fn sync(
         .is_terminal()
         .then(|| std::sync::Arc::new(crate::upload::Progress::default()));
     let ticker = progress.clone().map(|p| rt.spawn(show_progress(p)));
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let stopped_by = match stop_on_signals(&rt, cancel.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = writeln!(err, "error: cannot install the signal handlers: {e}");
+            return ExitCode::TempFail;
+        }
+    };
     let options = crate::job::SyncOptions {
         progress,
+        cancel,
         ..crate::job::SyncOptions::default()
     };
     let result = rt.block_on(crate::job::sync_jobs(&config, &selected, &options));
@@ -402,8 +412,26 @@ pub fn sync(
         t.abort();
         eprint!("\r\x1b[2K");
     }
+    let signal = stopped_by.load(std::sync::atomic::Ordering::SeqCst);
     match result {
-        Ok(reports) => report_sync(&reports, out, err),
+        Ok(reports) => {
+            let code = report_sync(&reports, out, err);
+            match signal {
+                0 => code,
+                s => {
+                    let _ = writeln!(
+                        err,
+                        "stopped by {}: what was not uploaded resumes on the next run",
+                        if s == 2 { "SIGINT" } else { "SIGTERM" }
+                    );
+                    if s == 2 {
+                        ExitCode::Interrupted
+                    } else {
+                        ExitCode::Terminated
+                    }
+                }
+            }
+        }
         Err(crate::job::SyncError::State(e)) => {
             let _ = writeln!(err, "error: {e}");
             match e {
@@ -416,6 +444,42 @@ pub fn sync(
             ExitCode::TempFail
         }
     }
+}
+
+/// SIGTERM and SIGINT cancel `cancel` (the sync stops between fragments and
+/// exits 143 / 130); a second one exits at once. Returns where the number
+/// of the first signal is stored (0: none yet). The handlers are installed
+/// before this returns, so no signal is missed.
+fn stop_on_signals(
+    rt: &tokio::runtime::Runtime,
+    cancel: tokio_util::sync::CancellationToken,
+) -> std::io::Result<std::sync::Arc<std::sync::atomic::AtomicI32>> {
+    use std::sync::atomic::Ordering::SeqCst;
+    use tokio::signal::unix::{SignalKind, signal};
+    let _guard = rt.enter();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let first = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
+    let seen = std::sync::Arc::clone(&first);
+    rt.spawn(async move {
+        loop {
+            let n = tokio::select! {
+                _ = term.recv() => 15,
+                _ = int.recv() => 2,
+            };
+            if seen.compare_exchange(0, n, SeqCst, SeqCst).is_ok() {
+                tracing::warn!(
+                    signal = if n == 2 { "SIGINT" } else { "SIGTERM" },
+                    "stopping: no new uploads; the fragment in flight may finish (5 s at most)"
+                );
+                cancel.cancel();
+            } else {
+                // A second signal: the person means it.
+                std::process::exit(128 + n);
+            }
+        }
+    });
+    Ok(first)
 }
 
 /// Redraws one progress line on the terminal (stderr) twice a second:
@@ -496,6 +560,13 @@ pub fn report_sync(
                 format!(", {} remote delete(s) held", r.deletes_held)
             },
         );
+        if r.cancelled {
+            let _ = writeln!(
+                out,
+                "  stopped  {} file(s) not finished; they resume on the next run",
+                r.interrupted
+            );
+        }
         for (local, remote) in &r.encoded {
             let _ = writeln!(out, "  encoded  {local} -> {remote}");
         }
@@ -504,6 +575,13 @@ pub fn report_sync(
         }
         if let Some(e) = &r.error {
             failures.push(format!("job {}: {e}", r.name));
+        }
+        if let Some(n) = r.quota_full {
+            failures.push(format!(
+                "job {}: the library is full (507 quotaLimitReached); {n} file(s) stay pending \
+                 until space is freed",
+                r.name
+            ));
         }
         for (path, e) in &r.failed {
             failures.push(format!("{}/{path}: {e}", r.name));

@@ -28,6 +28,12 @@ pub enum ExitCode {
     AuthNeeded = 77,
     /// The configuration is invalid; restarting will not help.
     Config = 78,
+    /// Stopped by SIGINT (Ctrl-C) before finishing: 128 + 2, as a shell
+    /// reports a process killed by it. Nothing is lost; the next run resumes.
+    Interrupted = 130,
+    /// Stopped by SIGTERM before finishing: 128 + 15 (systemd: add
+    /// `SuccessExitStatus=143` if a stop should not count as a failure).
+    Terminated = 143,
 }
 
 impl ExitCode {

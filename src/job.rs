@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt as _;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, JobSpec};
 use crate::plan::{self, Action, HoldReason, PlanInput, PriorState};
@@ -25,7 +26,7 @@ use crate::scan::{self, ScanOptions};
 use crate::state::{
     FileRecord, FileState, RunCounts, RunOutcome, RunSummary, RunTrigger, StateError, Store,
 };
-use crate::upload::{FileOutcome, Progress, SharedStore, Uploader};
+use crate::upload::{CANCEL_GRACE, FileOutcome, Progress, SharedStore, Uploader};
 
 /// What one run of one job did, for the command's summary and exit code.
 #[derive(Debug, Clone, Default)]
@@ -56,14 +57,25 @@ pub struct JobReport {
     pub login_needed: Option<String>,
     /// Why the job could not run at all (missing source, unknown library...).
     pub error: Option<String>,
+    /// The run was cancelled (SIGTERM/SIGINT, shutdown) before it finished;
+    /// what was not uploaded stays pending and resumes next run.
+    pub cancelled: bool,
+    /// Files whose upload was not started or was stopped by the cancel.
+    pub interrupted: u64,
+    /// The library answered `507 quotaLimitReached` (to this job or another
+    /// on the same drive): uploads to it stopped; this many files stay
+    /// pending.
+    pub quota_full: Option<u64>,
     pub elapsed: Duration,
 }
 
 impl JobReport {
     /// How the run ended, as the `runs` table records it.
     pub fn outcome(&self) -> RunOutcome {
-        if self.error.is_some() || self.login_needed.is_some() {
+        if self.error.is_some() || self.login_needed.is_some() || self.quota_full.is_some() {
             RunOutcome::Failed
+        } else if self.cancelled {
+            RunOutcome::Cancelled
         } else if !self.failed.is_empty() || !self.held.is_empty() {
             RunOutcome::SomeFilesFailed
         } else {
@@ -125,6 +137,12 @@ async fn drive_of<R: Remote>(
 
 /// Scans, plans, uploads and records one job once. Per-file problems are in
 /// the report; only a broken state store is an error.
+///
+/// `cancel` (SIGTERM/SIGINT, daemon shutdown): once cancelled, no file and
+/// no fragment is started; a fragment in flight gets [`CANCEL_GRACE`] to
+/// finish; the run is recorded `cancelled` and the report says so. The scan
+/// itself is not interrupted (its findings are recorded, so nothing it
+/// found is lost).
 pub async fn run_once<R: Remote>(
     remote: &R,
     store: &SharedStore,
@@ -132,6 +150,7 @@ pub async fn run_once<R: Remote>(
     job: &JobSpec,
     trigger: RunTrigger,
     progress: Option<Arc<Progress>>,
+    cancel: &CancellationToken,
 ) -> Result<JobReport, StateError> {
     let started = Instant::now();
     let started_at = unix(SystemTime::now());
@@ -142,7 +161,10 @@ pub async fn run_once<R: Remote>(
 
     let name = job.name.clone();
     let known = store.call(move |s| s.known_files(&name)).await?;
-    let options = ScanOptions::from(job);
+    let mut options = ScanOptions::from(job);
+    // New files are hashed by the uploader while it reads them (scan docs,
+    // "Not hashed yet"): one read instead of two.
+    options.hash_new = false;
     let scanned = tokio::task::spawn_blocking(move || scan::scan(&options, known))
         .await
         .expect("scan task panicked");
@@ -250,7 +272,10 @@ pub async fn run_once<R: Remote>(
     let unconfirmed = store
         .call(move |s| s.unconfirmed_synced(&name).map(|v| !v.is_empty()))
         .await?;
-    if !uploads.is_empty() || !folders.is_empty() || unconfirmed {
+    if cancel.is_cancelled() {
+        report.cancelled = true;
+        report.interrupted = uploads.len() as u64;
+    } else if !uploads.is_empty() || !folders.is_empty() || unconfirmed {
         if let Some(p) = &progress {
             p.start_job(&job.name, uploads.len() as u64, plan.summary.upload_bytes);
         }
@@ -263,6 +288,7 @@ pub async fn run_once<R: Remote>(
             &uploads,
             &mut report,
             progress,
+            cancel,
         )
         .await?;
     }
@@ -280,7 +306,13 @@ pub async fn run_once<R: Remote>(
         },
         bytes: report.bytes,
         outcome: report.outcome(),
-        error: report.error.clone().or(report.login_needed.clone()),
+        error: report
+            .error
+            .clone()
+            .or(report.login_needed.clone())
+            .or(report
+                .quota_full
+                .map(|n| format!("library full (507 quotaLimitReached); {n} file(s) pending"))),
     };
     store.call(move |s| s.finish_run(run, &summary)).await?;
     tracing::info!(
@@ -307,6 +339,7 @@ async fn execute<R: Remote>(
     uploads: &[crate::scan::LocalEntry],
     report: &mut JobReport,
     progress: Option<Arc<Progress>>,
+    cancel: &CancellationToken,
 ) -> Result<(), StateError> {
     let stop = |report: &mut JobReport, e: RemoteError| {
         if let RemoteError::Auth(a) = &e
@@ -325,7 +358,9 @@ async fn execute<R: Remote>(
             return Ok(());
         }
     };
-    let uploader = Uploader::new(remote, store, throttle, job, drive).with_progress(progress);
+    let uploader = Uploader::new(remote, store, throttle, job, drive)
+        .with_progress(progress)
+        .with_cancel(cancel.clone());
     if let Err(e) = uploader.ensure_root().await {
         stop(report, e);
         return Ok(());
@@ -343,7 +378,19 @@ async fn execute<R: Remote>(
                 let uploader = &uploader;
                 let entry = &uploads[i];
                 async move {
-                    let outcome = uploader.upload(entry).await;
+                    // The uploader stops between fragments and bounds the
+                    // one in flight; this bounds everything else (a long
+                    // Retry-After, a backoff) so a cancelled run ends soon.
+                    // Dropping the upload there is like a crash: every step
+                    // before it is recorded.
+                    let hard_stop = async {
+                        cancel.cancelled().await;
+                        tokio::time::sleep(CANCEL_GRACE + Duration::from_secs(1)).await;
+                    };
+                    let outcome = tokio::select! {
+                        o = uploader.upload(entry) => o,
+                        () = hard_stop => Ok(FileOutcome::Cancelled),
+                    };
                     uploader.count_file_done();
                     (entry.path.clone(), entry.size, outcome)
                 }
@@ -365,7 +412,12 @@ async fn execute<R: Remote>(
             FileOutcome::Failed { error } => report.failed.push((path.clone(), error.clone())),
             FileOutcome::Requeued => report.requeued.push(path.clone()),
             FileOutcome::LoginNeeded => {}
+            FileOutcome::Cancelled => report.interrupted += 1,
+            FileOutcome::QuotaFull => *report.quota_full.get_or_insert(0) += 1,
         }
+    }
+    if cancel.is_cancelled() {
+        report.cancelled = true;
     }
     report.bytes = uploader
         .sent_bytes
@@ -379,6 +431,21 @@ async fn execute<R: Remote>(
     Ok(())
 }
 
+/// Files uploading at once across every job of the tenant: the largest
+/// `concurrency` configured (defaults or any job), so a job that asks for
+/// more than the default gets it, and several jobs running together share
+/// that many slots instead of multiplying them.
+pub fn tenant_concurrency(config: &Config) -> usize {
+    config
+        .jobs
+        .iter()
+        .map(|j| j.settings.concurrency)
+        .chain([config.defaults.concurrency])
+        .max()
+        .unwrap_or(1)
+        .max(1)
+}
+
 /// Knobs of a one-shot sync that tests turn (production uses the defaults).
 #[derive(Debug, Clone, Default)]
 pub struct SyncOptions {
@@ -386,6 +453,9 @@ pub struct SyncOptions {
     pub policy: RetryPolicy,
     /// Counters for a progress line (set when one is shown).
     pub progress: Option<Arc<Progress>>,
+    /// Cancelled by SIGTERM/SIGINT: the job running stops between
+    /// fragments ([`run_once`]) and no further job starts.
+    pub cancel: CancellationToken,
 }
 
 /// Why a sync could not start or had to stop.
@@ -417,12 +487,21 @@ pub async fn sync_jobs(
         options.policy.clone(),
     ));
     let throttle = Arc::new(Throttle::new(
-        config.defaults.concurrency,
+        tenant_concurrency(config),
         options.policy.clone(),
     ));
     let remote = GraphRemote::new(http, &config.auth.graph_url, tokens, Arc::clone(&throttle));
     let mut reports = Vec::with_capacity(jobs.len());
     for job in jobs {
+        if options.cancel.is_cancelled() {
+            tracing::info!(job = %job.name, "not started: the sync was cancelled");
+            reports.push(JobReport {
+                name: job.name.clone(),
+                cancelled: true,
+                ..JobReport::default()
+            });
+            continue;
+        }
         reports.push(
             run_once(
                 &remote,
@@ -431,6 +510,7 @@ pub async fn sync_jobs(
                 job,
                 RunTrigger::Manual,
                 options.progress.clone(),
+                &options.cancel,
             )
             .await?,
         );

@@ -299,7 +299,7 @@ fn decide_entry(entry: &LocalEntry, prior: Option<&PriorState>, now: SystemTime)
             Some(PriorState::Synced {
                 content: Some(h), ..
             }),
-        ) if *h == entry.hashes => UpToDate,
+        ) if entry.hashes.as_ref() == Some(h) => UpToDate,
         (_, Some(PriorState::Synced { .. })) => Upload(UploadReason::Changed),
         (Change::New, _) | (Change::Unchanged, None) => Upload(UploadReason::New),
         (Change::Changed, _) => Upload(UploadReason::Changed),
@@ -350,7 +350,7 @@ mod tests {
             size: 10,
             mtime_ns: 1,
             inode: 1,
-            hashes: hash_bytes(path.as_bytes()),
+            hashes: Some(hash_bytes(path.as_bytes())),
             change,
         }
     }

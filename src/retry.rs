@@ -4,7 +4,9 @@
 //! `Retry-After` from any reply pauses *every* request to that tenant until
 //! it has passed (graph-api.md section 7: throttled requests still count
 //! against the budget, so hammering makes it worse). It also holds the global
-//! limit on files uploading at once.
+//! limit on files uploading at once, and which drives answered `507
+//! quotaLimitReached`: uploads to such a drive stop for every job sharing it
+//! ([`Throttle::stop_drive`], [`QUOTA_HOLD`]).
 //!
 //! [`RetryPolicy`]: exponential backoff with full jitter for failures without
 //! a `Retry-After` (429 without it, 5xx, broken connections), with a capped
@@ -17,6 +19,7 @@
 //! remote implementation classifies replies) or send anything itself.
 //! Time is `tokio::time`, so tests run it with `start_paused`.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -79,7 +82,14 @@ pub struct Throttle {
     uploads: Semaphore,
     /// Retry timing for requests through this gate.
     policy: RetryPolicy,
+    /// Drive ids that answered 507, and until when no upload goes to them.
+    full_drives: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long uploads to a drive that answered `507 quotaLimitReached` stay
+/// stopped (for every job sharing it). A one-shot sync never outlives it;
+/// the daemon tries again after it, in case space was freed.
+pub const QUOTA_HOLD: Duration = Duration::from_secs(3600);
 
 impl Throttle {
     /// A gate allowing `concurrency` uploads at once.
@@ -88,7 +98,26 @@ impl Throttle {
             paused_until: Mutex::new(None),
             uploads: Semaphore::new(concurrency.max(1)),
             policy,
+            full_drives: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Stops uploads to `drive` for [`QUOTA_HOLD`] (it answered 507).
+    /// Returns true if it was not stopped already.
+    pub fn stop_drive(&self, drive: &str) -> bool {
+        let now = Instant::now();
+        let mut full = self.full_drives.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = full.get(drive).is_none_or(|t| *t <= now);
+        if fresh {
+            full.insert(drive.to_string(), now + QUOTA_HOLD);
+        }
+        fresh
+    }
+
+    /// True while uploads to `drive` are stopped for its quota.
+    pub fn drive_full(&self, drive: &str) -> bool {
+        let full = self.full_drives.lock().unwrap_or_else(|e| e.into_inner());
+        full.get(drive).is_some_and(|t| *t > Instant::now())
     }
 
     /// The retry policy requests through this gate follow.
@@ -217,6 +246,19 @@ mod tests {
         let elapsed = Instant::now() - start;
         assert!(elapsed >= Duration::from_secs(2), "{elapsed:?}");
         assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_drive_stays_stopped_for_the_hold_then_is_tried_again() {
+        let t = Throttle::new(2, RetryPolicy::default());
+        assert!(!t.drive_full("d1"));
+        assert!(t.stop_drive("d1"));
+        assert!(!t.stop_drive("d1"), "reported once");
+        assert!(t.drive_full("d1"));
+        assert!(!t.drive_full("d2"), "other drives go on");
+        tokio::time::advance(QUOTA_HOLD + Duration::from_secs(1)).await;
+        assert!(!t.drive_full("d1"));
+        assert!(t.stop_drive("d1"));
     }
 
     #[tokio::test(start_paused = true)]

@@ -14,6 +14,16 @@
 //! tree reads no file content. A file is `fstat`ed again after hashing; if it
 //! moved on meanwhile it is skipped and picked up by the next scan.
 //!
+//! Not hashed yet: with [`ScanOptions::hash_new`] off (what `sync` does), a
+//! file that has no recorded hash to compare with (no record at all, or a
+//! record that was never hashed) is *not* read: its [`LocalEntry::hashes`]
+//! is `None`. Nothing in the plan needs its content (it is new either way),
+//! and the uploader computes both hashes while it reads the fragments it
+//! sends, so a new file is read once instead of twice. Whoever needs the
+//! content hash of such an entry before uploading (rename detection,
+//! adopting a remote file that is already there) hashes it itself, e.g. with
+//! [`crate::hash::FileHasher`], and must check the fingerprint after.
+//!
 //! Memory: unchanged files that are already synced produce nothing but a
 //! counter, and their records leave the `known` map as they are met, so a
 //! rescan holds the state lookup and little else.
@@ -87,7 +97,10 @@ pub struct LocalEntry {
     pub size: u64,
     pub mtime_ns: i64,
     pub inode: u64,
-    pub hashes: Hashes,
+    /// SHA-1 and QuickXorHash of the content; `None` when the scan did not
+    /// read the file (see "Not hashed yet" in the module docs): the uploader
+    /// hashes it while sending and records the hashes with the upload.
+    pub hashes: Option<Hashes>,
     pub change: Change,
 }
 
@@ -140,6 +153,10 @@ pub struct ScanOptions {
     /// Walker/hasher threads; 0 = one per CPU (at most 8). Hashing is CPU
     /// bound, so more threads than cores only add contention.
     pub threads: usize,
+    /// Hash files that have no recorded hash to compare with (new files).
+    /// On for `sharepush scan` (it records hashes); `sync` turns it off and
+    /// lets the uploader hash while it reads (module docs, "Not hashed yet").
+    pub hash_new: bool,
 }
 
 impl ScanOptions {
@@ -152,6 +169,7 @@ impl ScanOptions {
             follow_symlinks: false,
             max_file_size: None,
             threads: 0,
+            hash_new: true,
         }
     }
 }
@@ -165,6 +183,7 @@ impl From<&JobSpec> for ScanOptions {
             follow_symlinks: job.follow_symlinks,
             max_file_size: job.settings.max_file_size,
             threads: 0,
+            hash_new: true,
         }
     }
 }
@@ -605,24 +624,41 @@ impl Worker<'_> {
             );
             return;
         }
+        // Empty files are always "hashed" (nothing to read, unless the file
+        // is a pseudo-file that stats as empty: that must be found here).
+        let hash_new = self.shared.opts.hash_new || before.size == 0;
         let change = match known {
             Some(k) if k.fingerprint() == before => {
                 self.found.unchanged += 1;
                 match k.hashes {
                     Some(_) if k.synced => return,
                     Some(hashes) => {
-                        self.emit(rel, before, hashes, Change::Unchanged);
+                        self.emit(rel, before, Some(hashes), Change::Unchanged);
                         return;
                     }
-                    // Recorded but never hashed: hash it now.
+                    // Recorded but never hashed: hash it now, or leave it
+                    // to the uploader.
+                    None if !hash_new => {
+                        self.emit(rel, before, None, Change::Unchanged);
+                        return;
+                    }
                     None => Change::Unchanged,
                 }
             }
+            // Nothing recorded to compare the content with.
+            Some(k) if k.hashes.is_none() && !hash_new => {
+                self.emit(rel, before, None, Change::Changed);
+                return;
+            }
             Some(_) => Change::Changed,
+            None if !hash_new => {
+                self.emit(rel, before, None, Change::New);
+                return;
+            }
             None => Change::New,
         };
         match self.hash(dent.path(), &before) {
-            Ok(hashes) => self.emit(rel, before, hashes, change),
+            Ok(hashes) => self.emit(rel, before, Some(hashes), change),
             Err(reason) => {
                 if change == Change::Unchanged {
                     self.found.unchanged -= 1;
@@ -674,7 +710,7 @@ impl Worker<'_> {
         Ok(hashes)
     }
 
-    fn emit(&mut self, rel: &str, fp: Fingerprint, hashes: Hashes, change: Change) {
+    fn emit(&mut self, rel: &str, fp: Fingerprint, hashes: Option<Hashes>, change: Change) {
         self.found.entries.push(LocalEntry {
             path: rel.to_owned(),
             size: fp.size,
@@ -796,7 +832,7 @@ mod tests {
                         size: e.size,
                         mtime_ns: e.mtime_ns,
                         inode: e.inode,
-                        hashes: Some(e.hashes.clone()),
+                        hashes: e.hashes.clone(),
                         synced,
                     },
                 )
@@ -843,7 +879,7 @@ mod tests {
         );
         assert_eq!(first.hashed_files, 10_000);
         assert_eq!(first.entries[0].path, "d00/f00.txt");
-        assert_eq!(first.entries[0].hashes, hash_bytes(b"0 0"));
+        assert_eq!(first.entries[0].hashes, Some(hash_bytes(b"0 0")));
         assert_eq!(first.dirs.len(), 100);
         assert!(first.vanished.is_empty());
 
@@ -867,7 +903,7 @@ mod tests {
         let c = third.counts();
         assert_eq!((c.new, c.changed, c.unchanged), (0, 1, 9_999));
         assert_eq!(paths(&third), ["d42/f07.txt"]);
-        assert_eq!(third.entries[0].hashes, hash_bytes(b"new content"));
+        assert_eq!(third.entries[0].hashes, Some(hash_bytes(b"new content")));
         assert_eq!(third.entries[0].mtime_ns, 1_000_000_000_123_456_789);
         assert_eq!((third.hashed_files, third.hashed_bytes), (1, 11));
     }
@@ -883,7 +919,7 @@ mod tests {
         let second = scan(&opts(dir.path()), known_from(&first, true)).unwrap();
         assert_eq!(second.entries.len(), 1);
         assert_eq!(second.entries[0].change, Change::Changed);
-        assert_eq!(second.entries[0].hashes, hash_bytes(b"bbbb"));
+        assert_eq!(second.entries[0].hashes, Some(hash_bytes(b"bbbb")));
     }
 
     #[test]
@@ -911,7 +947,7 @@ mod tests {
         let second = scan(&opts(dir.path()), known).unwrap();
         assert_eq!(paths(&second), ["a.txt"]);
         assert_eq!(second.entries[0].change, Change::Unchanged);
-        assert_eq!(second.entries[0].hashes, hash_bytes(b"recorded"));
+        assert_eq!(second.entries[0].hashes, Some(hash_bytes(b"recorded")));
         assert_eq!(second.unchanged, 2);
         assert_eq!(second.hashed_bytes, 0);
     }
@@ -925,8 +961,54 @@ mod tests {
         known.get_mut("a.txt").unwrap().hashes = None;
         let second = scan(&opts(dir.path()), known).unwrap();
         assert_eq!(second.entries[0].change, Change::Unchanged);
-        assert_eq!(second.entries[0].hashes, hash_bytes(b"abc"));
+        assert_eq!(second.entries[0].hashes, Some(hash_bytes(b"abc")));
         assert_eq!((second.hashed_files, second.unchanged), (1, 1));
+    }
+
+    #[test]
+    fn without_hash_new_only_files_with_a_recorded_hash_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "new.txt", b"new");
+        write(dir.path(), "never-hashed.txt", b"nh");
+        write(dir.path(), "never-hashed-changed.txt", b"nhc");
+        write(dir.path(), "synced-touched.txt", b"st");
+        write(dir.path(), "empty.txt", b"");
+        let first = scan(&opts(dir.path()), HashMap::new()).unwrap();
+        let mut known = known_from(&first, true);
+        known.remove("new.txt");
+        known.remove("empty.txt");
+        known.get_mut("never-hashed.txt").unwrap().hashes = None;
+        let nhc = known.get_mut("never-hashed-changed.txt").unwrap();
+        nhc.hashes = None;
+        nhc.size += 1;
+        // A touch of a synced file: its content must be compared (the plan
+        // does not upload it again when the hashes match).
+        known.get_mut("synced-touched.txt").unwrap().mtime_ns += 1;
+        let lazy = ScanOptions {
+            hash_new: false,
+            ..opts(dir.path())
+        };
+        let second = scan(&lazy, known).unwrap();
+        let got: Vec<(&str, Change, Option<Hashes>)> = second
+            .entries
+            .iter()
+            .map(|e| (e.path.as_str(), e.change, e.hashes.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("empty.txt", Change::New, Some(hash_bytes(b""))),
+                ("never-hashed-changed.txt", Change::Changed, None),
+                ("never-hashed.txt", Change::Unchanged, None),
+                ("new.txt", Change::New, None),
+                (
+                    "synced-touched.txt",
+                    Change::Changed,
+                    Some(hash_bytes(b"st"))
+                ),
+            ]
+        );
+        assert_eq!((second.hashed_files, second.hashed_bytes), (2, 2));
     }
 
     #[test]
@@ -1161,7 +1243,7 @@ mod tests {
             paths(&report),
             ["link.txt", "linkdir/inner.txt", "real.txt"]
         );
-        assert_eq!(report.entries[0].hashes, hash_bytes(b"target"));
+        assert_eq!(report.entries[0].hashes, Some(hash_bytes(b"target")));
         assert_eq!(report.dirs, ["linkdir"]);
         assert!(matches!(
             skip_of(&report, "broken"),
@@ -1333,7 +1415,7 @@ mod tests {
         let report = scan(&opts(dir.path()), HashMap::new()).unwrap();
         assert_eq!(paths(&report), [".hidden/.dotfile", "a/b/c/empty"]);
         assert_eq!(report.entries[1].size, 0);
-        assert_eq!(report.entries[1].hashes, hash_bytes(b""));
+        assert_eq!(report.entries[1].hashes, Some(hash_bytes(b"")));
         assert_eq!(report.dirs, [".hidden", "a", "a/b", "a/b/c", "a/emptydir"]);
     }
 

@@ -16,8 +16,11 @@
 //!   and the source fingerprint are saved *before* the first fragment, and
 //!   the acknowledged offset after each, so a restart resumes: it asks the
 //!   service where it stands (`nextExpectedRanges`) and goes on from there.
-//!   The file is read one fragment at a time (memory is about one fragment
-//!   per upload) and hashed as it is sent;
+//!   The file is read one fragment at a time and hashed as it is read; the
+//!   next fragment is read and hashed on a blocking thread while the
+//!   current one is in flight (memory is about two fragments per upload,
+//!   never the file). A file the scan did not hash (new, `hashes: None`) is
+//!   hashed only here, and those hashes are recorded with the upload;
 //! - the file's fingerprint (size, mtime, inode) is checked before the first
 //!   fragment and after reading each one; a change abandons the session and
 //!   queues the file again, so the remote never gets half-old, half-new
@@ -33,8 +36,9 @@
 //!   later run ([`Uploader::verify_unconfirmed`]).
 //!
 //! Errors: one file failing never stops the others. Permanent errors record
-//! the file failed with Graph's innermost code; `507` stops this job's
-//! uploads to the drive; an authentication failure that needs a person stops
+//! the file failed with Graph's innermost code; `507` stops uploads to the
+//! drive by every job sharing the throttle (the files stay pending, the
+//! job's report says the library is full); an authentication failure that needs a person stops
 //! the job's uploads and leaves the files pending for after `sharepush login`.
 //! Only a broken state store ends the run.
 //!
@@ -50,6 +54,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{FRAGMENT_UNIT, JobSpec};
 use crate::hash::{ContentHasher, Hashes};
@@ -150,6 +155,13 @@ pub enum FileOutcome {
     /// Not attempted or interrupted because signing in needs a person; the
     /// file stays pending.
     LoginNeeded,
+    /// Not started, or stopped between fragments, because the run was
+    /// cancelled (SIGTERM/SIGINT, daemon shutdown). The file stays pending
+    /// and its saved upload session resumes next run.
+    Cancelled,
+    /// Not attempted or stopped because the library is full (507, met by
+    /// this job or another on the same drive). The file stays pending.
+    QuotaFull,
 }
 
 /// Why an upload stopped before it could be recorded as done.
@@ -163,6 +175,9 @@ enum TransferError {
     /// The file changed since it was scanned or while it was read.
     #[error("the file changed while it was being uploaded")]
     Changed,
+    /// The run was cancelled; the session (if any) stays saved.
+    #[error("cancelled")]
+    Cancelled,
     #[error(transparent)]
     State(#[from] StateError),
 }
@@ -180,8 +195,9 @@ pub struct Uploader<'a, R: Remote> {
     root: RemotePath,
     /// Optional bytes-per-second limit of this job.
     bandwidth: Option<Bandwidth>,
-    /// Set once the drive answered 507: later uploads fail fast.
-    quota_full: AtomicBool,
+    /// Set once this job reported the drive full (507, from any job sharing
+    /// the drive through the throttle): reported once per job.
+    quota_reported: AtomicBool,
     /// Set once signing in needs a person: later uploads are not attempted.
     login_needed: Mutex<Option<String>>,
     /// Folders (local relative paths) that could not be created, and why.
@@ -190,7 +206,15 @@ pub struct Uploader<'a, R: Remote> {
     pub sent_bytes: AtomicU64,
     /// Where a terminal progress line reads from, if one is shown.
     progress: Option<Arc<Progress>>,
+    /// Cancelled on shutdown: no new file, no new fragment; the fragment in
+    /// flight gets [`CANCEL_GRACE`] to finish.
+    cancel: CancellationToken,
 }
+
+/// How long a fragment already in flight may still take once the run is
+/// cancelled; after that it is abandoned (the saved offset is behind it,
+/// so the next run resends it).
+pub const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Extensions of files SharePoint rewrites after upload (graph-api.md 3).
 const REWRITTEN_EXTENSIONS: &[&str] = &[
@@ -250,12 +274,37 @@ fn next_attempt(class: ErrorClass) -> i64 {
     unix_now() + wait
 }
 
-async fn read_fragment(
+/// A fragment being read (or already read) ahead of its PUT, on a blocking
+/// thread that runs whether or not anyone awaits it. Dropped unused, the
+/// thread finishes and its buffer is freed.
+struct Prefetch {
+    offset: u64,
+    len: usize,
+    task: tokio::task::JoinHandle<ReadResult>,
+}
+
+type ReadResult = Result<(Bytes, ContentHasher, Fingerprint), std::io::Error>;
+
+/// Whether a saved session was started from this very source: same size,
+/// mtime and inode, and the same content hash when both sides have one (a
+/// session of a file the scan did not hash saved an empty hash).
+fn same_source(saved: &SourceFingerprint, now: &SourceFingerprint) -> bool {
+    saved.size == now.size
+        && saved.mtime_ns == now.mtime_ns
+        && saved.inode == now.inode
+        && (saved.quick_xor.is_empty()
+            || now.quick_xor.is_empty()
+            || saved.quick_xor == now.quick_xor)
+}
+
+/// Reads bytes `offset..offset + len`, feeds them to `hasher`, and
+/// `fstat`s the file after (to notice a change while it was read).
+fn spawn_read(
     file: Arc<File>,
     offset: u64,
     len: usize,
     mut hasher: ContentHasher,
-) -> Result<(Bytes, ContentHasher, Fingerprint), std::io::Error> {
+) -> tokio::task::JoinHandle<ReadResult> {
     tokio::task::spawn_blocking(move || {
         let mut buf = vec![0u8; len];
         file.read_exact_at(&mut buf, offset)?;
@@ -263,8 +312,17 @@ async fn read_fragment(
         let after = Fingerprint::of(&file.metadata()?);
         Ok((Bytes::from(buf), hasher, after))
     })
-    .await
-    .expect("read task panicked")
+}
+
+async fn read_fragment(
+    file: Arc<File>,
+    offset: u64,
+    len: usize,
+    hasher: ContentHasher,
+) -> ReadResult {
+    spawn_read(file, offset, len, hasher)
+        .await
+        .expect("read task panicked")
 }
 
 /// Hashes bytes `0..len` of the file again (after a resume, so the hash of
@@ -309,12 +367,21 @@ impl<'a, R: Remote> Uploader<'a, R> {
             drive,
             root: RemotePath::parse(&job.folder),
             bandwidth: job.settings.bandwidth_limit.map(Bandwidth::new),
-            quota_full: AtomicBool::new(false),
+            quota_reported: AtomicBool::new(false),
             login_needed: Mutex::new(None),
             failed_folders: Mutex::new(HashMap::new()),
             sent_bytes: AtomicU64::new(0),
             progress: None,
+            cancel: CancellationToken::new(),
         }
+    }
+
+    /// Stops starting files and fragments once `cancel` is cancelled (see
+    /// [`FileOutcome::Cancelled`]). Without it the uploader is never
+    /// cancelled.
+    pub fn with_cancel(mut self, cancel: CancellationToken) -> Self {
+        self.cancel = cancel;
+        self
     }
 
     /// Reports bytes and finished files to `progress` as well.
@@ -354,6 +421,23 @@ impl<'a, R: Remote> Uploader<'a, R> {
         if guard.is_none() {
             tracing::error!(job = %self.job.name, error = %e, "uploads paused: signing in needs a person");
             *guard = Some(e.to_string());
+        }
+    }
+
+    /// True once this job met the drive's 507 (its own or another job's).
+    pub fn quota_full(&self) -> bool {
+        self.quota_reported.load(Ordering::Acquire)
+    }
+
+    /// Logs, once per job, that the library is full.
+    fn note_quota(&self, first_for_drive: bool) {
+        if !self.quota_reported.swap(true, Ordering::AcqRel) {
+            tracing::error!(
+                job = %self.job.name,
+                library = %self.job.library,
+                seen_by = if first_for_drive { "this job" } else { "another job on the same library" },
+                "the library is full (507 quotaLimitReached): no more uploads to it by any job; files stay pending"
+            );
         }
     }
 
@@ -446,9 +530,15 @@ impl<'a, R: Remote> Uploader<'a, R> {
     /// Uploads one file and records the outcome. Only a broken state store
     /// is an error; everything else is an outcome.
     pub async fn upload(&self, entry: &LocalEntry) -> Result<FileOutcome, StateError> {
-        let _slot = self.throttle.upload_slot().await;
+        let _slot = tokio::select! {
+            slot = self.throttle.upload_slot() => slot,
+            () = self.cancel.cancelled() => return Ok(FileOutcome::Cancelled),
+        };
         let job = self.job.name.clone();
         let path = entry.path.clone();
+        if self.cancel.is_cancelled() {
+            return Ok(FileOutcome::Cancelled);
+        }
         if self.login_needed().is_some() {
             return Ok(FileOutcome::LoginNeeded);
         }
@@ -474,10 +564,9 @@ impl<'a, R: Remote> Uploader<'a, R> {
         if let Some(why) = self.folder_problem(&entry.path) {
             return self.fail(entry, why, ErrorClass::Permanent).await;
         }
-        if self.quota_full.load(Ordering::Acquire) {
-            return self
-                .fail(entry, RemoteError::Quota.to_string(), ErrorClass::Quota)
-                .await;
+        if self.throttle.drive_full(&self.drive) {
+            self.note_quota(false);
+            return Ok(FileOutcome::QuotaFull);
         }
         if mapped.encoded {
             tracing::info!(job = %job, path = %entry.path, remote = %mapped.remote, "name encoded for SharePoint");
@@ -527,6 +616,14 @@ impl<'a, R: Remote> Uploader<'a, R> {
                     tracing::info!(job = %self.job.name, path = %entry.path, "changed while uploading; queued again");
                     return Ok(FileOutcome::Requeued);
                 }
+                Err(TransferError::Cancelled) => {
+                    let (job, path) = (self.job.name.clone(), entry.path.clone());
+                    self.store
+                        .call(move |s| s.mark_pending(&job, &path))
+                        .await?;
+                    tracing::info!(job = %self.job.name, path = %entry.path, "upload interrupted; it resumes next run");
+                    return Ok(FileOutcome::Cancelled);
+                }
                 Err(TransferError::State(e)) => return Err(e),
                 Err(TransferError::Local(e)) => {
                     return self
@@ -544,8 +641,16 @@ impl<'a, R: Remote> Uploader<'a, R> {
                             self.note_auth(a);
                             return Ok(FileOutcome::LoginNeeded);
                         }
-                        (_, ErrorClass::Quota) if !self.quota_full.swap(true, Ordering::AcqRel) => {
-                            tracing::error!(job = %self.job.name, "the library is full (507); no more uploads to it this run");
+                        (_, ErrorClass::Quota) => {
+                            // Not the file's fault: it stays pending, and no
+                            // job sharing the drive sends more to it.
+                            let first = self.throttle.stop_drive(&self.drive);
+                            self.note_quota(first);
+                            let (job, path) = (self.job.name.clone(), entry.path.clone());
+                            self.store
+                                .call(move |s| s.mark_pending(&job, &path))
+                                .await?;
+                            return Ok(FileOutcome::QuotaFull);
                         }
                         _ => {}
                     }
@@ -619,6 +724,15 @@ impl<'a, R: Remote> Uploader<'a, R> {
                 tracing::info!(job = %self.job.name, path = %entry.path, "remote hash not available yet; it is checked on a later run");
             }
             Verdict::Match => {}
+        }
+        if entry.hashes.is_none() {
+            // The scan did not hash it: what was read for the upload (and
+            // held still while read) is its content.
+            let (job, path, h) = (self.job.name.clone(), entry.path.clone(), sent.clone());
+            let fp = (entry.size, entry.mtime_ns, entry.inode);
+            self.store
+                .call(move |s| s.record_hashes(&job, &path, fp, &h))
+                .await?;
         }
         let info = SyncedInfo {
             content: sent.clone(),
@@ -710,11 +824,17 @@ impl<'a, R: Remote> Uploader<'a, R> {
         mtime: DateTime<Utc>,
     ) -> Result<(RemoteItem, Hashes), TransferError> {
         let job = self.job.name.clone();
+        // Empty `quick_xor` when the scan did not hash the file: the
+        // fingerprint alone then decides whether a saved session is ours.
         let fingerprint = SourceFingerprint {
             size: entry.size,
             mtime_ns: entry.mtime_ns,
             inode: entry.inode,
-            quick_xor: entry.hashes.quick_xor.clone(),
+            quick_xor: entry
+                .hashes
+                .as_ref()
+                .map(|h| h.quick_xor.clone())
+                .unwrap_or_default(),
         };
         let total = entry.size;
         let fragment = self.job.settings.fragment_size.max(FRAGMENT_UNIT);
@@ -724,7 +844,7 @@ impl<'a, R: Remote> Uploader<'a, R> {
         let saved = self.store.call(move |s| s.session(&j, &p)).await?;
         let mut session: Option<(String, u64)> = None;
         if let Some(row) = saved {
-            if row.fingerprint == fingerprint && row.total_size == total {
+            if same_source(&row.fingerprint, &fingerprint) && row.total_size == total {
                 match self.remote.query_session(&row.upload_url).await {
                     Ok(s) => {
                         tracing::info!(job = %job, path = %entry.path, offset = s.next_offset, "resuming upload session");
@@ -757,13 +877,22 @@ impl<'a, R: Remote> Uploader<'a, R> {
         } else {
             ContentHasher::new()
         };
+        // The next fragment, read and hashed while the previous one is in
+        // flight. At most one: memory is about two fragments per upload.
+        // When it is dropped unused (the service answered an unexpected
+        // offset), `hasher` is rebuilt from the file, as on every resume.
+        let mut prefetched: Option<Prefetch> = None;
         let mut gone_once = false;
         let mut restarts = 0;
         loop {
             if offset >= total {
+                prefetched = None;
                 // The service has every byte but we never saw the commit:
                 // the file is either there, or the session must start over.
-                if let Some(done) = self.already_there(remote_path, entry).await? {
+                if let Some(done) = self
+                    .already_there(remote_path, entry, &file, expected)
+                    .await?
+                {
                     let (j, p) = (job.clone(), entry.path.clone());
                     self.store.call(move |s| s.delete_session(&j, &p)).await?;
                     return Ok(done);
@@ -779,11 +908,31 @@ impl<'a, R: Remote> Uploader<'a, R> {
                 }
                 continue;
             }
+            if self.cancel.is_cancelled() {
+                // The acknowledged offset is saved; the next run resumes.
+                return Err(TransferError::Cancelled);
+            }
             let len = fragment.min(total - offset) as usize;
-            let (bytes, h, after) = read_fragment(Arc::clone(&file), offset, len, hasher)
-                .await
-                .map_err(TransferError::Local)?;
-            hasher = h;
+            let read = match prefetched.take() {
+                Some(p) if p.offset == offset && p.len == len => {
+                    p.task.await.expect("read task panicked")
+                }
+                _ => {
+                    let h = std::mem::take(&mut hasher);
+                    read_fragment(Arc::clone(&file), offset, len, h).await
+                }
+            };
+            let (bytes, h, after) = match read {
+                Ok(r) => r,
+                // Truncated or replaced under us: a change, not a failure.
+                Err(e) => match fstat(Arc::clone(&file)).await {
+                    Ok(now) if now != *expected => {
+                        self.abandon(entry, &url).await?;
+                        return Err(TransferError::Changed);
+                    }
+                    _ => return Err(TransferError::Local(e)),
+                },
+            };
             if after != *expected {
                 self.abandon(entry, &url).await?;
                 return Err(TransferError::Changed);
@@ -791,14 +940,45 @@ impl<'a, R: Remote> Uploader<'a, R> {
             if let Some(b) = &self.bandwidth {
                 b.consume(len as u64).await;
             }
-            match self.remote.put_fragment(&url, offset, bytes, total).await {
+            // Read and hash the fragment after this one while this one is
+            // sent; the fingerprint check after that read runs before *its*
+            // PUT, so a changed file is still never committed.
+            let next_offset_expected = offset + len as u64;
+            if next_offset_expected < total {
+                let next_len = fragment.min(total - next_offset_expected) as usize;
+                prefetched = Some(Prefetch {
+                    offset: next_offset_expected,
+                    len: next_len,
+                    task: spawn_read(Arc::clone(&file), next_offset_expected, next_len, h),
+                });
+            } else {
+                hasher = h;
+            }
+            let result = {
+                let put = self.remote.put_fragment(&url, offset, bytes, total);
+                tokio::pin!(put);
+                tokio::select! {
+                    r = &mut put => r,
+                    () = self.cancel.cancelled() => {
+                        match tokio::time::timeout(CANCEL_GRACE, &mut put).await {
+                            Ok(r) => r,
+                            Err(_) => {
+                                tracing::info!(job = %job, path = %entry.path, offset, "fragment still in flight after the grace period; abandoned");
+                                return Err(TransferError::Cancelled);
+                            }
+                        }
+                    }
+                }
+            };
+            match result {
                 Ok(FragmentOutcome::Accepted {
                     next_offset,
                     expires,
                 }) => {
                     self.count_sent(len as u64);
                     gone_once = false;
-                    if next_offset != offset + len as u64 {
+                    if next_offset != next_offset_expected {
+                        prefetched = None;
                         hasher = hash_prefix(Arc::clone(&file), next_offset)
                             .await
                             .map_err(TransferError::Local)?;
@@ -812,17 +992,29 @@ impl<'a, R: Remote> Uploader<'a, R> {
                 }
                 Ok(FragmentOutcome::Done(item)) => {
                     self.count_sent(len as u64);
+                    if let Some(p) = prefetched.take() {
+                        // Committed before the last byte we know of: the
+                        // file grew or the service disagrees; hash it all.
+                        drop(p);
+                        hasher = hash_prefix(Arc::clone(&file), total)
+                            .await
+                            .map_err(TransferError::Local)?;
+                    }
                     let (j, p) = (job.clone(), entry.path.clone());
                     self.store.call(move |s| s.delete_session(&j, &p)).await?;
                     return Ok((item, hasher.finish()));
                 }
                 Err(RemoteError::Range { code }) => {
+                    prefetched = None;
                     // The service holds more or less than we thought
                     // (a reply lost with a dropped connection): ask it.
                     let s = match self.remote.query_session(&url).await {
                         Ok(s) => s,
                         Err(RemoteError::SessionGone) => {
-                            if let Some(done) = self.already_there(remote_path, entry).await? {
+                            if let Some(done) = self
+                                .already_there(remote_path, entry, &file, expected)
+                                .await?
+                            {
                                 return Ok(done);
                             }
                             return Err(RemoteError::SessionGone.into());
@@ -836,6 +1028,7 @@ impl<'a, R: Remote> Uploader<'a, R> {
                         .map_err(TransferError::Local)?;
                 }
                 Err(RemoteError::SessionGone) => {
+                    prefetched = None;
                     if !gone_once {
                         // Busy tenants answer a transient 404: ask again once.
                         gone_once = true;
@@ -850,7 +1043,10 @@ impl<'a, R: Remote> Uploader<'a, R> {
                     }
                     // The last fragment may have been committed with its
                     // reply lost: then the file is complete.
-                    if let Some(done) = self.already_there(remote_path, entry).await? {
+                    if let Some(done) = self
+                        .already_there(remote_path, entry, &file, expected)
+                        .await?
+                    {
                         let (j, p) = (job.clone(), entry.path.clone());
                         self.store.call(move |s| s.delete_session(&j, &p)).await?;
                         return Ok(done);
@@ -909,20 +1105,42 @@ impl<'a, R: Remote> Uploader<'a, R> {
         Ok(())
     }
 
-    /// The remote item, if it already holds exactly this file's content.
+    /// The remote item, if it already holds exactly this file's content
+    /// (hashed here when the scan did not, checking it held still).
     async fn already_there(
         &self,
         remote_path: &RemotePath,
         entry: &LocalEntry,
+        file: &Arc<File>,
+        expected: &Fingerprint,
     ) -> Result<Option<(RemoteItem, Hashes)>, TransferError> {
-        match self.remote.stat(&self.drive, remote_path).await? {
-            Some(item)
-                if item.size == entry.size
-                    && item.quick_xor.as_deref() == Some(entry.hashes.quick_xor.as_str()) =>
-            {
-                Ok(Some((item, entry.hashes.clone())))
+        let Some(item) = self.remote.stat(&self.drive, remote_path).await? else {
+            return Ok(None);
+        };
+        if item.size != entry.size || item.quick_xor.is_none() {
+            return Ok(None);
+        }
+        let local = match &entry.hashes {
+            Some(h) => h.clone(),
+            None => {
+                let h = hash_prefix(Arc::clone(file), entry.size)
+                    .await
+                    .map_err(TransferError::Local)?
+                    .finish();
+                if fstat(Arc::clone(file))
+                    .await
+                    .map_err(TransferError::Local)?
+                    != *expected
+                {
+                    return Err(TransferError::Changed);
+                }
+                h
             }
-            _ => Ok(None),
+        };
+        if item.quick_xor.as_deref() == Some(local.quick_xor.as_str()) {
+            Ok(Some((item, local)))
+        } else {
+            Ok(None)
         }
     }
 

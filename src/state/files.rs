@@ -370,16 +370,27 @@ impl Store {
                         let same_fingerprint = row.get::<_, i64>(0)? == size
                             && row.get::<_, i64>(1)? == entry.mtime_ns
                             && row.get::<_, i64>(2)? == inode;
-                        let same_content = row.get_ref(3)?.as_str_or_null().ok().flatten()
-                            == Some(entry.hashes.sha1.as_str())
-                            && row.get_ref(4)?.as_str_or_null().ok().flatten()
-                                == Some(entry.hashes.quick_xor.as_str());
+                        // An entry the scan did not hash (no recorded hash
+                        // to compare with) keeps its state while its
+                        // fingerprint holds, and is queued when it moved.
+                        let same_content = match &entry.hashes {
+                            Some(h) => {
+                                row.get_ref(3)?.as_str_or_null().ok().flatten()
+                                    == Some(h.sha1.as_str())
+                                    && row.get_ref(4)?.as_str_or_null().ok().flatten()
+                                        == Some(h.quick_xor.as_str())
+                            }
+                            None => same_fingerprint,
+                        };
                         let skipped = matches!(row.get_ref(5)?, ValueRef::Text(b"skipped"));
                         Ok((same_fingerprint, same_content, skipped))
                     })
                     .optional()
                     .map_err(err)?;
-                let h = &entry.hashes;
+                let (sha1, quick_xor) = match &entry.hashes {
+                    Some(h) => (Some(h.sha1.as_str()), Some(h.quick_xor.as_str())),
+                    None => (None, None),
+                };
                 match scan_write(row) {
                     ScanWrite::Nothing => continue,
                     ScanWrite::Insert => insert.execute(params![
@@ -388,8 +399,8 @@ impl Store {
                         size,
                         entry.mtime_ns,
                         inode,
-                        h.sha1,
-                        h.quick_xor,
+                        sha1,
+                        quick_xor,
                         now
                     ]),
                     ScanWrite::Fingerprint => fingerprint.execute(params![
@@ -406,8 +417,8 @@ impl Store {
                         size,
                         entry.mtime_ns,
                         inode,
-                        h.sha1,
-                        h.quick_xor,
+                        sha1,
+                        quick_xor,
                         now
                     ]),
                 }
@@ -607,6 +618,43 @@ impl Store {
         drop(stmt);
         tx.commit().map_err(self.sql(context))?;
         Ok(records)
+    }
+
+    /// Records the hashes the uploader computed while sending a file the scan
+    /// did not hash ([`LocalEntry::hashes`] `None`), so that
+    /// [`Store::mark_synced`] can compare them. Writes only when the row has
+    /// no hashes yet and still has the fingerprint `fp` the upload read
+    /// (size, mtime ns, inode): a row a newer scan moved on is left alone,
+    /// and `mark_synced` then keeps the file pending. Returns whether it
+    /// wrote.
+    pub fn record_hashes(
+        &mut self,
+        job: &str,
+        path: &str,
+        fp: (u64, i64, u64),
+        hashes: &Hashes,
+    ) -> Result<bool, StateError> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE files SET sha1 = ?6, quick_xor = ?7, updated_at = ?8
+                 WHERE job = ?1 AND path = ?2 AND sha1 IS NULL
+                     AND size = ?3 AND mtime_ns = ?4 AND inode = ?5",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    job,
+                    path,
+                    u64_to_sql(fp.0),
+                    fp.1,
+                    u64_to_sql(fp.2),
+                    hashes.sha1,
+                    hashes.quick_xor,
+                    unix_now()
+                ])
+            })
+            .map_err(self.sql("recording the hashes of an uploaded file"))?;
+        Ok(n == 1)
     }
 
     /// An upload of `path` starts. Refused for a skipped file.

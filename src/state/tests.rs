@@ -22,7 +22,7 @@ fn entry(path: &str, content: &[u8], mtime_ns: i64, change: Change) -> LocalEntr
         size: content.len() as u64,
         mtime_ns,
         inode: 1000 + path.len() as u64,
-        hashes: hash_bytes(content),
+        hashes: Some(hash_bytes(content)),
         change,
     }
 }
@@ -278,7 +278,7 @@ fn record_scanned_and_known_files_round_trip() {
         (ka.size, ka.mtime_ns, ka.inode),
         (5, 1_700_000_000_123_456_789, big_inode)
     );
-    assert_eq!(ka.hashes.as_ref(), Some(&a.hashes));
+    assert_eq!(ka.hashes.as_ref(), a.hashes.as_ref());
     assert!(!ka.synced, "pending is not synced");
     assert_eq!(known["b.bin"].mtime_ns, -5);
 
@@ -310,6 +310,56 @@ fn touch_without_edit_keeps_synced_and_updates_fingerprint() {
         "{record:?}"
     );
     assert!(store.known_files(JOB).unwrap()["a"].synced);
+}
+
+#[test]
+fn an_unhashed_new_file_gets_the_uploaders_hashes_only_while_its_fingerprint_holds() {
+    let (_tmp, mut store) = open_temp();
+    let mut a = entry("a", b"content", 1, Change::New);
+    a.hashes = None;
+    let mut b = entry("b", b"other", 1, Change::New);
+    b.hashes = None;
+    store.record_scanned(JOB, &[a.clone(), b.clone()]).unwrap();
+    assert_eq!(store.file(JOB, "a").unwrap().unwrap().hashes, None);
+    // An unchanged rescan that did not hash either writes nothing.
+    store.record_scanned(JOB, &[a.clone()]).unwrap();
+    assert_eq!(state_of(&store, "a"), FileState::Pending);
+
+    let fp = (a.size, a.mtime_ns, a.inode);
+    assert!(
+        store
+            .record_hashes(JOB, "a", fp, &hash_bytes(b"content"))
+            .unwrap()
+    );
+    assert!(
+        !store
+            .record_hashes(JOB, "a", fp, &hash_bytes(b"x"))
+            .unwrap(),
+        "recorded hashes are never overwritten"
+    );
+    assert!(matches!(
+        store
+            .mark_synced(JOB, "a", &synced_info(b"content"))
+            .unwrap(),
+        FileState::Synced { .. }
+    ));
+    assert!(store.known_files(JOB).unwrap()["a"].synced);
+
+    // b moved on (a newer scan recorded another fingerprint) while its
+    // upload read the old one: the hashes are not taken, b stays pending.
+    let mut b2 = b.clone();
+    b2.mtime_ns = 2;
+    store.record_scanned(JOB, &[b2]).unwrap();
+    let old = (b.size, b.mtime_ns, b.inode);
+    assert!(
+        !store
+            .record_hashes(JOB, "b", old, &hash_bytes(b"other"))
+            .unwrap()
+    );
+    assert_eq!(
+        store.mark_synced(JOB, "b", &synced_info(b"other")).unwrap(),
+        FileState::Pending
+    );
 }
 
 #[test]
@@ -640,7 +690,7 @@ fn bulk_record_of_100k_files_in_one_transaction() {
             size: i,
             mtime_ns: i as i64 * 1_000,
             inode: i,
-            hashes: hashes.clone(),
+            hashes: Some(hashes.clone()),
             change: Change::New,
         })
         .collect();
@@ -876,7 +926,7 @@ fn bulk_timing() {
             size: i,
             mtime_ns: i as i64 * 1_000,
             inode: i,
-            hashes: hash_bytes(&i.to_le_bytes()),
+            hashes: Some(hash_bytes(&i.to_le_bytes())),
             change: Change::New,
         })
         .collect();
@@ -934,7 +984,7 @@ fn bulk_timing() {
         for e in &entries[..1000] {
             store.mark_uploading(JOB, &e.path).unwrap();
             let info = SyncedInfo {
-                content: e.hashes.clone(),
+                content: e.hashes.clone().unwrap(),
                 item_id: None,
                 etag: None,
                 remote_quick_xor: None,

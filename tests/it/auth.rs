@@ -359,6 +359,89 @@ async fn a_killed_upload_resumes_its_session_without_resending() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_sync_promptly_and_the_next_sync_resumes_the_session() {
+    let emu = emu::start(Options {
+        latency: Duration::from_millis(15),
+        ..Options::default()
+    })
+    .await;
+    let fx = Fixture::new();
+    let config = emu::write_config(&fx, &emu, Sign::Secret, "concurrency = 1");
+    let bytes = emu::content(40 * MIB, 4);
+    emu::put(&fx, "forty.bin", &bytes);
+    // Each fragment takes a while, so one is in flight when the signal lands.
+    emu.add_faults("upload:latency:ms=200").unwrap();
+    let fragment = 960 * 1024;
+    let fragments = (40 * MIB).div_ceil(fragment);
+
+    let child = Command::new(env!("CARGO_BIN_EXE_sharepush"))
+        .arg("--config")
+        .arg(&config)
+        .arg("sync")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let accepted = |log: &[graph_emulator::RequestRecord]| {
+        log.iter()
+            .filter(|r| r.route == "upload" && r.status == 202)
+            .count()
+    };
+    assert!(
+        emu.wait_for_requests(Duration::from_secs(60), |log| accepted(log) >= 3)
+            .await,
+        "fragments did not start"
+    );
+    let signalled = std::time::Instant::now();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let took = signalled.elapsed();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(143), "{stdout}\n{stderr}");
+    assert!(took < Duration::from_secs(6), "exited after {took:?}");
+    assert!(stderr.contains("stopped by SIGTERM"), "{stderr}");
+    assert!(stdout.contains("resume on the next run"), "{stdout}");
+    let sent_before = accepted(&emu.requests());
+    assert!(sent_before < fragments, "stopped before the end");
+    let saved = {
+        let store = sharepush::state::Store::open_read_only(&fx.state()).unwrap();
+        store
+            .session("docs", "forty.bin")
+            .unwrap()
+            .expect("session row")
+    };
+    assert_eq!(
+        saved.next_offset,
+        (sent_before * fragment) as u64,
+        "every accepted fragment recorded (the one in flight finished)"
+    );
+
+    emu.clear_faults();
+    let out = run_async(config, &["sync"], &[]).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    emu::assert_arrived(&emu, &[("forty.bin".to_string(), bytes)]);
+    let log = emu.requests();
+    let created = log
+        .iter()
+        .filter(|r| r.path.ends_with("forty.bin:/createUploadSession"))
+        .count();
+    assert_eq!(created, 1, "the same session was resumed");
+    let stored = log
+        .iter()
+        .filter(|r| r.route == "upload" && matches!(r.status, 200..=202))
+        .count();
+    assert_eq!(stored, fragments, "every fragment stored exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_the_log_even_at_trace_level() {
     let emu = emu::start(Options::default()).await;
 

@@ -46,6 +46,7 @@ pub fn fast_policy() -> SyncOptions {
             session_gone_delay: Duration::from_millis(50),
         },
         progress: None,
+        cancel: Default::default(),
     }
 }
 

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use graph_emulator::Options;
+use sharepush::state::FileState;
 
 use crate::emu::{self, FOLDER, MIB, Sign};
 use crate::support::{Fixture, text};
@@ -306,14 +307,62 @@ async fn a_full_library_stops_uploads_and_reports() {
     let reports = emu::sync(&config, &emu::fast_policy()).await;
     let r = &reports[0];
     assert_eq!(r.uploaded, 0);
-    assert_eq!(r.failed.len(), 3);
+    assert!(r.failed.is_empty(), "not the files' fault: {:?}", r.failed);
+    assert_eq!(r.quota_full, Some(3));
+    let full = emu.requests().iter().filter(|r| r.status == 507).count();
+    assert!(full <= 3, "stopped asking after the first 507s ({full})");
+    let store = sharepush::state::Store::open_read_only(&fx.state()).unwrap();
+    for i in 0..3 {
+        let record = store.file("docs", &format!("f{i}.bin")).unwrap().unwrap();
+        assert_eq!(record.state, FileState::Pending, "f{i}: {record:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_library_stops_every_job_that_shares_it() {
+    let emu = emu::start(Options {
+        quota_bytes: 2 * MIB as u64,
+        ..Options::default()
+    })
+    .await;
+    let fx = Fixture::new();
+    let path = emu::write_config(&fx, &emu, Sign::Secret, "concurrency = 1");
+    // A second job on the same library, another folder and source.
+    let second = fx.path("second");
+    std::fs::create_dir_all(&second).unwrap();
+    std::fs::write(second.join("small.txt"), b"would fit").unwrap();
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(&format!(
+        "\n[[job]]\nname = \"other\"\nsource = \"{}\"\n\
+         site = \"https://contoso.sharepoint.com/sites/demo\"\nlibrary = \"Documents\"\n\
+         folder = \"other\"\nschedule = \"@hourly\"\n",
+        second.display()
+    ));
+    std::fs::write(&path, text).unwrap();
+    let config = emu::load(&path);
+    emu::put(&fx, "big.bin", &emu::content(3 * MIB, 1));
+
+    let reports = emu::sync(&config, &emu::fast_policy()).await;
+    assert_eq!(reports.len(), 2);
+    assert_eq!((reports[0].uploaded, reports[0].quota_full), (0, Some(1)));
+    // The second job never sent its file, although it would have fitted.
+    assert_eq!((reports[1].uploaded, reports[1].quota_full), (0, Some(1)));
+    assert!(reports.iter().all(|r| r.failed.is_empty()));
+    let log = emu.requests();
+    assert_eq!(log.iter().filter(|r| r.status == 507).count(), 1);
     assert!(
-        r.failed.iter().all(|(_, e)| e.contains("507")),
-        "{:?}",
-        r.failed
+        !log.iter().any(|r| r.path.contains("small.txt")),
+        "nothing sent for the other job's file"
     );
-    let sessions = emu.requests().iter().filter(|r| r.status == 507).count();
-    assert!(sessions <= 4, "stopped asking after the first 507s");
+    let store = sharepush::state::Store::open_read_only(&fx.state()).unwrap();
+    for (job, file) in [("docs", "big.bin"), ("other", "small.txt")] {
+        let record = store.file(job, file).unwrap().unwrap();
+        assert_eq!(
+            record.state,
+            FileState::Pending,
+            "{job}/{file} stays pending"
+        );
+    }
 }
 
 #[test]
@@ -432,7 +481,9 @@ async fn failed_files_are_listed_at_the_end_and_exit_1() {
     assert!(stdout.contains("job docs: 1 uploaded"), "{stdout}");
     let tail = stdout.split("failed:\n").nth(1).expect("a failure list");
     assert!(
-        tail.contains("docs/big.bin: 507 quotaLimitReached"),
+        tail.contains(
+            "job docs: the library is full (507 quotaLimitReached); 1 file(s) stay pending"
+        ),
         "{stdout}"
     );
 }
