@@ -2954,6 +2954,23 @@ mod tests {
         ));
         assert_eq!(c.jobs[0].delete, DeleteMode::Mirror);
         assert!(c.jobs[0].follow_symlinks);
+        assert_eq!(c.jobs[0].on_remote_delete, OnRemoteDelete::Restore);
+        assert_eq!(c.jobs[0].on_remote_change, OnRemoteChange::Overwrite);
+        let c = ok(&with_job_lines(
+            "on_remote_delete = \"forget\"\non_remote_change = \"keep-both\"",
+        ));
+        assert_eq!(c.jobs[0].on_remote_delete, OnRemoteDelete::Forget);
+        assert_eq!(c.jobs[0].on_remote_change, OnRemoteChange::KeepBoth);
+        let e = one_error(&with_job_lines("on_remote_change = \"merge\""));
+        assert_eq!(e.key.as_deref(), Some("job.on_remote_change"));
+        assert!(
+            e.message
+                .contains("unknown on_remote_change \"merge\"; accepted: \"overwrite\""),
+            "{}",
+            e.message
+        );
+        let e = one_error(&with_job_lines("on_remote_delete = \"keep\""));
+        assert!(e.message.contains("accepted: \"restore\""), "{}", e.message);
 
         let e = one_error(&format!(
             "{AUTH}[daemon]\nlog_format = \"xml\"\n{}",

@@ -650,3 +650,85 @@ pub async fn apply_moves<R: Remote>(
     }
     Ok(done)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::hash_bytes;
+    use crate::scan::Change;
+
+    #[test]
+    fn conflict_names_keep_the_extension() {
+        let d = chrono::NaiveDate::from_ymd_opt(2026, 11, 24).unwrap();
+        assert_eq!(
+            conflict_name("report.xlsx", d),
+            "report (sharepush conflict 2026-11-24).xlsx"
+        );
+        assert_eq!(
+            conflict_name("README", d),
+            "README (sharepush conflict 2026-11-24)"
+        );
+        assert_eq!(
+            conflict_name(".env", d),
+            ".env (sharepush conflict 2026-11-24)"
+        );
+    }
+
+    fn synced(path: &str, inode: u64, content: &[u8], item: Option<&str>) -> (String, FileRecord) {
+        (
+            path.to_string(),
+            FileRecord {
+                job: "j".into(),
+                path: path.into(),
+                size: content.len() as u64,
+                mtime_ns: 1,
+                inode,
+                hashes: Some(hash_bytes(content)),
+                state: FileState::Synced {
+                    item_id: item.map(str::to_string),
+                    etag: None,
+                    remote_quick_xor: None,
+                    remote_size: None,
+                },
+                item_id: item.map(str::to_string),
+                etag: None,
+                updated_at: 0,
+            },
+        )
+    }
+
+    fn new(path: &str, inode: u64, content: &[u8]) -> LocalEntry {
+        LocalEntry {
+            path: path.into(),
+            size: content.len() as u64,
+            mtime_ns: 2,
+            inode,
+            hashes: hash_bytes(content),
+            change: Change::New,
+        }
+    }
+
+    #[test]
+    fn moves_need_the_same_inode_size_and_content_and_a_remote_item() {
+        let vanished = vec![
+            synced("a.bin", 7, b"aaaa", Some("IA")),
+            synced("b.bin", 8, b"bbbb", Some("IB")),
+            synced("c.bin", 9, b"cccc", None),
+            synced("d.bin", 10, b"dddd", Some("ID")),
+        ];
+        let uploads = vec![
+            new("x/a.bin", 7, b"aaaa"), // moved
+            new("b2.bin", 8, b"BBBB"),  // same inode, edited: upload
+            new("c2.bin", 9, b"cccc"),  // never had a remote item: upload
+            new("d2.bin", 99, b"dddd"), // a copy (other inode): upload
+        ];
+        assert_eq!(
+            detect_moves(&vanished, &uploads),
+            vec![Move {
+                from: "a.bin".into(),
+                to: "x/a.bin".into(),
+                item_id: "IA".into()
+            }]
+        );
+    }
+}

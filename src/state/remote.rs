@@ -150,7 +150,8 @@ fn change_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RemoteChange> {
     })
 }
 
-/// Records (or re-opens) a remote change of `job`/`path`.
+/// Records (or re-opens) a remote change of `job`/`path`; returns false
+/// when exactly this change is already recorded (a repeated delta page).
 fn upsert_change(
     tx: &Transaction<'_>,
     job: &str,
@@ -158,11 +159,23 @@ fn upsert_change(
     kind: RemoteChangeKind,
     item_id: &str,
     edit: Option<(&Option<String>, &Option<String>, u64)>,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<bool> {
     let (etag, qx, size) = match edit {
         Some((e, q, s)) => (e.clone(), q.clone(), Some(u64_to_sql(s))),
         None => (None, None, None),
     };
+    let same: Option<bool> = tx
+        .prepare_cached(
+            "SELECT kind = ?3 AND item_id IS ?4 AND etag IS ?5 FROM remote_changes
+             WHERE job = ?1 AND path = ?2",
+        )?
+        .query_row(params![job, path, kind.as_str(), item_id, etag], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    if same == Some(true) {
+        return Ok(false);
+    }
     tx.prepare_cached(
         "INSERT INTO remote_changes (job, path, kind, item_id, etag, remote_quick_xor,
              remote_size, seen_at)
@@ -182,7 +195,7 @@ fn upsert_change(
         size,
         unix_now()
     ])?;
-    Ok(())
+    Ok(true)
 }
 
 /// One delta entry against the tables; returns the changes it revealed.
@@ -195,8 +208,8 @@ fn apply_delta_item(tx: &Transaction<'_>, item: &DeltaItem) -> rusqlite::Result<
             .query_map([&item.id], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
         for (job, path) in rows {
-            upsert_change(tx, &job, &path, RemoteChangeKind::Deleted, &item.id, None)?;
-            changes += 1;
+            changes +=
+                upsert_change(tx, &job, &path, RemoteChangeKind::Deleted, &item.id, None)? as u64;
         }
         // A folder of ours: everything below it is gone too (business
         // drives may report only the folder).
@@ -223,8 +236,8 @@ fn apply_delta_item(tx: &Transaction<'_>, item: &DeltaItem) -> rusqlite::Result<
                 .query_map(params![job, prefix], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?;
             for (path, id) in files {
-                upsert_change(tx, &job, &path, RemoteChangeKind::Deleted, &id, None)?;
-                changes += 1;
+                changes +=
+                    upsert_change(tx, &job, &path, RemoteChangeKind::Deleted, &id, None)? as u64;
             }
         }
         return Ok(changes);
@@ -260,15 +273,14 @@ fn apply_delta_item(tx: &Transaction<'_>, item: &DeltaItem) -> rusqlite::Result<
                 .execute(params![job, path, item.etag])?;
             continue;
         }
-        upsert_change(
+        changes += upsert_change(
             tx,
             &job,
             &path,
             RemoteChangeKind::Edited,
             &item.id,
             Some((&item.etag, &item.quick_xor, item.size)),
-        )?;
-        changes += 1;
+        )? as u64;
     }
     Ok(changes)
 }
@@ -461,8 +473,10 @@ impl Store {
                     .and_then(|rows| rows.collect())
             })
             .map_err(err)?;
+        let mut found = 0u64;
         for (path, id) in &gone {
-            upsert_change(&tx, job, path, RemoteChangeKind::Deleted, id, None).map_err(err)?;
+            found += upsert_change(&tx, job, path, RemoteChangeKind::Deleted, id, None)
+                .map_err(err)? as u64;
         }
         tx.prepare_cached(
             "INSERT INTO remote_walks (job, drive_id, epoch, walked_at)
@@ -475,11 +489,11 @@ impl Store {
         tx.prepare_cached(
             "UPDATE drives SET changes_seen = changes_seen + ?3 WHERE site = ?1 AND library = ?2",
         )
-        .and_then(|mut s| s.execute(params![site, library, gone.len() as i64]))
+        .and_then(|mut s| s.execute(params![site, library, found as i64]))
         .map_err(err)?;
         tx.execute("DELETE FROM temp.walk_seen", []).map_err(err)?;
         tx.commit().map_err(err)?;
-        Ok(gone.len() as u64)
+        Ok(found)
     }
 
     /// Forgets every remote folder recorded for `job` (its remote folder is
