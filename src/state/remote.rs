@@ -198,6 +198,15 @@ fn upsert_change(
     Ok(true)
 }
 
+/// job, path, eTag, remote quickXorHash, local quickXorHash of a synced row.
+type SyncedRow = (
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
 /// One delta entry against the tables; returns the changes it revealed.
 fn apply_delta_item(tx: &Transaction<'_>, item: &DeltaItem) -> rusqlite::Result<u64> {
     let mut changes = 0;
@@ -245,13 +254,7 @@ fn apply_delta_item(tx: &Transaction<'_>, item: &DeltaItem) -> rusqlite::Result<
     if item.is_folder {
         return Ok(0);
     }
-    let rows: Vec<(
-        String,
-        String,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    )> = tx
+    let rows: Vec<SyncedRow> = tx
         .prepare_cached(
             "SELECT job, path, etag, remote_quick_xor, quick_xor FROM files
              WHERE item_id = ?1 AND state = 'synced'",
