@@ -199,6 +199,10 @@ pub struct JobSpec {
     pub exclude: Vec<String>,
     /// What a local delete does remotely.
     pub delete: DeleteMode,
+    /// What a remote delete of a file we uploaded does.
+    pub on_remote_delete: OnRemoteDelete,
+    /// What a remote edit of a file we uploaded does.
+    pub on_remote_change: OnRemoteChange,
     /// Follow symbolic links inside the source (off: they are skipped with a reason).
     pub follow_symlinks: bool,
     /// Defaults with this job's overrides applied.
@@ -248,6 +252,28 @@ pub enum DeleteMode {
     Keep,
     /// Delete remotely what was deleted locally, guarded against mass deletes.
     Mirror,
+}
+
+/// What happens when someone deletes, in SharePoint, a file we uploaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnRemoteDelete {
+    /// Upload it again on the next run (a backup must not lose files).
+    #[default]
+    Restore,
+    /// Accept the delete: the file goes up again only when it changes locally.
+    Forget,
+}
+
+/// What happens when someone else edits, in SharePoint, a file we uploaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnRemoteChange {
+    /// Upload ours over it; SharePoint keeps the other edit in version history.
+    #[default]
+    Overwrite,
+    /// Leave the remote edit alone and record a conflict (`status` lists it).
+    Skip,
+    /// Upload ours beside it as `name (sharepush conflict YYYY-MM-DD).ext`.
+    KeepBoth,
 }
 
 /// One problem in a config file.
@@ -572,6 +598,16 @@ const JOB_KEYS: &[KeySpec] = &[
         "an array of gitignore-style patterns, e.g. [\"*.tmp\", \"~$*\"]",
     ),
     spec("delete", Kind::Str, "\"keep\" (default) or \"mirror\""),
+    spec(
+        "on_remote_delete",
+        Kind::Str,
+        "\"restore\" (default) or \"forget\"",
+    ),
+    spec(
+        "on_remote_change",
+        Kind::Str,
+        "\"overwrite\" (default), \"skip\" or \"keep-both\"",
+    ),
     spec(
         "follow_symlinks",
         Kind::Bool,
@@ -1501,6 +1537,33 @@ fn compile_job(
             DeleteMode::Keep
         }
     };
+    let on_remote_delete = match t.str("on_remote_delete") {
+        None | Some(("restore", _)) => OnRemoteDelete::Restore,
+        Some(("forget", _)) => OnRemoteDelete::Forget,
+        Some((s, span)) => {
+            ctx.bad(
+                Some(span),
+                job,
+                "job.on_remote_delete",
+                format!("unknown on_remote_delete {s:?}"),
+            );
+            OnRemoteDelete::Restore
+        }
+    };
+    let on_remote_change = match t.str("on_remote_change") {
+        None | Some(("overwrite", _)) => OnRemoteChange::Overwrite,
+        Some(("skip", _)) => OnRemoteChange::Skip,
+        Some(("keep-both", _)) => OnRemoteChange::KeepBoth,
+        Some((s, span)) => {
+            ctx.bad(
+                Some(span),
+                job,
+                "job.on_remote_change",
+                format!("unknown on_remote_change {s:?}"),
+            );
+            OnRemoteChange::Overwrite
+        }
+    };
     let follow_symlinks = t.bool("follow_symlinks").map(|(b, _)| b).unwrap_or(false);
     let settings = compile_settings(ctx, t, defaults, "job", job);
 
@@ -1518,6 +1581,8 @@ fn compile_job(
         include,
         exclude,
         delete,
+        on_remote_delete,
+        on_remote_change,
         follow_symlinks,
         settings,
     })
@@ -2891,6 +2956,23 @@ mod tests {
         ));
         assert_eq!(c.jobs[0].delete, DeleteMode::Mirror);
         assert!(c.jobs[0].follow_symlinks);
+        assert_eq!(c.jobs[0].on_remote_delete, OnRemoteDelete::Restore);
+        assert_eq!(c.jobs[0].on_remote_change, OnRemoteChange::Overwrite);
+        let c = ok(&with_job_lines(
+            "on_remote_delete = \"forget\"\non_remote_change = \"keep-both\"",
+        ));
+        assert_eq!(c.jobs[0].on_remote_delete, OnRemoteDelete::Forget);
+        assert_eq!(c.jobs[0].on_remote_change, OnRemoteChange::KeepBoth);
+        let e = one_error(&with_job_lines("on_remote_change = \"merge\""));
+        assert_eq!(e.key.as_deref(), Some("job.on_remote_change"));
+        assert!(
+            e.message
+                .contains("unknown on_remote_change \"merge\"; accepted: \"overwrite\""),
+            "{}",
+            e.message
+        );
+        let e = one_error(&with_job_lines("on_remote_delete = \"keep\""));
+        assert!(e.message.contains("accepted: \"restore\""), "{}", e.message);
 
         let e = one_error(&format!(
             "{AUTH}[daemon]\nlog_format = \"xml\"\n{}",

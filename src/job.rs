@@ -53,6 +53,12 @@ pub struct JobReport {
     pub requeued: Vec<String>,
     /// Remote deletes the plan asked for but this version holds back.
     pub deletes_held: u64,
+    /// What remote reconcile found before the scan (delta, adoption,
+    /// remote deletes and edits); `None` when the remote could not be asked.
+    pub reconcile: Option<crate::reconcile::ReconcileReport>,
+    /// Local renames and moves done on the server instead of an upload:
+    /// (old path, new path).
+    pub moved: Vec<(String, String)>,
     /// Why uploads stopped for a sign-in problem (says to run `sharepush login`).
     pub login_needed: Option<String>,
     /// Why the job could not run at all (missing source, unknown library...).
@@ -113,7 +119,7 @@ fn unix(t: SystemTime) -> i64 {
 
 /// The drive id of the job's library: from the state, or resolved once and
 /// recorded.
-async fn drive_of<R: Remote>(
+pub(crate) async fn drive_id<R: Remote>(
     remote: &R,
     store: &SharedStore,
     job: &JobSpec,
@@ -158,6 +164,13 @@ pub async fn run_once<R: Remote>(
         name: job.name.clone(),
         ..JobReport::default()
     };
+
+    // Remote changes first: a remote delete or edit turns a synced file
+    // pending before the scan looks at it, and adopted files are synced
+    // before the scan, so neither needs a second pass.
+    if let Ok(r) = crate::reconcile::prepare_job(remote, store, job).await? {
+        report.reconcile = Some(r);
+    }
 
     let name = job.name.clone();
     let known = store.call(move |s| s.known_files(&name)).await?;
@@ -252,12 +265,47 @@ pub async fn run_once<R: Remote>(
             Action::CreateFolder { .. } | Action::Upload { .. } => {}
         }
     }
+    let mut uploads: Vec<_> = plan.uploads().map(|(e, _)| e.clone()).collect();
+    // Local renames and moves: the vanished synced file's item is moved on
+    // the server instead of uploading the new path (its row is kept until then).
+    let vanished: Vec<_> = scanned
+        .vanished
+        .iter()
+        .filter_map(|p| records.get(p).map(|r| (p.clone(), r.clone())))
+        .collect();
+    let moves = if vanished.is_empty() {
+        Vec::new()
+    } else {
+        // Blocking: may hash a renamed file the scan left unhashed.
+        let (source, candidates) = (job.source.clone(), uploads.clone());
+        tokio::task::spawn_blocking(move || {
+            crate::reconcile::detect_moves(&source, &vanished, &candidates)
+        })
+        .await
+        .expect("move detection panicked")
+    };
+    forget.retain(|p| !moves.iter().any(|m| m.from == *p));
+    // Paths with a remote conflict left in place (`on_remote_change = "skip"`).
+    let name = job.name.clone();
+    let conflicts = store.call(move |s| s.conflicts(Some(&name))).await?;
+    if !conflicts.is_empty() {
+        uploads.retain(|e| {
+            let held = conflicts.iter().any(|c| c.path == e.path);
+            if held {
+                report.skipped.push((
+                    e.path.clone(),
+                    "edited in SharePoint by someone else; held (on_remote_change = \"skip\")"
+                        .into(),
+                ));
+            }
+            !held
+        });
+    }
     if !forget.is_empty() {
         let name = job.name.clone();
         store.call(move |s| s.forget(&name, &forget)).await?;
     }
 
-    let uploads: Vec<_> = plan.uploads().map(|(e, _)| e.clone()).collect();
     let folders: Vec<String> = plan
         .actions
         .iter()
@@ -275,7 +323,7 @@ pub async fn run_once<R: Remote>(
     if cancel.is_cancelled() {
         report.cancelled = true;
         report.interrupted = uploads.len() as u64;
-    } else if !uploads.is_empty() || !folders.is_empty() || unconfirmed {
+    } else if !uploads.is_empty() || !folders.is_empty() || unconfirmed || !moves.is_empty() {
         if let Some(p) = &progress {
             p.start_job(&job.name, uploads.len() as u64, plan.summary.upload_bytes);
         }
@@ -285,7 +333,8 @@ pub async fn run_once<R: Remote>(
             throttle,
             job,
             &folders,
-            &uploads,
+            &moves,
+            uploads,
             &mut report,
             progress,
             cancel,
@@ -336,7 +385,8 @@ async fn execute<R: Remote>(
     throttle: &Throttle,
     job: &JobSpec,
     folders: &[String],
-    uploads: &[crate::scan::LocalEntry],
+    moves: &[crate::reconcile::Move],
+    mut uploads: Vec<crate::scan::LocalEntry>,
     report: &mut JobReport,
     progress: Option<Arc<Progress>>,
     cancel: &CancellationToken,
@@ -351,13 +401,14 @@ async fn execute<R: Remote>(
         }
         tracing::error!(job = %job.name, error = %e, "cannot reach the library; changes are recorded and sent next run");
     };
-    let drive = match drive_of(remote, store, job).await? {
+    let drive = match drive_id(remote, store, job).await? {
         Ok(d) => d,
         Err(e) => {
             stop(report, e);
             return Ok(());
         }
     };
+    let uploader_drive = drive.clone();
     let uploader = Uploader::new(remote, store, throttle, job, drive)
         .with_progress(progress)
         .with_cancel(cancel.clone());
@@ -369,6 +420,10 @@ async fn execute<R: Remote>(
     for folder in folders {
         uploader.create_folder(folder).await?;
     }
+    let moved =
+        crate::reconcile::apply_moves(remote, store, job, &uploader_drive, moves, &uploads).await?;
+    uploads.retain(|e| !moved.iter().any(|(_, to)| *to == e.path));
+    report.moved = moved;
     let concurrency = job.settings.concurrency.max(1);
     let outcomes: Vec<(String, u64, Result<FileOutcome, StateError>)> =
         // Indices, not references, so the future stays `Send` (a closure

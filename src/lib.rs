@@ -12,6 +12,8 @@
 //!
 //! `job` runs the four stages once for one job; `remote` is the [`remote::Remote`]
 //! trait with its Graph implementation, sign-in and SharePoint's naming rules.
+//! `reconcile` learns remote changes (delta per drive, adopting files already
+//! uploaded, remote deletes and edits, server-side renames) before each scan.
 //!
 //! `config` turns the TOML file into checked [`config::Config`] values (phase
 //! two of the two-phase config), `schedule` owns cron parsing and next-run
@@ -32,6 +34,7 @@ pub mod hash;
 pub mod job;
 pub mod logging;
 pub mod plan;
+pub mod reconcile;
 pub mod remote;
 pub mod retry;
 pub mod scan;

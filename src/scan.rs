@@ -1469,6 +1469,8 @@ mod tests {
             include: vec!["*.pdf".into()],
             exclude: vec!["*.tmp".into()],
             delete: crate::config::DeleteMode::Keep,
+            on_remote_delete: Default::default(),
+            on_remote_change: Default::default(),
             follow_symlinks: true,
             settings: crate::config::Settings {
                 max_file_size: Some(5),

@@ -33,7 +33,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::auth::TokenProvider;
-use super::{FragmentOutcome, Remote, RemoteError, RemoteItem, RemotePath, UploadSession};
+use super::{
+    ChildrenPage, DeltaItem, DeltaNext, DeltaPage, FragmentOutcome, Remote, RemoteError,
+    RemoteItem, RemotePath, UploadSession,
+};
 use crate::config::SiteUrl;
 use crate::retry::Throttle;
 
@@ -116,6 +119,59 @@ struct ItemJson {
     folder: Option<Value>,
     #[serde(rename = "fileSystemInfo", default)]
     fs: Option<FsInfo>,
+}
+
+/// A delta entry: a driveItem, possibly a tombstone (`deleted{}`, no name).
+#[derive(Debug, Deserialize)]
+struct DeltaItemJson {
+    #[serde(flatten)]
+    item: ItemJson,
+    #[serde(default)]
+    deleted: Option<Value>,
+    #[serde(default)]
+    root: Option<Value>,
+    #[serde(rename = "parentReference", default)]
+    parent: Option<ParentJson>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ParentJson {
+    #[serde(default)]
+    id: Option<String>,
+}
+
+/// A page of delta or children.
+#[derive(Debug, Deserialize)]
+struct PageJson<T> {
+    #[serde(default = "Vec::new")]
+    value: Vec<T>,
+    #[serde(rename = "@odata.nextLink", default)]
+    next_link: Option<String>,
+    #[serde(rename = "@odata.deltaLink", default)]
+    delta_link: Option<String>,
+}
+
+impl From<DeltaItemJson> for DeltaItem {
+    fn from(j: DeltaItemJson) -> DeltaItem {
+        let parent_id = if j.root.is_some() {
+            None
+        } else {
+            j.parent.and_then(|p| p.id)
+        };
+        let deleted = j.deleted.is_some();
+        let item = RemoteItem::from(j.item);
+        DeltaItem {
+            id: item.id,
+            name: item.name,
+            parent_id,
+            deleted,
+            is_folder: item.is_folder,
+            size: item.size,
+            etag: item.etag,
+            ctag: item.ctag,
+            quick_xor: item.quick_xor,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -686,6 +742,60 @@ impl Remote for GraphRemote {
         })
     }
 
+    async fn delta_latest(&self, drive: &str) -> Result<String, RemoteError> {
+        self.delta_latest_impl(drive).await
+    }
+
+    async fn delta_page(&self, link: &str) -> Result<DeltaPage, RemoteError> {
+        self.delta_page_impl(link).await
+    }
+
+    async fn list_children(
+        &self,
+        drive: &str,
+        folder_id: &str,
+        next: Option<&str>,
+    ) -> Result<ChildrenPage, RemoteError> {
+        let url = match next {
+            Some(n) => n.to_string(),
+            None => self.items_url(drive, folder_id, "/children"),
+        };
+        let reply = self
+            .send("list folder", Auth::Bearer, |c| c.get(&url))
+            .await?;
+        let page: PageJson<ItemJson> = reply.json("list folder")?;
+        Ok(ChildrenPage {
+            items: page.value.into_iter().map(RemoteItem::from).collect(),
+            next: page.next_link,
+        })
+    }
+
+    async fn move_item(
+        &self,
+        drive: &str,
+        item_id: &str,
+        parent: &RemotePath,
+        name: &str,
+    ) -> Result<RemoteItem, RemoteError> {
+        let url = self.items_url(drive, item_id, "");
+        let mut parent_path = format!("/drives/{drive}/root:");
+        for seg in parent.segments() {
+            parent_path.push('/');
+            parent_path.extend(utf8_percent_encode(seg, SEGMENT));
+        }
+        let body = json!({
+            "parentReference": {"path": parent_path},
+            "name": name,
+            "@microsoft.graph.conflictBehavior": "fail",
+        });
+        let reply = self
+            .send("move item", Auth::Bearer, |c| {
+                c.request(Method::PATCH, &url).json(&body)
+            })
+            .await?;
+        Ok(reply.json::<ItemJson>("move item")?.into())
+    }
+
     async fn delete_session(&self, session_url: &str) -> Result<(), RemoteError> {
         match self
             .send("cancel upload session", Auth::None, |c| {
@@ -699,9 +809,84 @@ impl Remote for GraphRemote {
     }
 }
 
+impl GraphRemote {
+    fn items_url(&self, drive: &str, item_id: &str, route: &str) -> String {
+        format!(
+            "{}/drives/{}/items/{}{route}",
+            self.graph_url,
+            utf8_percent_encode(drive, ID),
+            utf8_percent_encode(item_id, ID)
+        )
+    }
+}
+
+impl GraphRemote {
+    pub(crate) async fn delta_latest_impl(&self, drive: &str) -> Result<String, RemoteError> {
+        let url = format!(
+            "{}/drives/{}/root/delta?token=latest",
+            self.graph_url,
+            utf8_percent_encode(drive, ID)
+        );
+        let page = self.delta_page_impl(&url).await?;
+        match page.next {
+            DeltaNext::Done(link) => Ok(link),
+            DeltaNext::More(_) => Err(RemoteError::Protocol {
+                what: "delta (token=latest)",
+                detail: "a nextLink instead of a deltaLink".into(),
+            }),
+        }
+    }
+
+    pub(crate) async fn delta_page_impl(&self, link: &str) -> Result<DeltaPage, RemoteError> {
+        let reply = match self.send("delta", Auth::Bearer, |c| c.get(link)).await {
+            Ok(r) => r,
+            Err(RemoteError::Permanent { status: 410, .. }) => {
+                return Err(RemoteError::ResyncRequired);
+            }
+            Err(e) => return Err(e),
+        };
+        let page: PageJson<DeltaItemJson> = reply.json("delta")?;
+        let next = match (page.next_link, page.delta_link) {
+            (Some(n), _) => DeltaNext::More(n),
+            (None, Some(d)) => DeltaNext::Done(d),
+            (None, None) => {
+                return Err(RemoteError::Protocol {
+                    what: "delta",
+                    detail: "neither @odata.nextLink nor @odata.deltaLink".into(),
+                });
+            }
+        };
+        Ok(DeltaPage {
+            items: page.value.into_iter().map(DeltaItem::from).collect(),
+            next,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delta_entries_parse_live_and_deleted() {
+        let page: PageJson<DeltaItemJson> = serde_json::from_str(
+            r#"{"value":[
+                {"id":"R","name":"root","root":{},"folder":{"childCount":1},"parentReference":{"driveId":"d"}},
+                {"id":"A","name":"a.txt","size":3,"eTag":"\"{X},2\"","parentReference":{"id":"R"},
+                 "file":{"hashes":{"quickXorHash":"Q"}}},
+                {"id":"B","deleted":{"state":"deleted"},"size":0,"parentReference":{"id":"R"},"file":{}}
+            ],"@odata.deltaLink":"http://x/delta?token=t"}"#,
+        )
+        .unwrap();
+        let items: Vec<DeltaItem> = page.value.into_iter().map(DeltaItem::from).collect();
+        assert_eq!(items[0].parent_id, None);
+        assert!(items[0].is_folder);
+        assert_eq!(items[1].parent_id.as_deref(), Some("R"));
+        assert_eq!(items[1].quick_xor.as_deref(), Some("Q"));
+        assert!(!items[1].deleted);
+        assert!(items[2].deleted && items[2].name.is_empty());
+        assert_eq!(page.delta_link.as_deref(), Some("http://x/delta?token=t"));
+    }
 
     #[test]
     fn innermost_code_walks_nested_errors() {

@@ -118,6 +118,48 @@ pub struct RemoteItem {
     pub is_folder: bool,
 }
 
+/// One entry of a delta page (graph-api.md section 6): the item's latest
+/// state, matched by `id` (delta carries no paths).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaItem {
+    pub id: String,
+    /// Empty for deleted items on business drives.
+    pub name: String,
+    /// The parent folder's id; `None` for the library root.
+    pub parent_id: Option<String>,
+    /// True when the item was deleted (`deleted{}` facet).
+    pub deleted: bool,
+    pub is_folder: bool,
+    pub size: u64,
+    pub etag: Option<String>,
+    pub ctag: Option<String>,
+    pub quick_xor: Option<String>,
+}
+
+/// Where a delta page says to go next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeltaNext {
+    /// More pages: fetch this `@odata.nextLink` (never stored).
+    More(String),
+    /// The last page: this `@odata.deltaLink` is where the next delta starts.
+    Done(String),
+}
+
+/// One page of a delta query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaPage {
+    pub items: Vec<DeltaItem>,
+    pub next: DeltaNext,
+}
+
+/// One page of a folder's children.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildrenPage {
+    pub items: Vec<RemoteItem>,
+    /// The `@odata.nextLink`, when the folder has more children.
+    pub next: Option<String>,
+}
+
 /// An open resumable upload. `Debug` hides the URL: it carries its own
 /// credential, and anyone holding it may write the file.
 #[derive(Clone, PartialEq, Eq)]
@@ -205,6 +247,10 @@ pub enum RemoteError {
     /// `416`: the fragment did not start where the service expected.
     #[error("416 {code}: fragment not at the expected offset")]
     Range { code: String },
+    /// `410 resyncRequired` from delta: the stored delta link is no longer
+    /// valid; drop it and enumerate again.
+    #[error("410 resyncRequired: the delta link expired; enumerating again")]
+    ResyncRequired,
     /// The reply did not have the shape graph-api.md documents.
     #[error("unexpected reply to {what}: {detail}")]
     Protocol { what: &'static str, detail: String },
@@ -214,7 +260,9 @@ impl RemoteError {
     /// How to react, in the uploader's vocabulary.
     pub fn class(&self) -> ErrorClass {
         match self {
-            RemoteError::Permanent { .. } | RemoteError::Protocol { .. } => ErrorClass::Permanent,
+            RemoteError::Permanent { .. }
+            | RemoteError::Protocol { .. }
+            | RemoteError::ResyncRequired => ErrorClass::Permanent,
             RemoteError::RetryAfter(d) => ErrorClass::RetryAfter(*d),
             RemoteError::Backoff { .. } => ErrorClass::Backoff,
             RemoteError::Auth(e) if e.needs_person() => ErrorClass::Reauth,
@@ -301,6 +349,34 @@ pub trait Remote: Send + Sync {
         &self,
         session_url: &str,
     ) -> impl Future<Output = Result<(), RemoteError>> + Send;
+
+    /// A delta link for "from now on" (`token=latest`): no items, one request.
+    fn delta_latest(&self, drive: &str)
+    -> impl Future<Output = Result<String, RemoteError>> + Send;
+
+    /// One page of changes from a stored delta link or a page's next link.
+    /// `410` is [`RemoteError::ResyncRequired`].
+    fn delta_page(&self, link: &str)
+    -> impl Future<Output = Result<DeltaPage, RemoteError>> + Send;
+
+    /// One page of the children of folder `folder_id` (`next`: the previous
+    /// page's next link, `None` for the first page).
+    fn list_children(
+        &self,
+        drive: &str,
+        folder_id: &str,
+        next: Option<&str>,
+    ) -> impl Future<Output = Result<ChildrenPage, RemoteError>> + Send;
+
+    /// Moves and/or renames item `item_id` to `parent/name` on the server
+    /// (the content stays; no upload). The parent folder must exist.
+    fn move_item(
+        &self,
+        drive: &str,
+        item_id: &str,
+        parent: &RemotePath,
+        name: &str,
+    ) -> impl Future<Output = Result<RemoteItem, RemoteError>> + Send;
 }
 
 #[cfg(test)]

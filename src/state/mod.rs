@@ -11,7 +11,10 @@
 //! - `sessions`: open upload sessions, saved before the first fragment so a
 //!   restarted process resumes instead of re-sending;
 //! - `drives`: site URL + library name -> drive id and the drive's delta link;
-//! - `runs`: one row per job run (trigger, times, counts, bytes, outcome).
+//! - `runs`: one row per job run (trigger, times, counts, bytes, outcome);
+//! - `remote_walks`, `remote_changes`: remote reconcile (issue 6, `remote.rs`):
+//!   which job folders were enumerated, and remote deletes and edits of our
+//!   files with what the job's policy did about them.
 //!
 //! What it does not do: it never touches the network or the job's files, and it
 //! makes no decisions about *what* to upload (that is `plan`). It only records
@@ -49,6 +52,7 @@
 mod drives;
 mod files;
 mod lock;
+mod remote;
 mod runs;
 mod schema;
 mod sessions;
@@ -60,6 +64,9 @@ use std::path::PathBuf;
 
 pub use drives::DriveRow;
 pub use files::{FileRecord, FileState, FileStateKind, StateCounts, SyncedInfo};
+pub use remote::{
+    DeltaPageStats, DriveStatus, RemoteChange, RemoteChangeKind, RemoteChangeOutcome, WalkAction,
+};
 pub use runs::{RunCounts, RunId, RunOutcome, RunRow, RunSummary, RunTrigger};
 pub use schema::SCHEMA_VERSION;
 pub use sessions::{SourceFingerprint, UploadSessionRow};

@@ -106,8 +106,48 @@ CREATE TABLE runs (
 CREATE INDEX runs_by_job ON runs (job, id);
 "#;
 
+/// Version 2 (remote reconcile, issue 6): where each job's remote folder
+/// was last enumerated, remote deletes and edits noticed by delta or a walk,
+/// and per-drive counters for `status`.
+const V2_REMOTE: &str = r#"
+-- Bumped when a delta link is lost (410 resyncRequired): every job on the
+-- drive walks its remote folder again before trusting delta.
+ALTER TABLE drives ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+-- Remote changes to our files that delta (or a walk) reported.
+ALTER TABLE drives ADD COLUMN changes_seen INTEGER NOT NULL DEFAULT 0;
+-- When the last delta query of this drive finished (Unix seconds).
+ALTER TABLE drives ADD COLUMN delta_checked_at INTEGER;
+
+-- A job's remote folder was enumerated (adopting what is there) for this
+-- drive and epoch; no row = never (first run, or a lost state database).
+CREATE TABLE remote_walks (
+    job       TEXT PRIMARY KEY,
+    drive_id  TEXT NOT NULL,
+    epoch     INTEGER NOT NULL,
+    walked_at INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Remote deletes and edits of files we uploaded, one row per file: open
+-- (outcome NULL) until the job's policy is applied; `skipped` edits stay
+-- as conflicts `status` lists.
+CREATE TABLE remote_changes (
+    job              TEXT NOT NULL,
+    path             TEXT NOT NULL,
+    kind             TEXT NOT NULL CHECK (kind IN ('deleted', 'edited')),
+    item_id          TEXT,
+    etag             TEXT,               -- edited: the other edit's eTag
+    remote_quick_xor TEXT,
+    remote_size      INTEGER,
+    seen_at          INTEGER NOT NULL,
+    outcome          TEXT CHECK (outcome IN
+        ('restored', 'forgotten', 'overwritten', 'skipped', 'kept-both')),
+    applied_at       INTEGER,
+    PRIMARY KEY (job, path)
+) WITHOUT ROWID;
+"#;
+
 /// Every migration, in order; see the module doc before changing anything.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2_REMOTE];
 
 /// The schema version this binary writes and fully understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -1038,3 +1038,140 @@ fn synced_files_without_a_remote_hash_are_listed_for_verification() {
     );
     assert!(store.unconfirmed_synced("other-job").unwrap().is_empty());
 }
+
+// ---------------------------------------------------------------- remote
+
+fn delta_item(id: &str, deleted: bool, etag: &str, content: &[u8]) -> crate::remote::DeltaItem {
+    crate::remote::DeltaItem {
+        id: id.into(),
+        name: if deleted {
+            String::new()
+        } else {
+            "a.txt".into()
+        },
+        parent_id: Some("ROOT".into()),
+        deleted,
+        is_folder: false,
+        size: content.len() as u64,
+        etag: Some(etag.into()),
+        ctag: None,
+        quick_xor: (!deleted).then(|| hash_bytes(content).quick_xor),
+    }
+}
+
+#[test]
+fn delta_pages_record_changes_once_and_store_the_link_with_the_last_page() {
+    use crate::state::{RemoteChangeKind, RemoteChangeOutcome};
+    let (_dir, mut store) = open_temp();
+    store
+        .save_drive_id("https://h/sites/s", "Documents", "D")
+        .unwrap();
+    store
+        .record_scanned(
+            JOB,
+            &[
+                entry("a.txt", b"ours", 1, Change::New),
+                entry("b.txt", b"bee", 1, Change::New),
+            ],
+        )
+        .unwrap();
+    store
+        .mark_synced(JOB, "a.txt", &synced_info(b"ours"))
+        .unwrap();
+    let mut b = synced_info(b"bee");
+    b.item_id = Some("ITEM2".into());
+    store.mark_synced(JOB, "b.txt", &b).unwrap();
+    let (site, lib) = ("https://h/sites/s", "Documents");
+
+    // Our own upload echoed back, an unknown item, and a metadata-only change.
+    let page1 = [
+        delta_item("ITEM1", false, "\"{E1},1\"", b"ours"),
+        delta_item("OTHER", false, "\"{X},9\"", b"not ours"),
+        delta_item("ITEM1", false, "\"{E1},2\"", b"ours"),
+    ];
+    let stats = store.record_delta_page(site, lib, &page1, None).unwrap();
+    assert_eq!((stats.items, stats.changes), (3, 0));
+    assert!(
+        store
+            .drive(site, lib)
+            .unwrap()
+            .unwrap()
+            .delta_link
+            .is_none()
+    );
+    assert_eq!(
+        store.file(JOB, "a.txt").unwrap().unwrap().etag.as_deref(),
+        Some("\"{E1},2\"")
+    );
+
+    // An edit by someone else and a delete; replaying the page changes nothing more.
+    let page2 = [
+        delta_item("ITEM1", false, "\"{E1},3\"", b"theirs"),
+        delta_item("ITEM2", true, "", b""),
+    ];
+    for _ in 0..2 {
+        store
+            .record_delta_page(site, lib, &page2, Some("LINK"))
+            .unwrap();
+    }
+    assert_eq!(
+        store
+            .drive(site, lib)
+            .unwrap()
+            .unwrap()
+            .delta_link
+            .as_deref(),
+        Some("LINK")
+    );
+    let changes = store.pending_remote_changes(JOB).unwrap();
+    assert_eq!(changes.len(), 2);
+    assert_eq!(
+        (changes[0].path.as_str(), changes[0].kind),
+        ("a.txt", RemoteChangeKind::Edited)
+    );
+    assert_eq!(
+        (changes[1].path.as_str(), changes[1].kind),
+        ("b.txt", RemoteChangeKind::Deleted)
+    );
+
+    store
+        .resolve_remote_change(&changes[0], RemoteChangeOutcome::Skipped)
+        .unwrap();
+    store
+        .resolve_remote_change(&changes[1], RemoteChangeOutcome::Restored)
+        .unwrap();
+    assert!(matches!(
+        state_of(&store, "a.txt"),
+        FileState::Synced { .. }
+    ));
+    assert_eq!(state_of(&store, "b.txt"), FileState::Pending);
+    assert_eq!(store.file(JOB, "b.txt").unwrap().unwrap().item_id, None);
+    assert_eq!(store.conflicts(None).unwrap().len(), 1);
+    // The skipped edit is not reported again by the same delta entry.
+    store
+        .record_delta_page(site, lib, &page2[..1], Some("LINK2"))
+        .unwrap();
+    assert_eq!(
+        store.conflicts(Some(JOB)).unwrap()[0].outcome.as_deref(),
+        Some("skipped")
+    );
+    let drives = store.drive_statuses().unwrap();
+    assert_eq!(drives[0].changes_seen, 2);
+    assert!(drives[0].has_delta_link);
+
+    // 410: the link goes and every job must walk again.
+    assert!(store.walk_needed(JOB, site, lib).unwrap());
+    store.begin_walk().unwrap();
+    store.finish_walk(JOB, site, lib).unwrap();
+    assert!(!store.walk_needed(JOB, site, lib).unwrap());
+    store.restart_delta(site, lib).unwrap();
+    assert!(store.walk_needed(JOB, site, lib).unwrap());
+    assert!(
+        store
+            .drive(site, lib)
+            .unwrap()
+            .unwrap()
+            .delta_link
+            .is_none()
+    );
+}

@@ -237,3 +237,17 @@ pub async fn sync(config: &Config, options: &SyncOptions) -> Vec<JobReport> {
         .await
         .unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// The requests of `log[from..]` other than signing in and asking the
+/// drive's delta: what a sync of an unchanged tree must not send (it may
+/// still ask what changed remotely, which needs a token).
+pub fn content_requests(
+    log: &[graph_emulator::RequestRecord],
+    from: usize,
+) -> Vec<graph_emulator::RequestRecord> {
+    log[from..]
+        .iter()
+        .filter(|r| r.route != "token" && r.route != "delta")
+        .cloned()
+        .collect()
+}

@@ -8,5 +8,6 @@ mod cli;
 #[cfg(feature = "demo")]
 mod demo;
 mod emu;
+mod reconcile;
 mod support;
 mod sync;

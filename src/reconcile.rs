@@ -1,0 +1,750 @@
+//! Remote reconcile: learn what changed in SharePoint at the cost of the
+//! changes, not of the library (issue 6).
+//!
+//! Per drive, a delta link stored in the state (`drives`). Each job run
+//! ([`prepare_job`], called by `job::run_once` before its scan) and the
+//! daemon's periodic [`reconcile`] fetch the delta pages since the stored
+//! link; each page is recorded in one transaction and the new link is stored
+//! with the last page, so a crash repeats pages and never skips one. Items
+//! are matched by remote item id against `files` and `folders`; items
+//! outside our job folders cost one indexed lookup and are dropped.
+//!
+//! The first time (no link yet) the drive starts from `token=latest` (one
+//! request, no items) and each job on it *walks* its own remote folder
+//! (children paging): remote files whose path, size and quickXorHash equal
+//! the local file are adopted as synced, so nothing is uploaded again after
+//! migrating from another tool or losing the state database. This costs the
+//! job's folder, not the library (a 20,000-file job in a 200,000-item
+//! library lists 20,000 items instead of enumerating 200,000 through delta);
+//! the link is taken before the walk, so a change made during the walk is
+//! seen by the next delta. `410 resyncRequired` drops the link, starts from
+//! `token=latest` again and makes every job on the drive walk again (files
+//! that match are kept, missing ones become remote deletes): nothing is
+//! re-uploaded for it.
+//!
+//! Remote deletes and edits of our files are recorded as `remote_changes`
+//! and then resolved by the job's `on_remote_delete` (`restore`: upload
+//! again; `forget`) and `on_remote_change` (`overwrite`: ours goes up again,
+//! SharePoint keeps theirs in version history; `skip`: a conflict, uploads
+//! of that path are held; `keep-both`: theirs is moved aside under
+//! `name (sharepush conflict YYYY-MM-DD).ext`, ours goes up at the path).
+//! Our own uploads never count as edits: an item whose eTag is the one we
+//! recorded, or whose hash is the one we uploaded or SharePoint's rewrite we
+//! recorded, is ours, so nothing loops.
+//!
+//! Local renames and moves within a job ([`detect_moves`], [`apply_moves`])
+//! become one server-side PATCH instead of an upload.
+//!
+//! What it does not do: download anything, or decide uploads (`plan`).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::config::{InvalidNames, JobSpec, OnRemoteChange, OnRemoteDelete};
+use crate::hash::Hashes;
+use crate::remote::names;
+use crate::remote::{DeltaNext, Remote, RemoteError, RemoteItem, RemotePath};
+use crate::scan::{Fingerprint, LocalEntry};
+use crate::state::{
+    FileRecord, FileState, RemoteChange, RemoteChangeKind, RemoteChangeOutcome, StateError,
+    WalkAction,
+};
+use crate::upload::SharedStore;
+
+/// What reconciling did for one job (or one drive), for the run's report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Delta pages fetched.
+    pub delta_pages: u64,
+    /// Delta entries seen (ours or not).
+    pub delta_items: u64,
+    /// Remote deletes and edits of our files found (delta or walk).
+    pub remote_changes: u64,
+    /// The delta link had expired (410) and was started over.
+    pub resynced: bool,
+    /// The job's remote folder was walked.
+    pub walked: bool,
+    /// Files found already uploaded and recorded synced without an upload.
+    pub adopted: u64,
+    /// Remote changes resolved this time: (path, outcome).
+    pub resolved: Vec<(String, RemoteChangeOutcome)>,
+}
+
+/// The result of [`reconcile`] for one job: its report, or why the remote
+/// could not be reconciled (the job's uploads may still work later).
+pub type JobReconcile = Result<ReconcileReport, RemoteError>;
+
+/// The daemon's periodic reconcile (default every 15 minutes): delta for
+/// every drive the jobs use, then each job's walk (if needed) and remote
+/// changes under its policy. Only a broken state store is an error.
+pub async fn reconcile<R: Remote>(
+    remote: &R,
+    store: &SharedStore,
+    jobs: &[&JobSpec],
+) -> Result<Vec<(String, JobReconcile)>, StateError> {
+    let mut out = Vec::with_capacity(jobs.len());
+    let mut done_drives: Vec<(String, String)> = Vec::new();
+    for job in jobs {
+        let key = (job.site.to_string(), job.library.clone());
+        let fetch_delta = !done_drives.contains(&key);
+        if fetch_delta {
+            done_drives.push(key);
+        }
+        out.push((
+            job.name.clone(),
+            reconcile_job(remote, store, job, fetch_delta).await?,
+        ));
+    }
+    Ok(out)
+}
+
+/// What a job run does before its scan: the drive's delta, the job's walk
+/// when needed, its remote changes resolved. Remote failures are logged and
+/// returned; the run goes on (changes are then noticed next time).
+pub async fn prepare_job<R: Remote>(
+    remote: &R,
+    store: &SharedStore,
+    job: &JobSpec,
+) -> Result<JobReconcile, StateError> {
+    reconcile_job(remote, store, job, true).await
+}
+
+async fn reconcile_job<R: Remote>(
+    remote: &R,
+    store: &SharedStore,
+    job: &JobSpec,
+    fetch_delta: bool,
+) -> Result<JobReconcile, StateError> {
+    let mut report = ReconcileReport::default();
+    let result = async {
+        let drive = crate::job::drive_id(remote, store, job).await??;
+        if fetch_delta {
+            sync_delta(remote, store, job, &drive, &mut report).await?;
+        }
+        let (site, library, name) = (job.site.to_string(), job.library.clone(), job.name.clone());
+        if store
+            .call(move |s| s.walk_needed(&name, &site, &library))
+            .await?
+        {
+            walk_job(remote, store, job, &drive, &mut report).await?;
+        }
+        Ok::<(), ReconcileFail>(())
+    }
+    .await;
+    let outcome = match result {
+        Ok(()) => Ok(()),
+        Err(ReconcileFail::State(e)) => return Err(e),
+        Err(ReconcileFail::Remote(e)) => Err(e),
+    };
+    // Changes already recorded are resolved even when the remote failed.
+    resolve_changes(remote, store, job, &mut report).await?;
+    if let Err(e) = outcome {
+        tracing::warn!(job = %job.name, error = %e, "remote changes could not be checked; trying again next run");
+        return Ok(Err(e));
+    }
+    if report.remote_changes > 0 || report.adopted > 0 || report.resynced {
+        tracing::info!(
+            job = %job.name,
+            delta_items = report.delta_items,
+            remote_changes = report.remote_changes,
+            adopted = report.adopted,
+            resynced = report.resynced,
+            "remote reconciled"
+        );
+    }
+    Ok(Ok(report))
+}
+
+/// Both failure layers of a reconcile step, so `?` works on either.
+enum ReconcileFail {
+    State(StateError),
+    Remote(RemoteError),
+}
+
+impl From<StateError> for ReconcileFail {
+    fn from(e: StateError) -> Self {
+        ReconcileFail::State(e)
+    }
+}
+
+impl From<RemoteError> for ReconcileFail {
+    fn from(e: RemoteError) -> Self {
+        ReconcileFail::Remote(e)
+    }
+}
+
+/// Fetches and records the drive's delta pages since the stored link.
+async fn sync_delta<R: Remote>(
+    remote: &R,
+    store: &SharedStore,
+    job: &JobSpec,
+    drive: &str,
+    report: &mut ReconcileReport,
+) -> Result<(), ReconcileFail> {
+    let (site, library) = (job.site.to_string(), job.library.clone());
+    let (s2, l2) = (site.clone(), library.clone());
+    let row = store.call(move |s| s.drive(&s2, &l2)).await?;
+    let Some(mut url) = row.and_then(|r| r.delta_link) else {
+        start_from_latest(remote, store, &site, &library, drive).await?;
+        return Ok(());
+    };
+    loop {
+        let page = match remote.delta_page(&url).await {
+            Ok(p) => p,
+            Err(RemoteError::ResyncRequired) => {
+                tracing::warn!(job = %job.name, site = %site, library = %library, "delta link expired (410 resyncRequired); enumerating the job folders again, nothing that matches is uploaded again");
+                let (s2, l2) = (site.clone(), library.clone());
+                store.call(move |s| s.restart_delta(&s2, &l2)).await?;
+                report.resynced = true;
+                start_from_latest(remote, store, &site, &library, drive).await?;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        report.delta_pages += 1;
+        let (final_link, next) = match page.next {
+            DeltaNext::Done(link) => (Some(link), None),
+            DeltaNext::More(next) => (None, Some(next)),
+        };
+        let (s2, l2, items) = (site.clone(), library.clone(), page.items);
+        let stats = store
+            .call(move |s| s.record_delta_page(&s2, &l2, &items, final_link.as_deref()))
+            .await?;
+        report.delta_items += stats.items;
+        report.remote_changes += stats.changes;
+        match next {
+            Some(n) => url = n,
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Stores a `token=latest` link for a drive that has none.
+async fn start_from_latest<R: Remote>(
+    remote: &R,
+    store: &SharedStore,
+    site: &str,
+    library: &str,
+    drive: &str,
+) -> Result<(), ReconcileFail> {
+    let link = remote.delta_latest(drive).await?;
+    let (site, library) = (site.to_string(), library.to_string());
+    store
+        .call(move |s| s.record_delta_page(&site, &library, &[], Some(&link)))
+        .await?;
+    Ok(())
+}
+
+/// The local relative path of a remote name (names were encoded on upload
+/// under `invalid_names = "encode"`).
+fn local_name(remote: &str, policy: InvalidNames) -> String {
+    match policy {
+        InvalidNames::Encode => names::decode(remote),
+        InvalidNames::Skip => remote.to_string(),
+    }
+}
+
+/// Walks the job's remote folder page by page: records folders, adopts
+/// files equal to the local ones, notes remote edits of ours; at the end,
+/// synced files not seen are remote deletes. Memory: one page plus the
+/// stack of folders still to list.
+async fn walk_job<R: Remote>(
+    remote: &R,
+    store: &SharedStore,
+    job: &JobSpec,
+    drive: &str,
+    report: &mut ReconcileReport,
+) -> Result<(), ReconcileFail> {
+    report.walked = true;
+    let root = RemotePath::parse(&job.folder);
+    let name = job.name.clone();
+    store.call(|s| s.begin_walk()).await?;
+    let root_item = remote.stat(drive, &root).await?;
+    match root_item {
+        Some(item) if item.is_folder => {
+            let (n, id) = (name.clone(), item.id.clone());
+            store.call(move |s| s.record_folder(&n, "", &id)).await?;
+            let mut stack = vec![(item.id, String::new())];
+            while let Some((folder_id, rel)) = stack.pop() {
+                let mut next: Option<String> = None;
+                loop {
+                    let page = remote
+                        .list_children(drive, &folder_id, next.as_deref())
+                        .await?;
+                    let mut files = Vec::new();
+                    for item in page.items {
+                        let local = local_name(&item.name, job.settings.invalid_names);
+                        let path = if rel.is_empty() {
+                            local
+                        } else {
+                            format!("{rel}/{local}")
+                        };
+                        if item.is_folder {
+                            let (n, p, id) = (name.clone(), path.clone(), item.id.clone());
+                            store.call(move |s| s.record_folder(&n, &p, &id)).await?;
+                            stack.push((item.id, path));
+                        } else {
+                            files.push((path, item));
+                        }
+                    }
+                    report.adopted += walk_files(store, job, files).await?;
+                    match page.next {
+                        Some(n) => next = Some(n),
+                        None => break,
+                    }
+                }
+            }
+        }
+        _ => {
+            // No job folder remotely: nothing to adopt, every folder we
+            // knew is gone.
+            let n = name.clone();
+            store.call(move |s| s.forget_folders(&n)).await?;
+        }
+    }
+    let (site, library) = (job.site.to_string(), job.library.clone());
+    let deleted = store
+        .call(move |s| s.finish_walk(&name, &site, &library))
+        .await?;
+    report.remote_changes += deleted;
+    if report.adopted > 0 {
+        tracing::info!(job = %job.name, adopted = report.adopted, "files already in SharePoint recorded as synced; not uploaded again");
+    }
+    Ok(())
+}
+
+/// Decides and records one page of remote files found by a walk.
+async fn walk_files(
+    store: &SharedStore,
+    job: &JobSpec,
+    files: Vec<(String, RemoteItem)>,
+) -> Result<u64, StateError> {
+    if files.is_empty() {
+        return Ok(0);
+    }
+    let name = job.name.clone();
+    let paths: Vec<String> = files.iter().map(|(p, _)| p.clone()).collect();
+    let records = store
+        .call(move |s| {
+            let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+            s.records_for(&name, &refs)
+        })
+        .await?;
+    let source = job.source.clone();
+    let actions = tokio::task::spawn_blocking(move || {
+        files
+            .into_iter()
+            .map(|(path, item)| walk_decision(&source, path, item, &records))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .expect("walk task panicked");
+    let name = job.name.clone();
+    store
+        .call(move |s| s.record_walk_page(&name, &actions))
+        .await
+}
+
+/// What one remote file found by a walk means (blocking: may hash the
+/// local file, only when its size matches).
+fn walk_decision(
+    source: &Path,
+    path: String,
+    item: RemoteItem,
+    records: &HashMap<String, FileRecord>,
+) -> WalkAction {
+    let record = records.get(&path);
+    if let Some(r) = record
+        && let FileState::Synced {
+            item_id: Some(id),
+            etag,
+            remote_quick_xor,
+            ..
+        } = &r.state
+        && *id == item.id
+    {
+        if etag.is_some() && *etag == item.etag {
+            return WalkAction::Seen { item_id: item.id };
+        }
+        let ours = item.quick_xor.is_none()
+            || item.quick_xor == *remote_quick_xor
+            || item.quick_xor.as_ref() == r.hashes.as_ref().map(|h| &h.quick_xor);
+        return if ours {
+            WalkAction::Etag { path, item }
+        } else {
+            WalkAction::Edited { path, item }
+        };
+    }
+    match local_match(source, &path, &item, record) {
+        Some((fp, hashes)) => WalkAction::Adopt {
+            path,
+            size: fp.size,
+            mtime_ns: fp.mtime_ns,
+            inode: fp.inode,
+            hashes,
+            item,
+        },
+        None => WalkAction::Seen { item_id: item.id },
+    }
+}
+
+/// The local file's fingerprint and hashes when its content equals the
+/// remote item's (size, then quickXorHash). Uses the recorded hashes when
+/// the fingerprint is unchanged, otherwise hashes the file.
+fn local_match(
+    source: &Path,
+    path: &str,
+    item: &RemoteItem,
+    record: Option<&FileRecord>,
+) -> Option<(Fingerprint, Hashes)> {
+    let remote_hash = item.quick_xor.as_ref()?;
+    let meta = std::fs::symlink_metadata(source.join(path)).ok()?;
+    if !meta.is_file() || meta.len() != item.size {
+        return None;
+    }
+    let fp = Fingerprint::of(&meta);
+    let hashes = match record {
+        Some(r) if r.size == fp.size && r.mtime_ns == fp.mtime_ns && r.inode == fp.inode => {
+            r.hashes.clone()
+        }
+        _ => None,
+    };
+    let hashes = match hashes {
+        Some(h) => h,
+        None => local_hashes(source, path, &fp)?,
+    };
+    (hashes.quick_xor == *remote_hash).then_some((fp, hashes))
+}
+
+/// Hashes a local file for adoption and move checks (the scan may not have
+/// hashed new files); `None` if it changed while being read or is unreadable.
+pub fn local_hashes(source: &Path, path: &str, fp: &Fingerprint) -> Option<Hashes> {
+    let full = source.join(path);
+    let (hashes, _) = crate::hash::hash_file(&full).ok()?;
+    let after = Fingerprint::of(&std::fs::symlink_metadata(&full).ok()?);
+    (after == *fp).then_some(hashes)
+}
+
+/// Resolves the job's open remote changes under its policies.
+async fn resolve_changes<R: Remote>(
+    remote: &R,
+    store: &SharedStore,
+    job: &JobSpec,
+    report: &mut ReconcileReport,
+) -> Result<(), StateError> {
+    let name = job.name.clone();
+    let changes = store.call(move |s| s.pending_remote_changes(&name)).await?;
+    for change in changes {
+        let Some(outcome) = resolve_one(remote, store, job, &change).await? else {
+            continue;
+        };
+        let c = change.clone();
+        store
+            .call(move |s| s.resolve_remote_change(&c, outcome))
+            .await?;
+        report.resolved.push((change.path, outcome));
+    }
+    Ok(())
+}
+
+/// The outcome for one change, after any remote step it needs; `None`
+/// leaves it as it is (a conflict still skipped, or a failed step).
+async fn resolve_one<R: Remote>(
+    remote: &R,
+    store: &SharedStore,
+    job: &JobSpec,
+    change: &RemoteChange,
+) -> Result<Option<RemoteChangeOutcome>, StateError> {
+    let path = change.path.as_str();
+    Ok(Some(match change.kind {
+        RemoteChangeKind::Deleted => match job.on_remote_delete {
+            OnRemoteDelete::Restore => {
+                tracing::warn!(job = %job.name, path, "deleted in SharePoint; uploading it again (on_remote_delete = \"restore\")");
+                RemoteChangeOutcome::Restored
+            }
+            OnRemoteDelete::Forget => {
+                tracing::warn!(job = %job.name, path, "deleted in SharePoint; not restoring it (on_remote_delete = \"forget\"); it goes up again only if it changes locally");
+                RemoteChangeOutcome::Forgotten
+            }
+        },
+        RemoteChangeKind::Edited => match job.on_remote_change {
+            OnRemoteChange::Overwrite => {
+                tracing::warn!(job = %job.name, path, "edited in SharePoint by someone else; overwriting it with the local copy (on_remote_change = \"overwrite\"); SharePoint keeps the other edit in the file's version history");
+                RemoteChangeOutcome::Overwritten
+            }
+            OnRemoteChange::Skip => {
+                if change.outcome.as_deref() == Some("skipped") {
+                    return Ok(None);
+                }
+                tracing::warn!(job = %job.name, path, "edited in SharePoint by someone else; leaving it and holding local uploads of it (on_remote_change = \"skip\"): a conflict `sharepush status` lists");
+                RemoteChangeOutcome::Skipped
+            }
+            OnRemoteChange::KeepBoth => match keep_both(remote, store, job, change).await? {
+                Ok(aside) => {
+                    tracing::warn!(job = %job.name, path, moved_to = %aside, "edited in SharePoint by someone else; their version was kept as {aside:?} and the local copy goes up at the original path (on_remote_change = \"keep-both\")");
+                    RemoteChangeOutcome::KeptBoth
+                }
+                Err(e) => {
+                    tracing::warn!(job = %job.name, path, error = %e, "could not keep both versions; trying again next run");
+                    return Ok(None);
+                }
+            },
+        },
+    }))
+}
+
+/// `name (sharepush conflict YYYY-MM-DD).ext`: a name beside `name`.
+pub fn conflict_name(name: &str, date: chrono::NaiveDate) -> String {
+    let (stem, ext) = match name.rfind('.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name, ""),
+    };
+    format!("{stem} (sharepush conflict {date}){ext}")
+}
+
+/// Moves the other edit aside (server-side, its content and history kept)
+/// so the local copy goes up at the original path. Returns the new name.
+async fn keep_both<R: Remote>(
+    remote: &R,
+    store: &SharedStore,
+    job: &JobSpec,
+    change: &RemoteChange,
+) -> Result<Result<String, RemoteError>, StateError> {
+    let drive = match crate::job::drive_id(remote, store, job).await? {
+        Ok(d) => d,
+        Err(e) => return Ok(Err(e)),
+    };
+    let Some(item_id) = &change.item_id else {
+        return Ok(Err(RemoteError::Protocol {
+            what: "keep-both",
+            detail: "no item id recorded".into(),
+        }));
+    };
+    let mapped = match names::map_path(
+        &change.path,
+        job.settings.invalid_names,
+        job.folder.is_empty(),
+    ) {
+        Ok(m) => RemotePath::parse(&job.folder).join(&m.remote),
+        Err(p) => {
+            return Ok(Err(RemoteError::Permanent {
+                status: 400,
+                code: p.to_string(),
+            }));
+        }
+    };
+    let Some((parent, name)) = mapped.split_last() else {
+        return Ok(Err(RemoteError::Protocol {
+            what: "keep-both",
+            detail: "empty path".into(),
+        }));
+    };
+    let aside = conflict_name(name, chrono::Utc::now().date_naive());
+    match remote.move_item(&drive, item_id, &parent, &aside).await {
+        Ok(_) => Ok(Ok(aside)),
+        Err(e) => Ok(Err(e)),
+    }
+}
+
+/// A local rename or move that can be done on the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Move {
+    /// The old path (vanished locally, synced remotely).
+    pub from: String,
+    /// The new path (the upload it replaces).
+    pub to: String,
+    /// The remote item to move.
+    pub item_id: String,
+}
+
+/// Pairs vanished synced files with new files of the same inode, size and
+/// content. One candidate per inode. Blocking: a new file the scan did not
+/// hash (see "Not hashed yet" in the scan docs) is hashed here, and only
+/// when its inode and size already match a vanished file.
+pub fn detect_moves(
+    source: &Path,
+    vanished: &[(String, FileRecord)],
+    uploads: &[LocalEntry],
+) -> Vec<Move> {
+    let mut by_inode: HashMap<(u64, u64), &LocalEntry> = HashMap::new();
+    for e in uploads {
+        by_inode.insert((e.inode, e.size), e);
+    }
+    let mut moves = Vec::new();
+    for (path, r) in vanished {
+        let FileState::Synced {
+            item_id: Some(id), ..
+        } = &r.state
+        else {
+            continue;
+        };
+        let Some(entry) = by_inode.remove(&(r.inode, r.size)) else {
+            continue;
+        };
+        let hashes = match &entry.hashes {
+            Some(h) => Some(h.clone()),
+            None => {
+                let fp = Fingerprint {
+                    size: entry.size,
+                    mtime_ns: entry.mtime_ns,
+                    inode: entry.inode,
+                };
+                local_hashes(source, &entry.path, &fp)
+            }
+        };
+        if hashes.is_some() && r.hashes == hashes {
+            moves.push(Move {
+                from: path.clone(),
+                to: entry.path.clone(),
+                item_id: id.clone(),
+            });
+        }
+    }
+    moves
+}
+
+/// Carries out `moves` on the server (PATCH parent and name, creating the
+/// parent folder if needed) and records each; returns the (from, to) pairs
+/// that were moved. A failed move is logged and its row forgotten, so the
+/// new path is uploaded as usual.
+pub async fn apply_moves<R: Remote>(
+    remote: &R,
+    store: &SharedStore,
+    job: &JobSpec,
+    drive: &str,
+    moves: &[Move],
+    uploads: &[LocalEntry],
+) -> Result<Vec<(String, String)>, StateError> {
+    let root = RemotePath::parse(&job.folder);
+    let mut done = Vec::new();
+    for m in moves {
+        let Some(entry) = uploads.iter().find(|e| e.path == m.to) else {
+            continue;
+        };
+        let target = names::map_path(&m.to, job.settings.invalid_names, root.is_root())
+            .map(|mapped| root.join(&mapped.remote));
+        let result = match &target {
+            Ok(path) => match path.split_last() {
+                Some((parent, name)) => {
+                    let mut r = remote.move_item(drive, &m.item_id, &parent, name).await;
+                    if matches!(r, Err(RemoteError::Permanent { status: 404, .. })) {
+                        // The new parent folder does not exist yet.
+                        let mut p = RemotePath::root();
+                        let mut ok = true;
+                        for seg in parent.segments() {
+                            p = p.child(seg);
+                            if remote.ensure_folder(drive, &p).await.is_err() {
+                                ok = false;
+                                break;
+                            }
+                        }
+                        if ok {
+                            r = remote.move_item(drive, &m.item_id, &parent, name).await;
+                        }
+                    }
+                    r
+                }
+                None => continue,
+            },
+            Err(_) => continue,
+        };
+        let (name, from, to) = (job.name.clone(), m.from.clone(), m.to.clone());
+        match result {
+            Ok(item) => {
+                let fp = (entry.size, entry.mtime_ns, entry.inode);
+                store
+                    .call(move |s| s.record_move(&name, &from, &to, fp, &item))
+                    .await?;
+                tracing::info!(job = %job.name, from = %m.from, to = %m.to, "renamed on the server; not uploaded again");
+                done.push((m.from.clone(), m.to.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(job = %job.name, from = %m.from, to = %m.to, error = %e, "could not move on the server; uploading the new path");
+                store.call(move |s| s.forget(&name, &[from])).await?;
+            }
+        }
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::hash_bytes;
+    use crate::scan::Change;
+
+    #[test]
+    fn conflict_names_keep_the_extension() {
+        let d = chrono::NaiveDate::from_ymd_opt(2026, 11, 24).unwrap();
+        assert_eq!(
+            conflict_name("report.xlsx", d),
+            "report (sharepush conflict 2026-11-24).xlsx"
+        );
+        assert_eq!(
+            conflict_name("README", d),
+            "README (sharepush conflict 2026-11-24)"
+        );
+        assert_eq!(
+            conflict_name(".env", d),
+            ".env (sharepush conflict 2026-11-24)"
+        );
+    }
+
+    fn synced(path: &str, inode: u64, content: &[u8], item: Option<&str>) -> (String, FileRecord) {
+        (
+            path.to_string(),
+            FileRecord {
+                job: "j".into(),
+                path: path.into(),
+                size: content.len() as u64,
+                mtime_ns: 1,
+                inode,
+                hashes: Some(hash_bytes(content)),
+                state: FileState::Synced {
+                    item_id: item.map(str::to_string),
+                    etag: None,
+                    remote_quick_xor: None,
+                    remote_size: None,
+                },
+                item_id: item.map(str::to_string),
+                etag: None,
+                updated_at: 0,
+            },
+        )
+    }
+
+    fn new(path: &str, inode: u64, content: &[u8]) -> LocalEntry {
+        LocalEntry {
+            path: path.into(),
+            size: content.len() as u64,
+            mtime_ns: 2,
+            inode,
+            hashes: Some(hash_bytes(content)),
+            change: Change::New,
+        }
+    }
+
+    #[test]
+    fn moves_need_the_same_inode_size_and_content_and_a_remote_item() {
+        let vanished = vec![
+            synced("a.bin", 7, b"aaaa", Some("IA")),
+            synced("b.bin", 8, b"bbbb", Some("IB")),
+            synced("c.bin", 9, b"cccc", None),
+            synced("d.bin", 10, b"dddd", Some("ID")),
+        ];
+        let uploads = vec![
+            new("x/a.bin", 7, b"aaaa"), // moved
+            new("b2.bin", 8, b"BBBB"),  // same inode, edited: upload
+            new("c2.bin", 9, b"cccc"),  // never had a remote item: upload
+            new("d2.bin", 99, b"dddd"), // a copy (other inode): upload
+        ];
+        assert_eq!(
+            detect_moves(Path::new("/nonexistent"), &vanished, &uploads),
+            vec![Move {
+                from: "a.bin".into(),
+                to: "x/a.bin".into(),
+                item_id: "IA".into()
+            }]
+        );
+    }
+}

@@ -1,0 +1,689 @@
+//! What the store remembers about the remote side's own changes (issue 6):
+//! delta pages applied to the `files` and `folders` tables, walks of a job's
+//! remote folder (adopting files that are already there), the open
+//! `remote_changes` (deletes and edits by someone else) and their outcome
+//! under the job's policy, and per-drive facts for `status`.
+//!
+//! Every delta page is recorded in one transaction, and the new delta link
+//! is stored in the same transaction as the last page: a crash repeats
+//! pages, never skips them, and applying a page twice changes nothing.
+//!
+//! What it does not do: talk to the network, read local files, or choose a
+//! policy (the caller passes the outcome); `reconcile` does those.
+
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::StateError;
+use super::store::{Store, sql_err, u64_from_sql, u64_to_sql, unix_now};
+use crate::hash::Hashes;
+use crate::remote::{DeltaItem, RemoteItem};
+
+/// A remote delete or edit of one of our files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteChangeKind {
+    /// The item is gone from SharePoint (or its folder is).
+    Deleted,
+    /// Someone else changed its content.
+    Edited,
+}
+
+impl RemoteChangeKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            RemoteChangeKind::Deleted => "deleted",
+            RemoteChangeKind::Edited => "edited",
+        }
+    }
+}
+
+/// What was done about a remote change (the `outcome` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteChangeOutcome {
+    /// Deleted remotely; queued to upload again.
+    Restored,
+    /// Deleted remotely; accepted (uploaded again only after a local change).
+    Forgotten,
+    /// Edited remotely; ours is queued to replace it (version history keeps theirs).
+    Overwritten,
+    /// Edited remotely; left alone, an open conflict.
+    Skipped,
+    /// Edited remotely; theirs was moved aside under a conflict name, ours goes up.
+    KeptBoth,
+}
+
+impl RemoteChangeOutcome {
+    /// The word stored in `outcome` and shown by `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RemoteChangeOutcome::Restored => "restored",
+            RemoteChangeOutcome::Forgotten => "forgotten",
+            RemoteChangeOutcome::Overwritten => "overwritten",
+            RemoteChangeOutcome::Skipped => "skipped",
+            RemoteChangeOutcome::KeptBoth => "kept-both",
+        }
+    }
+}
+
+/// One row of `remote_changes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteChange {
+    pub job: String,
+    pub path: String,
+    pub kind: RemoteChangeKind,
+    /// The remote item (the deleted one, or the edited one).
+    pub item_id: Option<String>,
+    /// Edited: the other edit's eTag, hash and size.
+    pub etag: Option<String>,
+    pub remote_quick_xor: Option<String>,
+    pub remote_size: Option<u64>,
+    /// When it was noticed (Unix seconds).
+    pub seen_at: i64,
+    /// `None` while open; `Some("skipped")` for a conflict left in place.
+    pub outcome: Option<String>,
+}
+
+/// Per-drive facts for `sharepush status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriveStatus {
+    pub site: String,
+    pub library: String,
+    pub drive_id: String,
+    /// Whether a delta link is stored (false: the next reconcile starts over).
+    pub has_delta_link: bool,
+    /// When the delta link was stored (its age is what `status` shows).
+    pub delta_updated_at: Option<i64>,
+    /// When delta was last asked (even if nothing changed).
+    pub delta_checked_at: Option<i64>,
+    /// Remote deletes and edits of our files noticed on this drive, ever.
+    pub changes_seen: u64,
+}
+
+/// What recording one delta page did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeltaPageStats {
+    /// Entries on the page.
+    pub items: u64,
+    /// Remote deletes and edits of our files it revealed.
+    pub changes: u64,
+}
+
+/// What a walk decided for one remote file, recorded by
+/// [`Store::record_walk_page`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WalkAction {
+    /// Nothing to record beyond "seen".
+    Seen { item_id: String },
+    /// Our file, same content, new eTag (metadata change): record the eTag.
+    Etag { path: String, item: RemoteItem },
+    /// Our file, someone else's content: a remote edit.
+    Edited { path: String, item: RemoteItem },
+    /// The remote file equals the local one: record it synced, no upload.
+    Adopt {
+        path: String,
+        size: u64,
+        mtime_ns: i64,
+        inode: u64,
+        hashes: Hashes,
+        item: RemoteItem,
+    },
+}
+
+const CHANGE_COLUMNS: &str =
+    "job, path, kind, item_id, etag, remote_quick_xor, remote_size, seen_at, outcome";
+
+fn change_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RemoteChange> {
+    let kind: String = row.get(2)?;
+    Ok(RemoteChange {
+        job: row.get(0)?,
+        path: row.get(1)?,
+        kind: if kind == "deleted" {
+            RemoteChangeKind::Deleted
+        } else {
+            RemoteChangeKind::Edited
+        },
+        item_id: row.get(3)?,
+        etag: row.get(4)?,
+        remote_quick_xor: row.get(5)?,
+        remote_size: row.get::<_, Option<i64>>(6)?.map(u64_from_sql),
+        seen_at: row.get(7)?,
+        outcome: row.get(8)?,
+    })
+}
+
+/// Records (or re-opens) a remote change of `job`/`path`; returns false
+/// when exactly this change is already recorded (a repeated delta page).
+fn upsert_change(
+    tx: &Transaction<'_>,
+    job: &str,
+    path: &str,
+    kind: RemoteChangeKind,
+    item_id: &str,
+    edit: Option<(&Option<String>, &Option<String>, u64)>,
+) -> rusqlite::Result<bool> {
+    let (etag, qx, size) = match edit {
+        Some((e, q, s)) => (e.clone(), q.clone(), Some(u64_to_sql(s))),
+        None => (None, None, None),
+    };
+    let same: Option<bool> = tx
+        .prepare_cached(
+            "SELECT kind = ?3 AND item_id IS ?4 AND etag IS ?5 FROM remote_changes
+             WHERE job = ?1 AND path = ?2",
+        )?
+        .query_row(params![job, path, kind.as_str(), item_id, etag], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    if same == Some(true) {
+        return Ok(false);
+    }
+    tx.prepare_cached(
+        "INSERT INTO remote_changes (job, path, kind, item_id, etag, remote_quick_xor,
+             remote_size, seen_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (job, path) DO UPDATE SET kind = excluded.kind,
+             item_id = excluded.item_id, etag = excluded.etag,
+             remote_quick_xor = excluded.remote_quick_xor, remote_size = excluded.remote_size,
+             seen_at = excluded.seen_at, outcome = NULL, applied_at = NULL",
+    )?
+    .execute(params![
+        job,
+        path,
+        kind.as_str(),
+        item_id,
+        etag,
+        qx,
+        size,
+        unix_now()
+    ])?;
+    Ok(true)
+}
+
+/// job, path, eTag, remote quickXorHash, local quickXorHash of a synced row.
+type SyncedRow = (
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// One delta entry against the tables; returns the changes it revealed.
+fn apply_delta_item(tx: &Transaction<'_>, item: &DeltaItem) -> rusqlite::Result<u64> {
+    let mut changes = 0;
+    if item.deleted {
+        // A file of ours.
+        let rows: Vec<(String, String)> = tx
+            .prepare_cached("SELECT job, path FROM files WHERE item_id = ?1 AND state = 'synced'")?
+            .query_map([&item.id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (job, path) in rows {
+            changes +=
+                upsert_change(tx, &job, &path, RemoteChangeKind::Deleted, &item.id, None)? as u64;
+        }
+        // A folder of ours: everything below it is gone too (business
+        // drives may report only the folder).
+        let folders: Vec<(String, String)> = tx
+            .prepare_cached("SELECT job, path FROM folders WHERE item_id = ?1")?
+            .query_map([&item.id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (job, folder) in folders {
+            let prefix = if folder.is_empty() {
+                String::new()
+            } else {
+                format!("{folder}/")
+            };
+            let under = "(?2 = '' OR substr(path, 1, length(?2)) = ?2)";
+            tx.prepare_cached(&format!(
+                "DELETE FROM folders WHERE job = ?1 AND (path = ?3 OR {under})"
+            ))?
+            .execute(params![job, prefix, folder])?;
+            let files: Vec<(String, String)> = tx
+                .prepare_cached(&format!(
+                    "SELECT path, item_id FROM files WHERE job = ?1 AND state = 'synced'
+                     AND item_id IS NOT NULL AND {under}"
+                ))?
+                .query_map(params![job, prefix], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            for (path, id) in files {
+                changes +=
+                    upsert_change(tx, &job, &path, RemoteChangeKind::Deleted, &id, None)? as u64;
+            }
+        }
+        return Ok(changes);
+    }
+    if item.is_folder {
+        return Ok(0);
+    }
+    let rows: Vec<SyncedRow> = tx
+        .prepare_cached(
+            "SELECT job, path, etag, remote_quick_xor, quick_xor FROM files
+             WHERE item_id = ?1 AND state = 'synced'",
+        )?
+        .query_map([&item.id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    for (job, path, etag, remote_qx, local_qx) in rows {
+        if etag.is_some() && etag == item.etag {
+            continue;
+        }
+        let ours =
+            item.quick_xor.is_some() && (item.quick_xor == remote_qx || item.quick_xor == local_qx);
+        if ours || item.quick_xor.is_none() {
+            // Our content (a rename, our own mtime PATCH, a late hash):
+            // remember the eTag so it is not looked at again.
+            tx.prepare_cached("UPDATE files SET etag = ?3 WHERE job = ?1 AND path = ?2")?
+                .execute(params![job, path, item.etag])?;
+            continue;
+        }
+        changes += upsert_change(
+            tx,
+            &job,
+            &path,
+            RemoteChangeKind::Edited,
+            &item.id,
+            Some((&item.etag, &item.quick_xor, item.size)),
+        )? as u64;
+    }
+    Ok(changes)
+}
+
+impl Store {
+    /// Records one delta page of drive `site`/`library` in one transaction;
+    /// with `final_link` (the page carried `@odata.deltaLink`) the link is
+    /// stored in the same transaction. Deletes and edits of our synced
+    /// files become open [`RemoteChange`]s; items we do not know cost one
+    /// indexed lookup each.
+    pub fn record_delta_page(
+        &mut self,
+        site: &str,
+        library: &str,
+        items: &[DeltaItem],
+        final_link: Option<&str>,
+    ) -> Result<DeltaPageStats, StateError> {
+        let context = "recording a delta page";
+        let err = |e| sql_err(&self.db_path, context)(e);
+        let tx = self.conn.transaction().map_err(err)?;
+        let mut stats = DeltaPageStats {
+            items: items.len() as u64,
+            changes: 0,
+        };
+        for item in items {
+            stats.changes += apply_delta_item(&tx, item).map_err(err)?;
+        }
+        let now = unix_now();
+        tx.prepare_cached(
+            "UPDATE drives SET changes_seen = changes_seen + ?3,
+                 delta_link = coalesce(?4, delta_link),
+                 delta_updated_at = CASE WHEN ?4 IS NULL THEN delta_updated_at ELSE ?5 END,
+                 delta_checked_at = CASE WHEN ?4 IS NULL THEN delta_checked_at ELSE ?5 END
+             WHERE site = ?1 AND library = ?2",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                site,
+                library,
+                stats.changes as i64,
+                final_link,
+                now
+            ])
+        })
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(stats)
+    }
+
+    /// After `410 resyncRequired`: forgets the delta link and bumps the
+    /// drive's epoch, so every job on it walks its folder again.
+    pub fn restart_delta(&mut self, site: &str, library: &str) -> Result<(), StateError> {
+        self.conn
+            .prepare_cached(
+                "UPDATE drives SET delta_link = NULL, delta_updated_at = NULL, epoch = epoch + 1
+                 WHERE site = ?1 AND library = ?2",
+            )
+            .and_then(|mut s| s.execute([site, library]))
+            .map_err(self.sql("restarting delta"))?;
+        Ok(())
+    }
+
+    /// Whether `job` must walk its remote folder: never walked (first run,
+    /// lost database), walked on another drive, or the drive lost its delta
+    /// link since.
+    pub fn walk_needed(&self, job: &str, site: &str, library: &str) -> Result<bool, StateError> {
+        let done: Option<bool> = self
+            .conn
+            .prepare_cached(
+                "SELECT w.drive_id = d.drive_id AND w.epoch >= d.epoch
+                 FROM remote_walks w, drives d
+                 WHERE w.job = ?1 AND d.site = ?2 AND d.library = ?3",
+            )
+            .and_then(|mut s| s.query_row([job, site, library], |r| r.get(0)).optional())
+            .map_err(self.sql("reading a walk"))?;
+        Ok(!done.unwrap_or(false))
+    }
+
+    /// Starts a walk of `job`'s remote folder: empties the set of seen items.
+    pub fn begin_walk(&mut self) -> Result<(), StateError> {
+        self.conn
+            .execute_batch(
+                "CREATE TEMP TABLE IF NOT EXISTS walk_seen (item_id TEXT PRIMARY KEY) WITHOUT ROWID;
+                 DELETE FROM temp.walk_seen;",
+            )
+            .map_err(self.sql("starting a walk"))
+    }
+
+    /// Records one page of a walk in one transaction; returns how many
+    /// files were adopted.
+    pub fn record_walk_page(
+        &mut self,
+        job: &str,
+        actions: &[WalkAction],
+    ) -> Result<u64, StateError> {
+        let context = "recording a walk page";
+        let err = |e| sql_err(&self.db_path, context)(e);
+        let tx = self.conn.transaction().map_err(err)?;
+        let mut adopted = 0;
+        let now = unix_now();
+        for action in actions {
+            let id = match action {
+                WalkAction::Seen { item_id } => item_id,
+                WalkAction::Etag { path, item } => {
+                    tx.prepare_cached("UPDATE files SET etag = ?3 WHERE job = ?1 AND path = ?2")
+                        .and_then(|mut s| s.execute(params![job, path, item.etag]))
+                        .map_err(err)?;
+                    &item.id
+                }
+                WalkAction::Edited { path, item } => {
+                    upsert_change(
+                        &tx,
+                        job,
+                        path,
+                        RemoteChangeKind::Edited,
+                        &item.id,
+                        Some((&item.etag, &item.quick_xor, item.size)),
+                    )
+                    .map_err(err)?;
+                    &item.id
+                }
+                WalkAction::Adopt {
+                    path,
+                    size,
+                    mtime_ns,
+                    inode,
+                    hashes,
+                    item,
+                } => {
+                    tx.prepare_cached(
+                        "INSERT INTO files (job, path, size, mtime_ns, inode, sha1, quick_xor,
+                             item_id, etag, remote_quick_xor, remote_size, state, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'synced', ?12)
+                         ON CONFLICT (job, path) DO UPDATE SET size = excluded.size,
+                             mtime_ns = excluded.mtime_ns, inode = excluded.inode,
+                             sha1 = excluded.sha1, quick_xor = excluded.quick_xor,
+                             item_id = excluded.item_id, etag = excluded.etag,
+                             remote_quick_xor = excluded.remote_quick_xor,
+                             remote_size = excluded.remote_size, state = 'synced',
+                             attempts = 0, next_attempt = NULL, last_error = NULL,
+                             skip_reason = NULL, updated_at = excluded.updated_at",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            job,
+                            path,
+                            u64_to_sql(*size),
+                            mtime_ns,
+                            u64_to_sql(*inode),
+                            hashes.sha1,
+                            hashes.quick_xor,
+                            item.id,
+                            item.etag,
+                            item.quick_xor,
+                            u64_to_sql(item.size),
+                            now
+                        ])
+                    })
+                    .map_err(err)?;
+                    tx.prepare_cached("DELETE FROM sessions WHERE job = ?1 AND path = ?2")
+                        .and_then(|mut s| s.execute(params![job, path]))
+                        .map_err(err)?;
+                    adopted += 1;
+                    &item.id
+                }
+            };
+            tx.prepare_cached("INSERT OR IGNORE INTO temp.walk_seen (item_id) VALUES (?1)")
+                .and_then(|mut s| s.execute([id]))
+                .map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
+        Ok(adopted)
+    }
+
+    /// Ends a complete walk: synced files of `job` whose item the walk did
+    /// not see were deleted remotely (open changes), and the walk is
+    /// recorded for the drive's current epoch. Returns the deletes found.
+    pub fn finish_walk(&mut self, job: &str, site: &str, library: &str) -> Result<u64, StateError> {
+        let context = "finishing a walk";
+        let err = |e| sql_err(&self.db_path, context)(e);
+        let tx = self.conn.transaction().map_err(err)?;
+        let gone: Vec<(String, String)> = tx
+            .prepare_cached(
+                "SELECT path, item_id FROM files WHERE job = ?1 AND state = 'synced'
+                 AND item_id IS NOT NULL
+                 AND item_id NOT IN (SELECT item_id FROM temp.walk_seen)",
+            )
+            .and_then(|mut s| {
+                s.query_map([job], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .and_then(|rows| rows.collect())
+            })
+            .map_err(err)?;
+        let mut found = 0u64;
+        for (path, id) in &gone {
+            found += upsert_change(&tx, job, path, RemoteChangeKind::Deleted, id, None)
+                .map_err(err)? as u64;
+        }
+        tx.prepare_cached(
+            "INSERT INTO remote_walks (job, drive_id, epoch, walked_at)
+             SELECT ?1, drive_id, epoch, ?4 FROM drives WHERE site = ?2 AND library = ?3
+             ON CONFLICT (job) DO UPDATE SET drive_id = excluded.drive_id,
+                 epoch = excluded.epoch, walked_at = excluded.walked_at",
+        )
+        .and_then(|mut s| s.execute(params![job, site, library, unix_now()]))
+        .map_err(err)?;
+        tx.prepare_cached(
+            "UPDATE drives SET changes_seen = changes_seen + ?3 WHERE site = ?1 AND library = ?2",
+        )
+        .and_then(|mut s| s.execute(params![site, library, found as i64]))
+        .map_err(err)?;
+        tx.execute("DELETE FROM temp.walk_seen", []).map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(found)
+    }
+
+    /// Forgets every remote folder recorded for `job` (its remote folder is
+    /// gone: they are created again as needed).
+    pub fn forget_folders(&mut self, job: &str) -> Result<(), StateError> {
+        self.conn
+            .prepare_cached("DELETE FROM folders WHERE job = ?1")
+            .and_then(|mut s| s.execute([job]))
+            .map_err(self.sql("forgetting folders"))?;
+        Ok(())
+    }
+
+    /// Remote changes of `job` still to act on: open ones, and conflicts
+    /// left in place (`skipped`), which a changed policy may now resolve.
+    pub fn pending_remote_changes(&self, job: &str) -> Result<Vec<RemoteChange>, StateError> {
+        let context = "listing remote changes";
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT {CHANGE_COLUMNS} FROM remote_changes
+                 WHERE job = ?1 AND (outcome IS NULL OR outcome = 'skipped') ORDER BY path"
+            ))
+            .and_then(|mut s| {
+                s.query_map([job], change_from_row)
+                    .and_then(|rows| rows.collect())
+            })
+            .map_err(self.sql(context))
+    }
+
+    /// Applies the outcome chosen for a remote change to the file's row and
+    /// closes it (a `Skipped` one stays listed as a conflict), in one
+    /// transaction:
+    /// - `Restored`: the file is pending with no remote item (uploaded anew);
+    /// - `Forgotten`: the row keeps its state but no longer maps to an item;
+    /// - `Overwritten`: pending, same item (replaced by path next upload);
+    /// - `Skipped`: the row takes the other edit's eTag and hash, so the
+    ///   same edit is not reported again;
+    /// - `KeptBoth`: pending with no remote item (theirs was moved aside).
+    pub fn resolve_remote_change(
+        &mut self,
+        change: &RemoteChange,
+        outcome: RemoteChangeOutcome,
+    ) -> Result<(), StateError> {
+        let context = "resolving a remote change";
+        let err = |e| sql_err(&self.db_path, context)(e);
+        let tx = self.conn.transaction().map_err(err)?;
+        let (job, path) = (&change.job, &change.path);
+        let now = unix_now();
+        let sql = match outcome {
+            RemoteChangeOutcome::Restored | RemoteChangeOutcome::KeptBoth => {
+                "UPDATE files SET state = 'pending', item_id = NULL, etag = NULL,
+                     remote_quick_xor = NULL, remote_size = NULL, attempts = 0,
+                     next_attempt = NULL, last_error = NULL, updated_at = ?3
+                 WHERE job = ?1 AND path = ?2"
+            }
+            RemoteChangeOutcome::Forgotten => {
+                "UPDATE files SET item_id = NULL, etag = NULL, updated_at = ?3
+                 WHERE job = ?1 AND path = ?2"
+            }
+            RemoteChangeOutcome::Overwritten => {
+                "UPDATE files SET state = 'pending', attempts = 0, next_attempt = NULL,
+                     last_error = NULL, updated_at = ?3
+                 WHERE job = ?1 AND path = ?2 AND state <> 'skipped'"
+            }
+            RemoteChangeOutcome::Skipped => {
+                "UPDATE files SET etag = ?4, remote_quick_xor = ?5, remote_size = ?6,
+                     updated_at = ?3
+                 WHERE job = ?1 AND path = ?2"
+            }
+        };
+        tx.prepare_cached(sql)
+            .and_then(|mut s| {
+                if outcome == RemoteChangeOutcome::Skipped {
+                    s.execute(params![
+                        job,
+                        path,
+                        now,
+                        change.etag,
+                        change.remote_quick_xor,
+                        change.remote_size.map(u64_to_sql)
+                    ])
+                } else {
+                    s.execute(params![job, path, now])
+                }
+            })
+            .map_err(err)?;
+        tx.prepare_cached(
+            "UPDATE remote_changes SET outcome = ?3, applied_at = ?4 WHERE job = ?1 AND path = ?2",
+        )
+        .and_then(|mut s| s.execute(params![job, path, outcome.as_str(), now]))
+        .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    /// Conflicts left in place (`on_remote_change = "skip"`), sorted by job
+    /// and path; `job = None` lists every job's. For `status`, and for the
+    /// run, which holds uploads of these paths.
+    pub fn conflicts(&self, job: Option<&str>) -> Result<Vec<RemoteChange>, StateError> {
+        let context = "listing conflicts";
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT {CHANGE_COLUMNS} FROM remote_changes
+                 WHERE outcome = 'skipped' AND (?1 IS NULL OR job = ?1) ORDER BY job, path"
+            ))
+            .and_then(|mut s| {
+                s.query_map([job], change_from_row)
+                    .and_then(|rows| rows.collect())
+            })
+            .map_err(self.sql(context))
+    }
+
+    /// Every remote change recorded for `job` (open, applied, conflicts),
+    /// newest first: what `status --verbose` or a test looks at.
+    pub fn remote_changes(&self, job: &str) -> Result<Vec<RemoteChange>, StateError> {
+        let context = "listing remote changes";
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT {CHANGE_COLUMNS} FROM remote_changes WHERE job = ?1
+                 ORDER BY seen_at DESC, path"
+            ))
+            .and_then(|mut s| {
+                s.query_map([job], change_from_row)
+                    .and_then(|rows| rows.collect())
+            })
+            .map_err(self.sql(context))
+    }
+
+    /// Every resolved drive with its delta facts, for `status`.
+    pub fn drive_statuses(&self) -> Result<Vec<DriveStatus>, StateError> {
+        let context = "listing drives";
+        self.conn
+            .prepare_cached(
+                "SELECT site, library, drive_id, delta_link IS NOT NULL, delta_updated_at,
+                     delta_checked_at, changes_seen
+                 FROM drives ORDER BY site, library",
+            )
+            .and_then(|mut s| {
+                s.query_map([], |r| {
+                    Ok(DriveStatus {
+                        site: r.get(0)?,
+                        library: r.get(1)?,
+                        drive_id: r.get(2)?,
+                        has_delta_link: r.get(3)?,
+                        delta_updated_at: r.get(4)?,
+                        delta_checked_at: r.get(5)?,
+                        changes_seen: u64_from_sql(r.get(6)?),
+                    })
+                })
+                .and_then(|rows| rows.collect())
+            })
+            .map_err(self.sql(context))
+    }
+
+    /// A local rename done on the server: the row of `from` moves to `to`
+    /// (fingerprint of the file now at `to`) and stays synced with `item`.
+    pub fn record_move(
+        &mut self,
+        job: &str,
+        from: &str,
+        to: &str,
+        fingerprint: (u64, i64, u64),
+        item: &RemoteItem,
+    ) -> Result<(), StateError> {
+        let context = "recording a move";
+        let err = |e| sql_err(&self.db_path, context)(e);
+        let tx = self.conn.transaction().map_err(err)?;
+        tx.prepare_cached("DELETE FROM files WHERE job = ?1 AND path = ?2")
+            .and_then(|mut s| s.execute(params![job, to]))
+            .map_err(err)?;
+        tx.prepare_cached(
+            "UPDATE files SET path = ?3, size = ?4, mtime_ns = ?5, inode = ?6, item_id = ?7,
+                 etag = ?8, state = 'synced', updated_at = ?9
+             WHERE job = ?1 AND path = ?2",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                job,
+                from,
+                to,
+                u64_to_sql(fingerprint.0),
+                fingerprint.1,
+                u64_to_sql(fingerprint.2),
+                item.id,
+                item.etag,
+                unix_now()
+            ])
+        })
+        .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+}

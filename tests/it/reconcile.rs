@@ -1,0 +1,331 @@
+//! Remote reconcile against the Graph emulator over real HTTP (issue 6):
+//! adoption after a lost state database, remote deletes and edits under
+//! each policy, 410 from delta, a delta that breaks between pages, and a
+//! local rename done as one server-side move.
+
+use graph_emulator::{Handle, Options};
+use sharepush::config::Config;
+use sharepush::job::JobReport;
+use sharepush::state::{FileState, RemoteChangeKind, Store};
+
+use crate::emu::{self, CLIENT_ID, FOLDER, MIB, Sign};
+use crate::support::Fixture;
+
+/// Someone else's access token (a second signed-in user session).
+fn other_token(emu: &Handle) -> String {
+    let reply = emu.user_tokens(CLIENT_ID, "Files.ReadWrite.All Sites.ReadWrite.All");
+    reply["access_token"].as_str().unwrap().to_string()
+}
+
+fn item_url(emu: &Handle, rel: &str, route: &str) -> String {
+    format!(
+        "{}/drives/{}/root:/{FOLDER}/{rel}:{route}",
+        emu.graph_url(),
+        emu.drive_id()
+    )
+}
+
+fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+/// Deletes `rel` (under the job folder) through Graph as another user.
+async fn remote_delete(emu: &Handle, rel: &str) {
+    let r = http()
+        .delete(item_url(emu, rel, ""))
+        .bearer_auth(other_token(emu))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204, "delete {rel}");
+}
+
+/// Replaces `rel`'s content through Graph as another user.
+async fn remote_edit(emu: &Handle, rel: &str, bytes: &[u8]) {
+    let r = http()
+        .put(item_url(emu, rel, "/content"))
+        .bearer_auth(other_token(emu))
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "edit {rel}: {}", r.status());
+}
+
+fn uploads_since(emu: &Handle, from: usize) -> Vec<String> {
+    emu.requests()[from..]
+        .iter()
+        .filter(|r| {
+            r.path.ends_with("/createUploadSession")
+                || (r.method == "PUT" && r.path.ends_with("/content"))
+        })
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect()
+}
+
+fn remote_content(emu: &Handle, rel: &str) -> Option<Vec<u8>> {
+    emu.read_file(&format!("{FOLDER}/{rel}"))
+}
+
+async fn setup(opts: Options, job_lines: &str) -> (Handle, Fixture, Config) {
+    let emu = emu::start(opts).await;
+    let fx = Fixture::new();
+    let path = emu::write_config(&fx, &emu, Sign::Secret, "");
+    if !job_lines.is_empty() {
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(job_lines);
+        text.push('\n');
+        std::fs::write(&path, text).unwrap();
+    }
+    (emu, fx, emu::load(&path))
+}
+
+async fn sync(config: &Config) -> JobReport {
+    let mut reports = emu::sync(config, &emu::fast_policy()).await;
+    emu::assert_clean(&reports);
+    reports.remove(0)
+}
+
+fn store(fx: &Fixture) -> Store {
+    Store::open(&fx.state()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_state_database_over_an_uploaded_tree_uploads_nothing() {
+    let (emu, fx, config) = setup(Options::default(), "").await;
+    let files = emu::acceptance_tree(&fx, false);
+    let first = sync(&config).await;
+    assert_eq!(first.uploaded, files.len() as u64);
+
+    std::fs::remove_dir_all(fx.state()).unwrap();
+    std::fs::create_dir_all(fx.state()).unwrap();
+    let before = emu.requests().len();
+    let second = sync(&config).await;
+    assert_eq!(second.uploaded, 0, "{second:?}");
+    assert_eq!(
+        uploads_since(&emu, before),
+        Vec::<String>::new(),
+        "no upload requests"
+    );
+    let r = second.reconcile.expect("reconciled");
+    assert!(r.walked);
+    assert_eq!(r.adopted, files.len() as u64);
+    let s = store(&fx);
+    let tree = emu.tree();
+    for (rel, _) in &files {
+        let rec = s.file("docs", rel).unwrap().expect("row");
+        let remote = tree
+            .iter()
+            .find(|e| e.path == format!("{FOLDER}/{rel}"))
+            .unwrap();
+        assert!(
+            matches!(&rec.state, FileState::Synced { item_id: Some(id), .. } if *id == remote.id),
+            "{rel}: {:?}",
+            rec.state
+        );
+    }
+    drop(s);
+    // And the run after that is quiet too.
+    let third = sync(&config).await;
+    assert_eq!((third.uploaded, third.up_to_date), (0, files.len() as u64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_delete_is_restored_by_default() {
+    let (emu, fx, config) = setup(Options::default(), "").await;
+    let files = emu::acceptance_tree(&fx, false);
+    sync(&config).await;
+    remote_delete(&emu, "one.bin").await;
+    remote_delete(&emu, "nested/deeper").await;
+    assert!(remote_content(&emu, "one.bin").is_none());
+
+    let report = sync(&config).await;
+    assert_eq!(report.uploaded, 3, "{report:?}");
+    emu::assert_arrived(&emu, &files);
+    let changes = store(&fx).remote_changes("docs").unwrap();
+    assert_eq!(changes.len(), 3, "{changes:?}");
+    assert!(
+        changes.iter().all(
+            |c| c.kind == RemoteChangeKind::Deleted && c.outcome.as_deref() == Some("restored")
+        ),
+        "{changes:?}"
+    );
+    let again = sync(&config).await;
+    assert_eq!(again.uploaded, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_delete_is_forgotten_with_forget() {
+    let (emu, fx, config) = setup(Options::default(), "on_remote_delete = \"forget\"").await;
+    emu::acceptance_tree(&fx, false);
+    sync(&config).await;
+    remote_delete(&emu, "one.bin").await;
+    let report = sync(&config).await;
+    assert_eq!(report.uploaded, 0, "{report:?}");
+    assert!(remote_content(&emu, "one.bin").is_none());
+    let report = sync(&config).await;
+    assert_eq!(report.uploaded, 0);
+    assert!(remote_content(&emu, "one.bin").is_none());
+    // A local edit goes up again.
+    emu::put(&fx, "one.bin", b"new");
+    let report = sync(&config).await;
+    assert_eq!(report.uploaded, 1);
+    assert_eq!(remote_content(&emu, "one.bin").unwrap(), b"new");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_edit_is_overwritten_by_default_once() {
+    let (emu, fx, config) = setup(Options::default(), "").await;
+    let files = emu::acceptance_tree(&fx, false);
+    sync(&config).await;
+    remote_edit(&emu, "nested/deeper/deepest/note.txt", b"their edit").await;
+    let report = sync(&config).await;
+    assert_eq!(report.uploaded, 1, "{report:?}");
+    emu::assert_arrived(&emu, &files);
+    let changes = store(&fx).remote_changes("docs").unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].outcome.as_deref(), Some("overwritten"));
+    // Our own upload is not a remote edit: no loop.
+    for _ in 0..2 {
+        let again = sync(&config).await;
+        assert_eq!(again.uploaded, 0, "{again:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_edit_is_left_as_a_conflict_with_skip() {
+    let (emu, fx, config) = setup(Options::default(), "on_remote_change = \"skip\"").await;
+    emu::acceptance_tree(&fx, false);
+    sync(&config).await;
+    remote_edit(&emu, "one.bin", b"theirs").await;
+    let report = sync(&config).await;
+    assert_eq!(report.uploaded, 0);
+    assert_eq!(remote_content(&emu, "one.bin").unwrap(), b"theirs");
+    // Even a local edit does not overwrite theirs while the conflict stands.
+    emu::put(&fx, "one.bin", b"ours, edited");
+    let report = sync(&config).await;
+    assert_eq!(report.uploaded, 0, "{report:?}");
+    assert!(report.skipped.iter().any(|(p, _)| p == "one.bin"));
+    assert_eq!(remote_content(&emu, "one.bin").unwrap(), b"theirs");
+    let conflicts = store(&fx).conflicts(None).unwrap();
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(conflicts[0].path, "one.bin");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_edit_is_kept_beside_ours_with_keep_both() {
+    let (emu, fx, config) = setup(Options::default(), "on_remote_change = \"keep-both\"").await;
+    emu::acceptance_tree(&fx, false);
+    sync(&config).await;
+    remote_edit(&emu, "one.bin", b"theirs").await;
+    let report = sync(&config).await;
+    assert_eq!(report.uploaded, 1, "{report:?}");
+    assert_eq!(remote_content(&emu, "one.bin").unwrap(), vec![0x4a]);
+    let aside = emu
+        .tree()
+        .into_iter()
+        .find(|e| {
+            e.path
+                .starts_with(&format!("{FOLDER}/one (sharepush conflict "))
+        })
+        .expect("their version kept");
+    assert!(aside.path.ends_with(").bin"), "{}", aside.path);
+    assert_eq!(emu.read_file(&aside.path).unwrap(), b"theirs");
+    let again = sync(&config).await;
+    assert_eq!(again.uploaded, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_410_recovers_without_uploading_again() {
+    let (emu, fx, config) = setup(Options::default(), "").await;
+    let files = emu::acceptance_tree(&fx, false);
+    sync(&config).await;
+    remote_delete(&emu, "one.bin").await;
+    emu.add_faults("delta:410:count=1").unwrap();
+    let before = emu.requests().len();
+    let report = sync(&config).await;
+    let r = report.reconcile.clone().expect("reconciled");
+    assert!(r.resynced && r.walked, "{r:?}");
+    // Only the file deleted remotely went up again.
+    assert_eq!(report.uploaded, 1, "{report:?}");
+    assert_eq!(uploads_since(&emu, before).len(), 1);
+    emu::assert_arrived(&emu, &files);
+    let again = sync(&config).await;
+    assert_eq!(again.uploaded, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delta_broken_between_pages_is_repeated_from_the_stored_link() {
+    let (emu, fx, config) = setup(
+        Options {
+            page_size: 2,
+            ..Options::default()
+        },
+        "",
+    )
+    .await;
+    let files = emu::acceptance_tree(&fx, false);
+    sync(&config).await;
+    let link_before = store(&fx)
+        .drive_statuses()
+        .unwrap()
+        .remove(0)
+        .delta_updated_at;
+    assert!(link_before.is_some());
+    // Five changes: three delta pages of two.
+    remote_delete(&emu, "one.bin").await;
+    remote_delete(&emu, "empty.bin").await;
+    remote_edit(&emu, "nested/ten.bin", b"x").await;
+    remote_delete(&emu, "nested/deeper/k320.bin").await;
+    remote_edit(&emu, "nested/deeper/deepest/note.txt", b"y").await;
+    // The second page's connection drops every time (more than retries).
+    emu.add_faults("delta:drop:after=1:count=1000").unwrap();
+    let reports = emu::sync(&config, &emu::fast_policy()).await;
+    assert!(reports[0].reconcile.is_none(), "delta failed mid-way");
+    // The link was not advanced past the pages not seen.
+    let s = store(&fx);
+    let d = s.drive_statuses().unwrap().remove(0);
+    assert!(d.has_delta_link);
+    drop(s);
+    emu.clear_faults();
+    let report = sync(&config).await;
+    assert!(report.reconcile.is_some());
+    emu::assert_arrived(&emu, &files);
+    let again = sync(&config).await;
+    assert_eq!(again.uploaded, 0, "{again:?}");
+    let changes = store(&fx).remote_changes("docs").unwrap();
+    assert_eq!(changes.len(), 5, "{changes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renaming_a_large_file_is_one_move_and_no_upload() {
+    let (emu, fx, config) = setup(Options::default(), "").await;
+    let bytes = emu::content(50 * MIB, 7);
+    emu::put(&fx, "big.bin", &bytes);
+    sync(&config).await;
+    std::fs::create_dir_all(fx.source().join("moved")).unwrap();
+    std::fs::rename(
+        fx.source().join("big.bin"),
+        fx.source().join("moved/renamed.bin"),
+    )
+    .unwrap();
+    let before = emu.requests().len();
+    let report = sync(&config).await;
+    assert_eq!(report.uploaded, 0, "{report:?}");
+    assert_eq!(
+        report.moved,
+        vec![("big.bin".to_string(), "moved/renamed.bin".to_string())]
+    );
+    assert_eq!(uploads_since(&emu, before), Vec::<String>::new());
+    let patches: Vec<_> = emu.requests()[before..]
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .cloned()
+        .collect();
+    assert_eq!(patches.len(), 1, "{patches:?}");
+    assert!(remote_content(&emu, "big.bin").is_none());
+    assert!(remote_content(&emu, "moved/renamed.bin").unwrap() == bytes);
+    let again = sync(&config).await;
+    assert_eq!((again.uploaded, again.up_to_date), (0, 1));
+}
