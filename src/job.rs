@@ -8,8 +8,13 @@
 //! reached or signing in needs a person.
 //!
 //! What it does not do: schedule runs or watch folders (the daemon's job
-//! tasks call [`run_once`]), print anything (`commands`), or delete remote
-//! files (mirror deletes are held and counted until reconcile exists).
+//! tasks call [`run_once`]) or print anything (`commands`).
+//!
+//! Mirror deletes (`delete = "mirror"`) are guarded: a run deletes nothing
+//! remotely when its source looks empty (an unmounted disk shows an empty
+//! mount point) or when it would delete more than the job's `max_delete`;
+//! the deletes are then held (counted, logged once per run) and decided
+//! again next run. A missing source never gets this far: the scan fails.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -50,8 +55,10 @@ pub struct JobReport {
     pub held: Vec<(String, i64)>,
     /// Files that changed while uploading and go up again next run.
     pub requeued: Vec<String>,
-    /// Remote deletes the plan asked for but this version holds back.
+    /// Remote deletes the plan asked for but the mass-delete guard held back.
     pub deletes_held: u64,
+    /// Files deleted remotely this run (`delete = "mirror"`).
+    pub deleted: u64,
     /// Why uploads stopped for a sign-in problem (says to run `sharepush login`).
     pub login_needed: Option<String>,
     /// Why the job could not run at all (missing source, unknown library...).
@@ -214,6 +221,7 @@ pub async fn run_once<R: Remote>(
     report.up_to_date = plan.summary.up_to_date;
 
     let mut forget = Vec::new();
+    let mut deletes: Vec<(String, String)> = Vec::new();
     for action in &plan.actions {
         match action {
             Action::Skip { path, reason } => match reason {
@@ -223,11 +231,37 @@ pub async fn run_once<R: Remote>(
                 }
             },
             Action::Forget { path, .. } => forget.push(path.clone()),
-            Action::DeleteRemote { path, .. } => {
-                report.deletes_held += 1;
-                tracing::warn!(job = %job.name, path, "remote delete (mirror) is not supported yet; kept");
+            Action::DeleteRemote { path, item_id } => {
+                deletes.push((path.clone(), item_id.clone()));
             }
             Action::CreateFolder { .. } | Action::Upload { .. } => {}
+        }
+    }
+    if !deletes.is_empty() {
+        let files = scanned.unchanged + scanned.entries.len() as u64 + scanned.vanished.len() as u64;
+        let empty = scanned.entries.is_empty() && scanned.unchanged == 0;
+        let why = if empty {
+            Some(format!(
+                "the source folder {} is empty (an unmounted disk?)",
+                job.source.display()
+            ))
+        } else if !job.max_delete.allows(deletes.len() as u64, files) {
+            Some(format!(
+                "{} of {files} file(s) would be deleted, more than max_delete ({})",
+                deletes.len(),
+                job.max_delete
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            report.deletes_held = deletes.len() as u64;
+            tracing::warn!(
+                job = %job.name,
+                held = deletes.len(),
+                "remote deletes held: {why}; nothing is deleted remotely"
+            );
+            deletes.clear();
         }
     }
     if !forget.is_empty() {
@@ -250,7 +284,7 @@ pub async fn run_once<R: Remote>(
     let unconfirmed = store
         .call(move |s| s.unconfirmed_synced(&name).map(|v| !v.is_empty()))
         .await?;
-    if !uploads.is_empty() || !folders.is_empty() || unconfirmed {
+    if !uploads.is_empty() || !folders.is_empty() || !deletes.is_empty() || unconfirmed {
         if let Some(p) = &progress {
             p.start_job(&job.name, uploads.len() as u64, plan.summary.upload_bytes);
         }
@@ -261,6 +295,7 @@ pub async fn run_once<R: Remote>(
             job,
             &folders,
             &uploads,
+            &deletes,
             &mut report,
             progress,
         )
@@ -305,6 +340,7 @@ async fn execute<R: Remote>(
     job: &JobSpec,
     folders: &[String],
     uploads: &[crate::scan::LocalEntry],
+    deletes: &[(String, String)],
     report: &mut JobReport,
     progress: Option<Arc<Progress>>,
 ) -> Result<(), StateError> {
@@ -325,6 +361,7 @@ async fn execute<R: Remote>(
             return Ok(());
         }
     };
+    let uploader_drive = drive.clone();
     let uploader = Uploader::new(remote, store, throttle, job, drive).with_progress(progress);
     if let Err(e) = uploader.ensure_root().await {
         stop(report, e);
@@ -365,6 +402,17 @@ async fn execute<R: Remote>(
             FileOutcome::Failed { error } => report.failed.push((path.clone(), error.clone())),
             FileOutcome::Requeued => report.requeued.push(path.clone()),
             FileOutcome::LoginNeeded => {}
+        }
+    }
+    for (path, item_id) in deletes {
+        match remote.delete_item(&uploader_drive, item_id).await {
+            Ok(()) => {
+                let (name, p) = (job.name.clone(), vec![path.clone()]);
+                store.call(move |s| s.forget(&name, &p)).await?;
+                report.deleted += 1;
+                tracing::info!(job = %job.name, path, "deleted remotely (mirror)");
+            }
+            Err(e) => report.failed.push((path.clone(), format!("remote delete: {e}"))),
         }
     }
     report.bytes = uploader

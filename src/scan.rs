@@ -1388,6 +1388,7 @@ mod tests {
             exclude: vec!["*.tmp".into()],
             delete: crate::config::DeleteMode::Keep,
             follow_symlinks: true,
+            max_delete: crate::config::MaxDelete::Default,
             settings: crate::config::Settings {
                 max_file_size: Some(5),
                 ..Default::default()
