@@ -2956,7 +2956,10 @@ mod tests {
 
     #[test]
     fn max_delete_takes_files_or_a_percentage() {
-        assert_eq!(ok(&with_job_lines("")).jobs[0].max_delete, MaxDelete::Default);
+        assert_eq!(
+            ok(&with_job_lines("")).jobs[0].max_delete,
+            MaxDelete::Default
+        );
         assert_eq!(
             ok(&with_job_lines("max_delete = 500")).jobs[0].max_delete,
             MaxDelete::Files(500)
@@ -2968,7 +2971,11 @@ mod tests {
         let e = one_error(&with_job_lines("max_delete = \"lots\""));
         assert_eq!(e.key.as_deref(), Some("job.max_delete"));
         assert!(e.message.contains("percentage"), "{}", e.message);
-        assert!(one_error(&with_job_lines("max_delete = \"150%\"")).message.contains("150%"));
+        assert!(
+            one_error(&with_job_lines("max_delete = \"150%\""))
+                .message
+                .contains("150%")
+        );
 
         // Default: 100 files, or 10% when that is more.
         assert!(MaxDelete::Default.allows(100, 100));

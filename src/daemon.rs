@@ -212,7 +212,7 @@ impl Supervisor {
                 }
                 Some(job) if fingerprint(job) != self.jobs[&name].fingerprint => {
                     self.stop(&name).await;
-                    let _ = self.spawn(job);
+                    drop(self.spawn(job));
                     restarted.push(name);
                 }
                 Some(_) => {}
@@ -220,7 +220,7 @@ impl Supervisor {
         }
         for job in &new.jobs {
             if !self.jobs.contains_key(&job.name) {
-                let _ = self.spawn(job);
+                drop(self.spawn(job));
                 added.push(job.name.clone());
             }
         }

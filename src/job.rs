@@ -238,7 +238,8 @@ pub async fn run_once<R: Remote>(
         }
     }
     if !deletes.is_empty() {
-        let files = scanned.unchanged + scanned.entries.len() as u64 + scanned.vanished.len() as u64;
+        let files =
+            scanned.unchanged + scanned.entries.len() as u64 + scanned.vanished.len() as u64;
         let empty = scanned.entries.is_empty() && scanned.unchanged == 0;
         let why = if empty {
             Some(format!(
@@ -412,7 +413,9 @@ async fn execute<R: Remote>(
                 report.deleted += 1;
                 tracing::info!(job = %job.name, path, "deleted remotely (mirror)");
             }
-            Err(e) => report.failed.push((path.clone(), format!("remote delete: {e}"))),
+            Err(e) => report
+                .failed
+                .push((path.clone(), format!("remote delete: {e}"))),
         }
     }
     report.bytes = uploader

@@ -206,8 +206,12 @@ impl Settle {
 /// Size and mtime (ns) of a regular file; `None` for anything else.
 fn stat(path: &std::path::Path) -> Option<(u64, i64)> {
     let meta = std::fs::symlink_metadata(path).ok()?;
-    meta.is_file()
-        .then(|| (meta.size(), meta.mtime() * 1_000_000_000 + meta.mtime_nsec()))
+    meta.is_file().then(|| {
+        (
+            meta.size(),
+            meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        )
+    })
 }
 
 /// Sleeps until the wall clock reaches `next` (forever when `None`), in
@@ -287,7 +291,11 @@ pub async fn run_job<R: Remote>(
     ready: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut warned = false;
-    let mut watch = if job.watch { arm(&job, &mut warned) } else { None };
+    let mut watch = if job.watch {
+        arm(&job, &mut warned)
+    } else {
+        None
+    };
     let watch_state = |w: &Option<Watch>| match (job.watch, w.is_some()) {
         (false, _) => WatchState::Off,
         (true, true) => WatchState::Armed,
@@ -336,8 +344,8 @@ pub async fn run_job<R: Remote>(
                     watch = arm(&job, &mut warned);
                     update(&status, |s| s.watch = watch_state(&watch));
                     if watch.is_some() {
-                        periodic_at = (job.schedule.is_none())
-                            .then(|| Instant::now() + WATCH_FULL_SCAN);
+                        periodic_at =
+                            (job.schedule.is_none()).then(|| Instant::now() + WATCH_FULL_SCAN);
                     }
                 }
                 update(&status, |s| {
@@ -486,11 +494,20 @@ mod tests {
     #[test]
     fn cron_sleeps_in_slices_and_fires_once_when_overdue() {
         let now = Local.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap();
-        assert_eq!(cron_slice(now, now + chrono::Duration::seconds(5)), Duration::from_secs(5));
-        assert_eq!(cron_slice(now, now + chrono::Duration::hours(3)), CRON_SLICE);
+        assert_eq!(
+            cron_slice(now, now + chrono::Duration::seconds(5)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            cron_slice(now, now + chrono::Duration::hours(3)),
+            CRON_SLICE
+        );
         // A deadline missed while suspended: due now (zero), and the next one
         // is computed from now, so hours of missed ticks make one run.
-        assert_eq!(cron_slice(now, now - chrono::Duration::hours(3)), Duration::ZERO);
+        assert_eq!(
+            cron_slice(now, now - chrono::Duration::hours(3)),
+            Duration::ZERO
+        );
         let s = crate::schedule::Schedule::parse("*/15 * * * *").unwrap();
         let next = s.next_after(now).unwrap();
         assert_eq!(next, Local.with_ymd_and_hms(2026, 1, 1, 12, 15, 0).unwrap());
@@ -503,12 +520,21 @@ mod tests {
         std::fs::write(root.join("f"), b"a").unwrap();
         let mut settle = Settle::new(root.clone(), Duration::from_secs(5));
         settle.add("f".into(), Instant::now());
-        assert_eq!(settle.remaining(Instant::now()), Some(Duration::from_secs(5)));
+        assert_eq!(
+            settle.remaining(Instant::now()),
+            Some(Duration::from_secs(5))
+        );
         tokio::time::advance(Duration::from_secs(3)).await;
-        assert_eq!(settle.remaining(Instant::now()), Some(Duration::from_secs(2)));
+        assert_eq!(
+            settle.remaining(Instant::now()),
+            Some(Duration::from_secs(2))
+        );
         // The writer goes on: the clock restarts.
         std::fs::write(root.join("f"), b"ab").unwrap();
-        assert_eq!(settle.remaining(Instant::now()), Some(Duration::from_secs(5)));
+        assert_eq!(
+            settle.remaining(Instant::now()),
+            Some(Duration::from_secs(5))
+        );
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(settle.remaining(Instant::now()), None);
         // A deleted path needs no settling.

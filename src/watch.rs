@@ -134,19 +134,10 @@ impl Watch {
         debouncer
             .watch(root, RecursiveMode::Recursive)
             .map_err(|source| classify(root, source))?;
-        // A recursive add that hit the limit part-way reports it as an
-        // event-handler error rather than from `watch`: check once.
-        if let Some(broken) = shared
-            .dirty
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .broken
-            .take()
-        {
-            if broken.contains("max_user_watches") {
-                return Err(limit_error(root));
-            }
-        }
+        // A recursive add that hits the limit part-way reports it through
+        // the event handler (at the debouncer's next tick), not from
+        // `watch`: `absorb` then marks the watch broken with the full
+        // limit message, and the job task falls back as for any failure.
         Ok(Watch {
             _debouncer: debouncer,
             shared,
@@ -221,10 +212,7 @@ fn absorb(shared: &Shared, root: &Path, filter: &Filter, result: DebounceEventRe
             let text = errors
                 .iter()
                 .map(|e| match e.kind {
-                    notify::ErrorKind::MaxFilesWatch => {
-                        "the inotify watch limit is reached (fs.inotify.max_user_watches)"
-                            .to_string()
-                    }
+                    notify::ErrorKind::MaxFilesWatch => limit_error(root).to_string(),
                     _ => e.to_string(),
                 })
                 .collect::<Vec<_>>()
@@ -346,7 +334,10 @@ mod tests {
         std::fs::write(root.join("keep.txt"), b"xy").unwrap();
         let seen = wait_for(&watch, |d| d.paths.contains(Path::new("keep.txt"))).await;
         assert!(!seen.paths.contains(Path::new("skip.tmp")), "{seen:?}");
-        assert!(!seen.paths.contains(Path::new("cache/inner.txt")), "{seen:?}");
+        assert!(
+            !seen.paths.contains(Path::new("cache/inner.txt")),
+            "{seen:?}"
+        );
         assert!(!seen.rescan && seen.broken.is_none(), "{seen:?}");
     }
 
@@ -382,7 +373,10 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
         let e = limit_error(dir.path());
         let WatchError::TooManyWatches {
-            folders, needed, current, ..
+            folders,
+            needed,
+            current,
+            ..
         } = &e
         else {
             panic!("{e:?}")

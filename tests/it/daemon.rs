@@ -68,7 +68,10 @@ impl Daemon {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("no {count}x {needle:?} in the log within {within:?}:\n{}", self.log());
+        panic!(
+            "no {count}x {needle:?} in the log within {within:?}:\n{}",
+            self.log()
+        );
     }
 
     fn signal(&self, sig: &str) {
@@ -90,7 +93,10 @@ impl Daemon {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("sharepush run did not exit within {within:?}:\n{}", self.log());
+        panic!(
+            "sharepush run did not exit within {within:?}:\n{}",
+            self.log()
+        );
     }
 }
 
@@ -182,7 +188,10 @@ async fn wait_remote(emu: &Handle, path: &str, bytes: &[u8], within: Duration) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let tree: Vec<_> = emu.tree().into_iter().map(|e| (e.path, e.size)).collect();
-    panic!("{path} did not arrive with the expected {} byte(s) within {within:?}; tree: {tree:?}", bytes.len());
+    panic!(
+        "{path} did not arrive with the expected {} byte(s) within {within:?}; tree: {tree:?}",
+        bytes.len()
+    );
 }
 
 fn sessions_for(emu: &Handle, name: &str) -> usize {
@@ -201,25 +210,49 @@ async fn created_modified_renamed_and_deleted_files_reach_the_emulator_with_keep
     fs::write(fx.source().join("before.txt"), b"written while down").unwrap();
     let d = Daemon::start(&fx, &config, &[]);
     // The startup run catches up on what changed while it was down.
-    wait_remote(&emu, "backup/before.txt", b"written while down", Duration::from_secs(30)).await;
+    wait_remote(
+        &emu,
+        "backup/before.txt",
+        b"written while down",
+        Duration::from_secs(30),
+    )
+    .await;
 
     fs::create_dir_all(fx.source().join("sub")).unwrap();
     fs::write(fx.source().join("sub/a.txt"), b"first").unwrap();
     wait_remote(&emu, "backup/sub/a.txt", b"first", Duration::from_secs(20)).await;
 
     fs::write(fx.source().join("sub/a.txt"), b"second version").unwrap();
-    wait_remote(&emu, "backup/sub/a.txt", b"second version", Duration::from_secs(20)).await;
+    wait_remote(
+        &emu,
+        "backup/sub/a.txt",
+        b"second version",
+        Duration::from_secs(20),
+    )
+    .await;
 
     fs::rename(fx.source().join("sub/a.txt"), fx.source().join("sub/b.txt")).unwrap();
-    wait_remote(&emu, "backup/sub/b.txt", b"second version", Duration::from_secs(20)).await;
+    wait_remote(
+        &emu,
+        "backup/sub/b.txt",
+        b"second version",
+        Duration::from_secs(20),
+    )
+    .await;
 
     fs::remove_file(fx.source().join("before.txt")).unwrap();
     // A marker proves the delete's run has happened before we look.
     fs::write(fx.source().join("marker.txt"), b"m").unwrap();
     wait_remote(&emu, "backup/marker.txt", b"m", Duration::from_secs(20)).await;
     // delete = "keep": nothing is deleted remotely, the old name stays too.
-    assert_eq!(emu.read_file("backup/before.txt").as_deref(), Some(&b"written while down"[..]));
-    assert_eq!(emu.read_file("backup/sub/a.txt").as_deref(), Some(&b"second version"[..]));
+    assert_eq!(
+        emu.read_file("backup/before.txt").as_deref(),
+        Some(&b"written while down"[..])
+    );
+    assert_eq!(
+        emu.read_file("backup/sub/a.txt").as_deref(),
+        Some(&b"second version"[..])
+    );
     // Excluded-by-nothing temp files aside, no file was uploaded twice for one version.
     assert_eq!(emu.throttle_violations(), 0);
     drop(d);
@@ -231,7 +264,8 @@ async fn a_file_written_slowly_over_five_seconds_is_uploaded_once_complete() {
     let fx = Fixture::new();
     let config = write_config(&fx, &emu, FAST, &[watched(&fx)]);
     let d = Daemon::start(&fx, &config, &[]);
-    d.wait_log("trigger=\"startup\"", 1, Duration::from_secs(30)).await;
+    d.wait_log("trigger=\"startup\"", 1, Duration::from_secs(30))
+        .await;
 
     let chunk = emu::content(64 * 1024, 7);
     let mut expected = Vec::new();
@@ -266,15 +300,20 @@ async fn a_cron_only_job_uploads_on_its_tick_and_not_before() {
     };
     let config = write_config(&fx, &emu, FAST, &[job]);
     let d = Daemon::start(&fx, &config, &[]);
-    d.wait_log("trigger=\"startup\"", 1, Duration::from_secs(30)).await;
+    d.wait_log("trigger=\"startup\"", 1, Duration::from_secs(30))
+        .await;
 
     let until_minute = |now: chrono::DateTime<chrono::Local>| {
         use chrono::Timelike as _;
-        Duration::from_millis(60_000 - (now.second() as u64 * 1000 + now.timestamp_subsec_millis() as u64).min(59_999))
+        Duration::from_millis(
+            60_000
+                - (now.second() as u64 * 1000 + now.timestamp_subsec_millis() as u64).min(59_999),
+        )
     };
     // Too close to a tick to tell "before" from "on": take the next minute.
     if until_minute(chrono::Local::now()) < Duration::from_secs(3) {
-        d.wait_log("trigger=\"schedule\"", 1, Duration::from_secs(10)).await;
+        d.wait_log("trigger=\"schedule\"", 1, Duration::from_secs(10))
+            .await;
     }
     let ticks_before = d.log().matches("trigger=\"schedule\"").count();
     fs::write(fx.source().join("cron.txt"), b"on the tick").unwrap();
@@ -287,8 +326,19 @@ async fn a_cron_only_job_uploads_on_its_tick_and_not_before() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    wait_remote(&emu, "backup/cron.txt", b"on the tick", Duration::from_secs(20)).await;
-    d.wait_log("trigger=\"schedule\"", ticks_before + 1, Duration::from_secs(5)).await;
+    wait_remote(
+        &emu,
+        "backup/cron.txt",
+        b"on the tick",
+        Duration::from_secs(20),
+    )
+    .await;
+    d.wait_log(
+        "trigger=\"schedule\"",
+        ticks_before + 1,
+        Duration::from_secs(5),
+    )
+    .await;
     drop(d);
 }
 
@@ -317,10 +367,17 @@ async fn sigterm_during_a_large_upload_exits_fast_and_the_next_start_resumes() {
         if sessions_for(&emu, "big.bin") == 1 && puts >= 2 {
             break;
         }
-        assert!(Instant::now() < deadline, "upload never started:\n{}", d.log());
+        assert!(
+            Instant::now() < deadline,
+            "upload never started:\n{}",
+            d.log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(emu.read_file("backup/big.bin").is_none(), "finished too soon to test");
+    assert!(
+        emu.read_file("backup/big.bin").is_none(),
+        "finished too soon to test"
+    );
     d.signal("TERM");
     let (code, took) = d.wait_exit(Duration::from_secs(15)).await;
     assert_eq!(code, Some(0), "{}", d.log());
@@ -345,15 +402,31 @@ async fn sighup_keeps_the_old_jobs_on_a_broken_config_and_adds_a_new_job() {
     let fx = Fixture::new();
     let config = write_config(&fx, &emu, FAST, &[watched(&fx)]);
     let d = Daemon::start(&fx, &config, &[]);
-    d.wait_log("trigger=\"startup\"", 1, Duration::from_secs(30)).await;
+    d.wait_log("trigger=\"startup\"", 1, Duration::from_secs(30))
+        .await;
 
     let good = fs::read_to_string(&config).unwrap();
-    fs::write(&config, good.replace("watch = true", "watch = true\nwacth = 1")).unwrap();
+    fs::write(
+        &config,
+        good.replace("watch = true", "watch = true\nwacth = 1"),
+    )
+    .unwrap();
     d.signal("HUP");
-    d.wait_log("reload rejected", 1, Duration::from_secs(10)).await;
-    assert!(d.log().contains("wacth"), "the error names the key:\n{}", d.log());
+    d.wait_log("reload rejected", 1, Duration::from_secs(10))
+        .await;
+    assert!(
+        d.log().contains("wacth"),
+        "the error names the key:\n{}",
+        d.log()
+    );
     fs::write(fx.source().join("still.txt"), b"old job runs").unwrap();
-    wait_remote(&emu, "backup/still.txt", b"old job runs", Duration::from_secs(20)).await;
+    wait_remote(
+        &emu,
+        "backup/still.txt",
+        b"old job runs",
+        Duration::from_secs(20),
+    )
+    .await;
 
     let more = fx.path("more");
     write_config(
@@ -372,10 +445,23 @@ async fn sighup_keeps_the_old_jobs_on_a_broken_config_and_adds_a_new_job() {
     );
     fs::write(more.join("new-job.txt"), b"new job").unwrap();
     d.signal("HUP");
-    d.wait_log("configuration reloaded", 1, Duration::from_secs(10)).await;
-    wait_remote(&emu, "more/new-job.txt", b"new job", Duration::from_secs(20)).await;
+    d.wait_log("configuration reloaded", 1, Duration::from_secs(10))
+        .await;
+    wait_remote(
+        &emu,
+        "more/new-job.txt",
+        b"new job",
+        Duration::from_secs(20),
+    )
+    .await;
     fs::write(more.join("watched.txt"), b"watched").unwrap();
-    wait_remote(&emu, "more/watched.txt", b"watched", Duration::from_secs(20)).await;
+    wait_remote(
+        &emu,
+        "more/watched.txt",
+        b"watched",
+        Duration::from_secs(20),
+    )
+    .await;
     drop(d);
 }
 
@@ -386,7 +472,9 @@ async fn systemd_hears_ready_status_and_stopping() {
     let config = write_config(&fx, &emu, FAST, &[watched(&fx)]);
     let socket_path = fx.path("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let mut d = Daemon::start(
         &fx,
         &config,
@@ -416,7 +504,11 @@ async fn systemd_hears_ready_status_and_stopping() {
     let (code, _) = d.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(code, Some(0), "{}", d.log());
     // READY came once, before STOPPING.
-    assert_eq!(heard.iter().filter(|m| m.contains("READY=1")).count(), 1, "{heard:?}");
+    assert_eq!(
+        heard.iter().filter(|m| m.contains("READY=1")).count(),
+        1,
+        "{heard:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,11 +534,21 @@ async fn a_job_whose_source_vanishes_does_not_stop_the_others() {
     let d = Daemon::start(&fx, &config, &[]);
     wait_remote(&emu, "gone/kept.txt", b"kept", Duration::from_secs(30)).await;
     fs::remove_dir_all(&gone).unwrap();
-    d.wait_log("does not exist", 1, Duration::from_secs(20)).await;
+    d.wait_log("does not exist", 1, Duration::from_secs(20))
+        .await;
     fs::write(fx.source().join("other.txt"), b"other job").unwrap();
-    wait_remote(&emu, "backup/other.txt", b"other job", Duration::from_secs(20)).await;
+    wait_remote(
+        &emu,
+        "backup/other.txt",
+        b"other job",
+        Duration::from_secs(20),
+    )
+    .await;
     // Even with mirror, a vanished source deletes nothing remotely.
-    assert_eq!(emu.read_file("gone/kept.txt").as_deref(), Some(&b"kept"[..]));
+    assert_eq!(
+        emu.read_file("gone/kept.txt").as_deref(),
+        Some(&b"kept"[..])
+    );
     drop(d);
 }
 
@@ -457,7 +559,13 @@ async fn a_failing_watch_falls_back_to_scans_and_says_so_once() {
     let config = write_config(&fx, &emu, FAST, &[watched(&fx)]);
     fs::write(fx.source().join("start.txt"), b"startup scan").unwrap();
     let mut d = Daemon::start(&fx, &config, &[("SHAREPUSH_WATCH_FAIL", "limit")]);
-    wait_remote(&emu, "backup/start.txt", b"startup scan", Duration::from_secs(30)).await;
+    wait_remote(
+        &emu,
+        "backup/start.txt",
+        b"startup scan",
+        Duration::from_secs(30),
+    )
+    .await;
     d.signal("TERM");
     d.wait_exit(Duration::from_secs(10)).await;
     let log = d.log();
@@ -466,7 +574,10 @@ async fn a_failing_watch_falls_back_to_scans_and_says_so_once() {
         .filter(|l| l.contains("fs.inotify.max_user_watches"))
         .count();
     assert_eq!(warnings, 1, "{log}");
-    assert!(log.contains("falling back to a full scan every 5 min"), "{log}");
+    assert!(
+        log.contains("falling back to a full scan every 5 min"),
+        "{log}"
+    );
 }
 
 /// Waits until `path` is gone from the emulator.
@@ -497,21 +608,44 @@ async fn mirror_deletes_and_renames_remotely_but_never_for_an_emptied_source() {
     }
     let d = Daemon::start(&fx, &config, &[]);
     for name in ["a.txt", "b.txt", "c.txt"] {
-        wait_remote(&emu, &format!("backup/{name}"), name.as_bytes(), Duration::from_secs(30)).await;
+        wait_remote(
+            &emu,
+            &format!("backup/{name}"),
+            name.as_bytes(),
+            Duration::from_secs(30),
+        )
+        .await;
     }
     fs::remove_file(fx.source().join("a.txt")).unwrap();
     wait_gone(&emu, "backup/a.txt", Duration::from_secs(20)).await;
     fs::rename(fx.source().join("b.txt"), fx.source().join("renamed.txt")).unwrap();
-    wait_remote(&emu, "backup/renamed.txt", b"b.txt", Duration::from_secs(20)).await;
+    wait_remote(
+        &emu,
+        "backup/renamed.txt",
+        b"b.txt",
+        Duration::from_secs(20),
+    )
+    .await;
     wait_gone(&emu, "backup/b.txt", Duration::from_secs(20)).await;
 
     // Everything gone at once (an unmounted disk looks like this): held.
     let held_before = d.log().matches("remote deletes held").count();
     fs::remove_file(fx.source().join("c.txt")).unwrap();
     fs::remove_file(fx.source().join("renamed.txt")).unwrap();
-    d.wait_log("remote deletes held", held_before + 1, Duration::from_secs(20)).await;
+    d.wait_log(
+        "remote deletes held",
+        held_before + 1,
+        Duration::from_secs(20),
+    )
+    .await;
     assert!(d.log().contains("is empty"), "{}", d.log());
-    assert_eq!(emu.read_file("backup/c.txt").as_deref(), Some(&b"c.txt"[..]));
-    assert_eq!(emu.read_file("backup/renamed.txt").as_deref(), Some(&b"b.txt"[..]));
+    assert_eq!(
+        emu.read_file("backup/c.txt").as_deref(),
+        Some(&b"c.txt"[..])
+    );
+    assert_eq!(
+        emu.read_file("backup/renamed.txt").as_deref(),
+        Some(&b"b.txt"[..])
+    );
     drop(d);
 }
