@@ -262,7 +262,10 @@ async fn created_modified_renamed_and_deleted_files_reach_the_emulator_with_keep
 async fn a_file_written_slowly_over_five_seconds_is_uploaded_once_complete() {
     let emu = emu::start(Options::default()).await;
     let fx = Fixture::new();
-    let config = write_config(&fx, &emu, FAST, &[watched(&fx)]);
+    // settle (2 s) well above the writer's pauses (0.5 s), so a loaded
+    // machine stretching one pause cannot pass for a finished file.
+    let settings = "debounce = \"200ms\"\nsettle = \"2s\"";
+    let config = write_config(&fx, &emu, settings, &[watched(&fx)]);
     let d = Daemon::start(&fx, &config, &[]);
     d.wait_log("trigger=\"startup\"", 1, Duration::from_secs(30))
         .await;
