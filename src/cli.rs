@@ -70,6 +70,11 @@ pub enum Command {
     /// each job. Exit 0 when everything is up, 1 when files failed (listed),
     /// 77 when a person must sign in again (`sharepush login`).
     Sync(SyncArgs),
+    /// Run as a daemon (what the systemd unit starts): watch each job's
+    /// folder, run each job's schedule, upload what changes, until SIGTERM or
+    /// SIGINT; SIGHUP reloads the configuration. Exit 0 after a clean stop,
+    /// 78 for a bad config, 75 when another sharepush holds the state dir.
+    Run,
     /// Sign in with the device code flow (works over SSH) and store the
     /// refresh token in the state directory (0600).
     Login(LoginArgs),

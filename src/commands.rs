@@ -554,10 +554,10 @@ pub fn report_sync(
             } else {
                 format!(", {} changed while uploading (next run)", r.requeued.len())
             },
-            if r.deletes_held == 0 {
-                String::new()
-            } else {
-                format!(", {} remote delete(s) held", r.deletes_held)
+            match (r.deleted, r.deletes_held) {
+                (0, 0) => String::new(),
+                (d, 0) => format!(", {d} deleted remotely"),
+                (_, h) => format!(", {h} remote delete(s) held"),
             },
         );
         if r.cancelled {
@@ -787,6 +787,61 @@ pub fn login(
                 ExitCode::AuthNeeded
             } else {
                 ExitCode::TempFail
+            }
+        }
+    }
+}
+
+/// `sharepush run`: the daemon. Exit 0 after SIGTERM/SIGINT, 78 for a bad
+/// config or a too-new state database, 75 when the state dir is locked by
+/// another sharepush or the runtime cannot start.
+pub fn run_daemon(global: &GlobalArgs, err: &mut dyn Write) -> ExitCode {
+    let config = match load_config(global, err) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = writeln!(err, "error: cannot start the async runtime: {e}");
+            return ExitCode::TempFail;
+        }
+    };
+    let notifier = crate::systemd::Notifier::from_env();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
+    let options = crate::daemon::DaemonOptions {
+        state_dir_override: global.state_dir.clone(),
+        ..crate::daemon::DaemonOptions::default()
+    };
+    let result = rt.block_on(async {
+        let signals = crate::daemon::signals(shutdown.clone(), reload_tx);
+        if let Err(e) = &signals {
+            tracing::error!(error = %e, "cannot install signal handlers");
+        }
+        let r = crate::daemon::serve(config, options, shutdown.clone(), reload_rx, notifier).await;
+        shutdown.cancel();
+        r
+    });
+    // Blocking work still in flight (a scan, a database write) is not
+    // waited for beyond this: the state is consistent after every step.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::Ok,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            match e {
+                crate::daemon::DaemonError::State(crate::state::StateError::TooNew { .. }) => {
+                    ExitCode::Config
+                }
+                _ => ExitCode::TempFail,
             }
         }
     }

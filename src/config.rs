@@ -205,6 +205,8 @@ pub struct JobSpec {
     pub on_remote_change: OnRemoteChange,
     /// Follow symbolic links inside the source (off: they are skipped with a reason).
     pub follow_symlinks: bool,
+    /// With `delete = "mirror"`: the most remote deletes one run may make.
+    pub max_delete: MaxDelete,
     /// Defaults with this job's overrides applied.
     pub settings: Settings,
 }
@@ -274,6 +276,41 @@ pub enum OnRemoteChange {
     Skip,
     /// Upload ours beside it as `name (sharepush conflict YYYY-MM-DD).ext`.
     KeepBoth,
+}
+
+/// The mass-delete guard of `delete = "mirror"`: a run that would delete
+/// more than this remotely deletes nothing and says why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MaxDelete {
+    /// 100 files, or 10% of the job's files when that is more.
+    #[default]
+    Default,
+    /// At most this many files (`max_delete = 500`).
+    Files(u64),
+    /// At most this share of the job's files (`max_delete = "5%"`).
+    Percent(u8),
+}
+
+impl MaxDelete {
+    /// True when `deletes` remote deletes in a job of `files` files stay
+    /// within the limit.
+    pub fn allows(self, deletes: u64, files: u64) -> bool {
+        match self {
+            MaxDelete::Default => deletes <= 100 || deletes * 10 <= files,
+            MaxDelete::Files(n) => deletes <= n,
+            MaxDelete::Percent(p) => deletes * 100 <= u64::from(p) * files,
+        }
+    }
+}
+
+impl std::fmt::Display for MaxDelete {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MaxDelete::Default => write!(f, "100 files or 10%, whichever is more"),
+            MaxDelete::Files(n) => write!(f, "{n} files"),
+            MaxDelete::Percent(p) => write!(f, "{p}% of the files"),
+        }
+    }
 }
 
 /// One problem in a config file.
@@ -607,6 +644,12 @@ const JOB_KEYS: &[KeySpec] = &[
         "on_remote_change",
         Kind::Str,
         "\"overwrite\" (default), \"skip\" or \"keep-both\"",
+    ),
+    spec(
+        "max_delete",
+        Kind::Size,
+        "a number of files (e.g. 500) or a percentage of the job's files (e.g. \"5%\"); \
+         default: 100 files or 10%, whichever is more",
     ),
     spec(
         "follow_symlinks",
@@ -1565,6 +1608,39 @@ fn compile_job(
         }
     };
     let follow_symlinks = t.bool("follow_symlinks").map(|(b, _)| b).unwrap_or(false);
+    let max_delete = match t.values.get("max_delete").map(|v| (v.get_ref(), v.span())) {
+        None => MaxDelete::Default,
+        Some((RawValue::Int(n), _)) if *n >= 0 => MaxDelete::Files(*n as u64),
+        Some((RawValue::Str(s), span)) => {
+            let parsed = match s.trim().strip_suffix('%') {
+                Some(p) => p
+                    .trim()
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|p| *p <= 100)
+                    .map(MaxDelete::Percent),
+                None => s.trim().parse::<u64>().ok().map(MaxDelete::Files),
+            };
+            parsed.unwrap_or_else(|| {
+                ctx.bad(
+                    Some(span),
+                    job,
+                    "job.max_delete",
+                    format!("{s:?} is not a number of files or a percentage from 0% to 100%"),
+                );
+                MaxDelete::Default
+            })
+        }
+        Some((other, span)) => {
+            ctx.bad(
+                Some(span),
+                job,
+                "job.max_delete",
+                format!("{other:?} is not a number of files or a percentage"),
+            );
+            MaxDelete::Default
+        }
+    };
     let settings = compile_settings(ctx, t, defaults, "job", job);
 
     if ctx.errors.len() > errors_before {
@@ -1584,6 +1660,7 @@ fn compile_job(
         on_remote_delete,
         on_remote_change,
         follow_symlinks,
+        max_delete,
         settings,
     })
 }
@@ -2942,6 +3019,40 @@ mod tests {
         }
         let e = one_error(&format!("{AUTH}{}", job("a", "x/../y")));
         assert_eq!(e.key.as_deref(), Some("job.folder"));
+    }
+
+    #[test]
+    fn max_delete_takes_files_or_a_percentage() {
+        assert_eq!(
+            ok(&with_job_lines("")).jobs[0].max_delete,
+            MaxDelete::Default
+        );
+        assert_eq!(
+            ok(&with_job_lines("max_delete = 500")).jobs[0].max_delete,
+            MaxDelete::Files(500)
+        );
+        assert_eq!(
+            ok(&with_job_lines("max_delete = \"5%\"")).jobs[0].max_delete,
+            MaxDelete::Percent(5)
+        );
+        let e = one_error(&with_job_lines("max_delete = \"lots\""));
+        assert_eq!(e.key.as_deref(), Some("job.max_delete"));
+        assert!(e.message.contains("percentage"), "{}", e.message);
+        assert!(
+            one_error(&with_job_lines("max_delete = \"150%\""))
+                .message
+                .contains("150%")
+        );
+
+        // Default: 100 files, or 10% when that is more.
+        assert!(MaxDelete::Default.allows(100, 100));
+        assert!(!MaxDelete::Default.allows(101, 1000));
+        assert!(MaxDelete::Default.allows(500, 5000));
+        assert!(!MaxDelete::Default.allows(501, 5000));
+        assert!(MaxDelete::Files(3).allows(3, 3));
+        assert!(!MaxDelete::Files(3).allows(4, 1_000_000));
+        assert!(MaxDelete::Percent(5).allows(5, 100));
+        assert!(!MaxDelete::Percent(5).allows(6, 100));
     }
 
     #[test]

@@ -8,8 +8,13 @@
 //! reached or signing in needs a person.
 //!
 //! What it does not do: schedule runs or watch folders (the daemon's job
-//! tasks call [`run_once`]), print anything (`commands`), or delete remote
-//! files (mirror deletes are held and counted until reconcile exists).
+//! tasks call [`run_once`]) or print anything (`commands`).
+//!
+//! Mirror deletes (`delete = "mirror"`) are guarded: a run deletes nothing
+//! remotely when its source looks empty (an unmounted disk shows an empty
+//! mount point) or when it would delete more than the job's `max_delete`;
+//! the deletes are then held (counted, logged once per run) and decided
+//! again next run. A missing source never gets this far: the scan fails.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -51,7 +56,7 @@ pub struct JobReport {
     pub held: Vec<(String, i64)>,
     /// Files that changed while uploading and go up again next run.
     pub requeued: Vec<String>,
-    /// Remote deletes the plan asked for but this version holds back.
+    /// Remote deletes the plan asked for but the mass-delete guard held back.
     pub deletes_held: u64,
     /// What remote reconcile found before the scan (delta, adoption,
     /// remote deletes and edits); `None` when the remote could not be asked.
@@ -59,6 +64,8 @@ pub struct JobReport {
     /// Local renames and moves done on the server instead of an upload:
     /// (old path, new path).
     pub moved: Vec<(String, String)>,
+    /// Files deleted remotely this run (`delete = "mirror"`).
+    pub deleted: u64,
     /// Why uploads stopped for a sign-in problem (says to run `sharepush login`).
     pub login_needed: Option<String>,
     /// Why the job could not run at all (missing source, unknown library...).
@@ -249,6 +256,7 @@ pub async fn run_once<R: Remote>(
     report.up_to_date = plan.summary.up_to_date;
 
     let mut forget = Vec::new();
+    let mut deletes: Vec<(String, String)> = Vec::new();
     for action in &plan.actions {
         match action {
             Action::Skip { path, reason } => match reason {
@@ -258,9 +266,8 @@ pub async fn run_once<R: Remote>(
                 }
             },
             Action::Forget { path, .. } => forget.push(path.clone()),
-            Action::DeleteRemote { path, .. } => {
-                report.deletes_held += 1;
-                tracing::warn!(job = %job.name, path, "remote delete (mirror) is not supported yet; kept");
+            Action::DeleteRemote { path, item_id } => {
+                deletes.push((path.clone(), item_id.clone()));
             }
             Action::CreateFolder { .. } | Action::Upload { .. } => {}
         }
@@ -301,6 +308,36 @@ pub async fn run_once<R: Remote>(
             !held
         });
     }
+    // A vanished file that was moved on the server is not deleted.
+    deletes.retain(|(p, _)| !moves.iter().any(|m| m.from == *p));
+    if !deletes.is_empty() {
+        let files =
+            scanned.unchanged + scanned.entries.len() as u64 + scanned.vanished.len() as u64;
+        let empty = scanned.entries.is_empty() && scanned.unchanged == 0;
+        let why = if empty {
+            Some(format!(
+                "the source folder {} is empty (an unmounted disk?)",
+                job.source.display()
+            ))
+        } else if !job.max_delete.allows(deletes.len() as u64, files) {
+            Some(format!(
+                "{} of {files} file(s) would be deleted, more than max_delete ({})",
+                deletes.len(),
+                job.max_delete
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            report.deletes_held = deletes.len() as u64;
+            tracing::warn!(
+                job = %job.name,
+                held = deletes.len(),
+                "remote deletes held: {why}; nothing is deleted remotely"
+            );
+            deletes.clear();
+        }
+    }
     if !forget.is_empty() {
         let name = job.name.clone();
         store.call(move |s| s.forget(&name, &forget)).await?;
@@ -323,7 +360,12 @@ pub async fn run_once<R: Remote>(
     if cancel.is_cancelled() {
         report.cancelled = true;
         report.interrupted = uploads.len() as u64;
-    } else if !uploads.is_empty() || !folders.is_empty() || unconfirmed || !moves.is_empty() {
+    } else if !uploads.is_empty()
+        || !folders.is_empty()
+        || !deletes.is_empty()
+        || unconfirmed
+        || !moves.is_empty()
+    {
         if let Some(p) = &progress {
             p.start_job(&job.name, uploads.len() as u64, plan.summary.upload_bytes);
         }
@@ -335,6 +377,7 @@ pub async fn run_once<R: Remote>(
             &folders,
             &moves,
             uploads,
+            &deletes,
             &mut report,
             progress,
             cancel,
@@ -387,6 +430,7 @@ async fn execute<R: Remote>(
     folders: &[String],
     moves: &[crate::reconcile::Move],
     mut uploads: Vec<crate::scan::LocalEntry>,
+    deletes: &[(String, String)],
     report: &mut JobReport,
     progress: Option<Arc<Progress>>,
     cancel: &CancellationToken,
@@ -473,6 +517,20 @@ async fn execute<R: Remote>(
     }
     if cancel.is_cancelled() {
         report.cancelled = true;
+    } else {
+        for (path, item_id) in deletes {
+            match remote.delete_item(&uploader_drive, item_id).await {
+                Ok(()) => {
+                    let (name, p) = (job.name.clone(), vec![path.clone()]);
+                    store.call(move |s| s.forget(&name, &p)).await?;
+                    report.deleted += 1;
+                    tracing::info!(job = %job.name, path, "deleted remotely (mirror)");
+                }
+                Err(e) => report
+                    .failed
+                    .push((path.clone(), format!("remote delete: {e}"))),
+            }
+        }
     }
     report.bytes = uploader
         .sent_bytes

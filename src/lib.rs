@@ -10,7 +10,10 @@
 //!   -> record (every file state transition, in a transaction)   state/
 //! ```
 //!
-//! `job` runs the four stages once for one job; `remote` is the [`remote::Remote`]
+//! `job` runs the four stages once for one job; `daemon` (`sharepush run`)
+//! supervises one `job_task` per job, which decides when to run from `watch`
+//! (inotify) batches, cron deadlines and retries, and tells systemd
+//! (`systemd`) how it goes; `remote` is the [`remote::Remote`]
 //! trait with its Graph implementation, sign-in and SharePoint's naming rules.
 //! `reconcile` learns remote changes (delta per drive, adopting files already
 //! uploaded, remote deletes and edits, server-side renames) before each scan.
@@ -26,12 +29,14 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod daemon;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod error;
 pub mod filter;
 pub mod hash;
 pub mod job;
+pub mod job_task;
 pub mod logging;
 pub mod plan;
 pub mod reconcile;
@@ -40,7 +45,9 @@ pub mod retry;
 pub mod scan;
 pub mod schedule;
 pub mod state;
+pub mod systemd;
 pub mod upload;
+pub mod watch;
 
 /// Runs one parsed command line and returns the exit code to end with.
 /// Reports go to stdout, problems to stderr; nothing here exits the process.
@@ -55,6 +62,7 @@ pub fn run(cli: cli::Cli) -> error::ExitCode {
             commands::scan(&cli.global, &args.jobs, args.json, &mut out, &mut err)
         }
         cli::Command::Sync(args) => commands::sync(&cli.global, args, &mut out, &mut err),
+        cli::Command::Run => commands::run_daemon(&cli.global, &mut err),
         cli::Command::Login(args) => commands::login(&cli.global, args, &mut out, &mut err),
         #[cfg(feature = "demo")]
         cli::Command::Demo(args) => demo::run(&cli.global, args, &mut out, &mut err),

@@ -1472,6 +1472,7 @@ mod tests {
             on_remote_delete: Default::default(),
             on_remote_change: Default::default(),
             follow_symlinks: true,
+            max_delete: crate::config::MaxDelete::Default,
             settings: crate::config::Settings {
                 max_file_size: Some(5),
                 ..Default::default()

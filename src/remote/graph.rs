@@ -807,6 +807,22 @@ impl Remote for GraphRemote {
             Err(e) => Err(e),
         }
     }
+
+    async fn delete_item(&self, drive: &str, item_id: &str) -> Result<(), RemoteError> {
+        let url = format!(
+            "{}/drives/{}/items/{}",
+            self.graph_url,
+            utf8_percent_encode(drive, ID),
+            utf8_percent_encode(item_id, ID)
+        );
+        match self
+            .send("delete item", Auth::Bearer, |c| c.delete(&url))
+            .await
+        {
+            Ok(_) | Err(RemoteError::Permanent { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 impl GraphRemote {

@@ -377,6 +377,13 @@ pub trait Remote: Send + Sync {
         parent: &RemotePath,
         name: &str,
     ) -> impl Future<Output = Result<RemoteItem, RemoteError>> + Send;
+    /// Deletes the item `item_id` (to the site's recycle bin), for
+    /// `delete = "mirror"`. An item that is already gone is success.
+    fn delete_item(
+        &self,
+        drive: &str,
+        item_id: &str,
+    ) -> impl Future<Output = Result<(), RemoteError>> + Send;
 }
 
 #[cfg(test)]

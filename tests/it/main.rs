@@ -5,6 +5,7 @@
 
 mod auth;
 mod cli;
+mod daemon;
 #[cfg(feature = "demo")]
 mod demo;
 mod emu;

@@ -1,0 +1,421 @@
+//! The supervisor behind `sharepush run`: wires the shared pieces, starts
+//! one task per job, reloads on SIGHUP, stops on SIGTERM/SIGINT, and talks
+//! to systemd.
+//!
+//! Input: a checked [`Config`], a shutdown [`CancellationToken`] and a
+//! channel of reload requests (both fed by [`signals`]). Output: job tasks
+//! ([`crate::job_task`]) until shutdown; an error only when the daemon
+//! cannot start at all (the state store is locked or too new).
+//!
+//! Order at start: open the store (the lock proves no other sharepush uses
+//! the state dir), build one HTTP client, one token provider (so every job
+//! shares one refresh in flight), one remote and one throttle gate; check
+//! the sign-in once (a sign-in that needs a person is logged and shown in
+//! `STATUS=`, and jobs keep recording changes); start every job task and
+//! wait until each has armed its watch; then `READY=1`. Each job's first
+//! run (trigger `startup`) follows at once and catches up on what changed
+//! while the daemon was down.
+//!
+//! Reload (SIGHUP): the file is checked like `sharepush check`; a broken
+//! file is rejected with every problem logged and the running jobs go on
+//! unchanged. Otherwise added jobs start, removed jobs stop, and jobs whose
+//! settings changed stop and start again (their watch is re-armed and they
+//! make a startup run). `[auth]`, `[daemon]` and the tenant-wide
+//! concurrency keep their running values until a restart (logged).
+//!
+//! Shutdown: `STOPPING=1`, every job task is cancelled (no new run starts;
+//! a run in flight is dropped: upload session offsets are recorded after
+//! every fragment, so the next start resumes the file where it stopped),
+//! and the supervisor waits at most [`STOP_GRACE`] for the tasks.
+//!
+//! What it does not do: decide when a job runs (`job_task`), run it
+//! (`job::run_once`), or print anything but log lines.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, JobSpec};
+use crate::job_task::{self, JobContext, JobStatus, StatusCell, WatchState};
+use crate::remote::GraphRemote;
+use crate::remote::auth::TokenProvider;
+use crate::retry::{RetryPolicy, Throttle};
+use crate::state::{StateError, Store};
+use crate::systemd::Notifier;
+use crate::upload::SharedStore;
+
+/// How long shutdown waits for job tasks before leaving anyway; well inside
+/// systemd's default `TimeoutStopSec=` of 90 s and the 10 s we promise.
+pub const STOP_GRACE: Duration = Duration::from_secs(7);
+/// How long the start-up sign-in check may take before READY is sent anyway.
+pub const LOGIN_CHECK_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often the supervisor refreshes `STATUS=` when no watchdog asks more often.
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The state store is locked by another process, too new, or broken.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The HTTP client could not be built.
+    #[error(transparent)]
+    Remote(#[from] crate::remote::RemoteError),
+}
+
+/// Knobs the tests turn; production uses the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct DaemonOptions {
+    /// Retry timing for every request.
+    pub policy: RetryPolicy,
+    /// `--state-dir`, re-applied to each reloaded config.
+    pub state_dir_override: Option<PathBuf>,
+}
+
+/// Wires SIGTERM and SIGINT to `shutdown` and SIGHUP to `reload`. The
+/// returned task ends when `shutdown` fires.
+pub fn signals(
+    shutdown: CancellationToken,
+    reload: mpsc::UnboundedSender<()>,
+) -> std::io::Result<JoinHandle<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM: stopping");
+                    shutdown.cancel();
+                }
+                _ = int.recv() => {
+                    tracing::info!("SIGINT: stopping");
+                    shutdown.cancel();
+                }
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    let _ = reload.send(());
+                }
+            }
+        }
+    }))
+}
+
+/// One running job task and how to reach it.
+struct Running {
+    /// The job's settings when it was started, to tell a changed job on reload.
+    fingerprint: String,
+    cancel: CancellationToken,
+    /// Manual triggers (unused until a control socket exists; kept so the
+    /// task's trigger channel stays open).
+    _manual: mpsc::UnboundedSender<()>,
+    status: StatusCell,
+    handle: JoinHandle<()>,
+}
+
+/// What identifies a job's settings: any change restarts the job.
+fn fingerprint(job: &JobSpec) -> String {
+    format!("{job:?}")
+}
+
+/// The supervisor's state.
+struct Supervisor {
+    config: Config,
+    options: DaemonOptions,
+    ctx: Arc<JobContext<GraphRemote>>,
+    jobs: HashMap<String, Running>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    /// A sign-in problem found at start, shown in `STATUS=` until a run works.
+    login_problem: Option<String>,
+}
+
+impl Supervisor {
+    fn spawn(&mut self, job: &JobSpec) -> oneshot::Receiver<()> {
+        let cancel = self.shutdown.child_token();
+        let (manual_tx, manual_rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let status: StatusCell = Arc::default();
+        let handle = self.tracker.spawn(job_task::run_job(
+            Arc::new(job.clone()),
+            Arc::clone(&self.ctx),
+            manual_rx,
+            cancel.clone(),
+            Arc::clone(&status),
+            ready_tx,
+        ));
+        self.jobs.insert(
+            job.name.clone(),
+            Running {
+                fingerprint: fingerprint(job),
+                cancel,
+                _manual: manual_tx,
+                status,
+                handle,
+            },
+        );
+        ready_rx
+    }
+
+    async fn stop(&mut self, name: &str) {
+        if let Some(r) = self.jobs.remove(name) {
+            r.cancel.cancel();
+            if tokio::time::timeout(STOP_GRACE, r.handle).await.is_err() {
+                tracing::warn!(job = name, "job did not stop in time");
+            }
+        }
+    }
+
+    /// SIGHUP: apply a new config, or keep the old one if it is broken.
+    async fn reload(&mut self) {
+        let path = self.config.path.clone();
+        let new = match Config::load(&path) {
+            Ok(c) => c.with_state_dir_override(self.options.state_dir_override.clone()),
+            Err(errors) => {
+                for e in &errors.0 {
+                    tracing::error!("{e}");
+                }
+                tracing::error!(
+                    problems = errors.0.len(),
+                    "reload rejected: {} problem(s) in {}; the running jobs keep the previous configuration",
+                    errors.0.len(),
+                    path.display()
+                );
+                return;
+            }
+        };
+        if new.daemon.state_dir != self.config.daemon.state_dir
+            || format!("{:?}", new.auth) != format!("{:?}", self.config.auth)
+            || new.defaults.concurrency != self.config.defaults.concurrency
+        {
+            tracing::warn!(
+                "changes to [auth], [daemon] state_dir or the default concurrency take effect at the next restart"
+            );
+        }
+        let wanted: HashMap<&str, &JobSpec> =
+            new.jobs.iter().map(|j| (j.name.as_str(), j)).collect();
+        let (mut added, mut removed, mut restarted) = (Vec::new(), Vec::new(), Vec::new());
+        let current: Vec<String> = self.jobs.keys().cloned().collect();
+        for name in current {
+            match wanted.get(name.as_str()) {
+                None => {
+                    self.stop(&name).await;
+                    removed.push(name);
+                }
+                Some(job) if fingerprint(job) != self.jobs[&name].fingerprint => {
+                    self.stop(&name).await;
+                    drop(self.spawn(job));
+                    restarted.push(name);
+                }
+                Some(_) => {}
+            }
+        }
+        for job in &new.jobs {
+            if !self.jobs.contains_key(&job.name) {
+                drop(self.spawn(job));
+                added.push(job.name.clone());
+            }
+        }
+        tracing::info!(
+            added = ?added,
+            removed = ?removed,
+            restarted = ?restarted,
+            "configuration reloaded from {}",
+            path.display()
+        );
+        let daemon = self.config.daemon.clone();
+        let auth = self.config.auth.clone();
+        self.config = new;
+        // Kept until restart (see above).
+        self.config.daemon = daemon;
+        self.config.auth = auth;
+    }
+
+    /// One line for `systemctl status`: jobs, pending, watch, last error.
+    fn status_line(&self) -> String {
+        let statuses: Vec<(String, JobStatus)> = {
+            let mut v: Vec<_> = self
+                .jobs
+                .iter()
+                .map(|(n, r)| {
+                    (
+                        n.clone(),
+                        r.status
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .clone(),
+                    )
+                })
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        let running = statuses.iter().filter(|(_, s)| s.running).count();
+        let pending = statuses.iter().filter(|(_, s)| s.pending).count();
+        let fallback = statuses
+            .iter()
+            .filter(|(_, s)| s.watch == WatchState::Fallback)
+            .count();
+        let uploaded: u64 = statuses.iter().map(|(_, s)| s.uploaded).sum();
+        let mut line = format!(
+            "{} job(s), {running} running, {pending} pending, {uploaded} file(s) uploaded",
+            statuses.len()
+        );
+        if fallback > 0 {
+            line.push_str(&format!(", {fallback} scanning without watch"));
+        }
+        let last_error = statuses
+            .iter()
+            .find_map(|(n, s)| s.last_error.as_ref().map(|e| format!("job {n}: {e}")))
+            .or(self
+                .login_problem
+                .as_ref()
+                .filter(|_| statuses.iter().all(|(_, s)| s.runs == 0))
+                .cloned());
+        if let Some(e) = last_error {
+            let e: String = e.chars().take(200).collect();
+            line.push_str(&format!("; last error: {e}"));
+        }
+        line
+    }
+}
+
+/// `sharepush run`: the daemon, until `shutdown` fires.
+pub async fn serve(
+    config: Config,
+    options: DaemonOptions,
+    shutdown: CancellationToken,
+    mut reload: mpsc::UnboundedReceiver<()>,
+    notifier: Notifier,
+) -> Result<(), DaemonError> {
+    let state_dir = config.daemon.state_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&state_dir))
+        .await
+        .expect("open task panicked")?;
+    let store = SharedStore::new(store);
+    let http = crate::remote::graph::http_client()?;
+    let tokens = Arc::new(TokenProvider::new(
+        config.auth.clone(),
+        http.clone(),
+        &config.daemon.state_dir,
+        options.policy.clone(),
+    ));
+    let throttle = Arc::new(Throttle::new(
+        config.defaults.concurrency,
+        options.policy.clone(),
+    ));
+    let remote = GraphRemote::new(
+        http,
+        &config.auth.graph_url,
+        Arc::clone(&tokens),
+        Arc::clone(&throttle),
+    );
+
+    let login_problem = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        r = tokio::time::timeout(LOGIN_CHECK_TIMEOUT, tokens.access_token()) => match r {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) if e.needs_person() => {
+                tracing::error!(error = %e, "sign-in needed: run `sharepush login` as this service's user; changes are recorded meanwhile and upload after it, without a restart");
+                Some(format!("login needed: {e}"))
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot sign in yet; jobs retry");
+                Some(e.to_string())
+            }
+            Err(_) => {
+                tracing::warn!("the token service did not answer within {}s; jobs retry", LOGIN_CHECK_TIMEOUT.as_secs());
+                Some("the token service did not answer".into())
+            }
+        },
+    };
+
+    let mut sup = Supervisor {
+        options,
+        ctx: Arc::new(JobContext {
+            remote,
+            store: store.clone(),
+            throttle,
+        }),
+        jobs: HashMap::new(),
+        tracker: TaskTracker::new(),
+        shutdown: shutdown.clone(),
+        login_problem,
+        config,
+    };
+    let jobs = sup.config.jobs.clone();
+    let readies: Vec<_> = jobs.iter().map(|j| sup.spawn(j)).collect();
+    for ready in readies {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = ready => {}
+        }
+    }
+    if !shutdown.is_cancelled() {
+        let line = sup.status_line();
+        tracing::info!(
+            jobs = sup.jobs.len(),
+            config = %sup.config.path.display(),
+            state_dir = %sup.config.daemon.state_dir.display(),
+            "sharepush is running: {line}"
+        );
+        notifier.ready(&line);
+    }
+
+    let watchdog = notifier.watchdog_interval();
+    let mut tick = tokio::time::interval(watchdog.unwrap_or(STATUS_INTERVAL).min(STATUS_INTERVAL));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_status = String::new();
+    let mut reload_open = true;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            r = reload.recv(), if reload_open => match r {
+                Some(()) => sup.reload().await,
+                // No more reload requests can come (no signal handler); keep running.
+                None => reload_open = false,
+            },
+            _ = tick.tick() => {
+                // Healthy: this loop runs and the store answers in time.
+                let healthy = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    store.call(|s| s.jobs().is_ok()),
+                )
+                .await
+                .unwrap_or(false);
+                if healthy && watchdog.is_some() {
+                    notifier.watchdog();
+                }
+                let line = sup.status_line();
+                if line != last_status {
+                    notifier.status(&line);
+                    last_status = line;
+                }
+            }
+        }
+    }
+
+    notifier.stopping("stopping: cancelling runs, upload sessions resume at the next start");
+    tracing::info!("stopping");
+    for r in sup.jobs.values() {
+        r.cancel.cancel();
+    }
+    sup.tracker.close();
+    if tokio::time::timeout(STOP_GRACE, sup.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some jobs did not stop within {}s", STOP_GRACE.as_secs());
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

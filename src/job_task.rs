@@ -1,0 +1,574 @@
+//! One long-lived task per job in the daemon: decides *when* the job runs;
+//! [`crate::job::run_once`] does the run.
+//!
+//! Input: the job's [`JobSpec`], the shared [`JobContext`] (one store, one
+//! remote with one token provider, one throttle gate for every job), a
+//! channel of manual triggers and a cancellation token. Output: runs, and a
+//! [`JobStatus`] the supervisor reads for systemd's `STATUS=` line.
+//!
+//! The loop `select!`s over, in this order: cancellation, watch batches
+//! ([`crate::watch`]), the cron deadline, the periodic full scan, manual
+//! triggers and its own timers (settle, retry). At most one run per job is
+//! in flight: triggers that arrive during a run only mark the job pending,
+//! so any number of them merge into one follow-up run. The first run after
+//! start (trigger `startup`) catches up on whatever changed while the
+//! daemon was down; the watch is armed *before* it, so nothing can slip
+//! between that scan and the first event.
+//!
+//! **Settle.** A watch batch names the paths that changed. A run waits
+//! until each of them has kept its size and mtime for `settle` (stat, wait,
+//! stat again), so a file still being written is not uploaded half-done.
+//! A path that never settles (a log appended to every second) holds the job
+//! at most [`MAX_SETTLE_HOLD`] times `settle`; the uploader then still
+//! notices a change during the upload and sends the file again next run.
+//!
+//! **Schedules.** The task does not use tokio-cron-scheduler: it sleeps
+//! until croner's next time in wall-clock terms, in slices of at most
+//! [`CRON_SLICE`], checking the wall clock after each slice. tokio's timers
+//! run on the monotonic clock, which stops while the machine is suspended,
+//! so a single long sleep would fire late after a resume; the slices notice
+//! a resume within a minute. When the deadline has passed the job runs
+//! *once* and the next deadline is computed from now, so ticks missed while
+//! the machine slept (or while a long run was in flight) collapse into one
+//! run. A scheduler library would add its own job store, its own threads
+//! and its own missed-tick policy for what is a single deadline per job.
+//! Times are in the server's local time zone (`TZ` sets it, as for cron).
+//!
+//! **Failures.** A run that fails as a whole (source missing or unmounted,
+//! library gone, sign-in needed) is retried after a capped exponential
+//! backoff ([`RETRY_BASE`] doubling to [`RETRY_CAP`]); the other jobs are
+//! not affected. The same error is logged once, not at every retry.
+//!
+//! **Watching.** `watch = true` jobs arm a [`Watch`]; if that fails (the
+//! inotify limit, any notify error) or breaks later, the job says so *once*
+//! with the reason (naming `fs.inotify.max_user_watches` and the value
+//! needed when that is the cause) and falls back to full scans every
+//! [`FALLBACK_SCAN`], trying to arm the watch again at each. A watch-only
+//! job (no `schedule`) still does a full scan every [`WATCH_FULL_SCAN`].
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::Local;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::JobSpec;
+use crate::filter::Filter;
+use crate::remote::Remote;
+use crate::retry::Throttle;
+use crate::state::RunTrigger;
+use crate::upload::SharedStore;
+use crate::watch::Watch;
+
+/// Longest single sleep while waiting for a cron deadline.
+pub const CRON_SLICE: Duration = Duration::from_secs(30);
+/// Full-scan interval of a job whose watch does not work.
+pub const FALLBACK_SCAN: Duration = Duration::from_secs(5 * 60);
+/// Full-scan interval of a watch-only job (no schedule).
+pub const WATCH_FULL_SCAN: Duration = Duration::from_secs(24 * 60 * 60);
+/// First retry delay after a failed run.
+pub const RETRY_BASE: Duration = Duration::from_secs(15);
+/// Longest retry delay after failed runs.
+pub const RETRY_CAP: Duration = Duration::from_secs(10 * 60);
+/// A path that keeps changing holds runs at most this many `settle` periods.
+pub const MAX_SETTLE_HOLD: u32 = 12;
+
+/// What every job task shares: one store, one remote (one token provider,
+/// one connection pool), one throttle gate for the tenant.
+#[derive(Debug)]
+pub struct JobContext<R: Remote> {
+    pub remote: R,
+    pub store: SharedStore,
+    pub throttle: Arc<Throttle>,
+}
+
+/// The watch state of a job, for `STATUS=` and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WatchState {
+    /// `watch = false`.
+    #[default]
+    Off,
+    /// Events arrive.
+    Armed,
+    /// Watching failed; full scans every [`FALLBACK_SCAN`] instead.
+    Fallback,
+}
+
+/// A job task's state as the supervisor sees it.
+#[derive(Debug, Clone, Default)]
+pub struct JobStatus {
+    /// A run is in flight.
+    pub running: bool,
+    /// A run is wanted (waiting for settle, a retry time or the current run).
+    pub pending: bool,
+    pub watch: WatchState,
+    /// Runs finished since the task started.
+    pub runs: u64,
+    /// Files uploaded since the task started.
+    pub uploaded: u64,
+    /// The last run's error (whole-job failure or sign-in), cleared by a good run.
+    pub last_error: Option<String>,
+}
+
+/// Shared, lock-briefly status cell.
+pub type StatusCell = Arc<Mutex<JobStatus>>;
+
+fn update(cell: &StatusCell, f: impl FnOnce(&mut JobStatus)) {
+    f(&mut cell.lock().unwrap_or_else(PoisonError::into_inner));
+}
+
+/// Delay before retry number `failures` (1-based): doubling from
+/// [`RETRY_BASE`], capped at [`RETRY_CAP`].
+pub fn retry_delay(failures: u32) -> Duration {
+    let factor = 1u32 << failures.saturating_sub(1).min(16);
+    RETRY_BASE.saturating_mul(factor).min(RETRY_CAP)
+}
+
+/// How long to sleep now when the next cron run is at `next` (wall clock)
+/// and it is `now`: never more than [`CRON_SLICE`], zero once due.
+pub fn cron_slice(now: chrono::DateTime<Local>, next: chrono::DateTime<Local>) -> Duration {
+    (next - now)
+        .to_std()
+        .unwrap_or(Duration::ZERO)
+        .min(CRON_SLICE)
+}
+
+/// The settle check: changed paths with the size and mtime last seen and
+/// since when (monotonic) they have been so.
+#[derive(Debug)]
+struct Settle {
+    root: PathBuf,
+    window: Duration,
+    seen: HashMap<PathBuf, (u64, i64, Instant)>,
+    /// When the oldest unsettled change was first seen.
+    holding_since: Option<Instant>,
+}
+
+impl Settle {
+    fn new(root: PathBuf, window: Duration) -> Settle {
+        Settle {
+            root,
+            window,
+            seen: HashMap::new(),
+            holding_since: None,
+        }
+    }
+
+    fn add(&mut self, rel: PathBuf, now: Instant) {
+        if self.window.is_zero() {
+            return;
+        }
+        self.holding_since.get_or_insert(now);
+        if let Some(fp) = stat(&self.root.join(&rel)) {
+            self.seen.entry(rel).or_insert((fp.0, fp.1, now));
+        }
+    }
+
+    /// How much longer to wait before running, or `None` to run now.
+    fn remaining(&mut self, now: Instant) -> Option<Duration> {
+        if self.seen.is_empty() {
+            return None;
+        }
+        let mut wait = Duration::ZERO;
+        let root = &self.root;
+        self.seen.retain(|rel, (size, mtime, since)| {
+            let Some((s, m)) = stat(&root.join(rel)) else {
+                return false; // deleted or a folder: nothing to settle
+            };
+            if (s, m) != (*size, *mtime) {
+                (*size, *mtime, *since) = (s, m, now);
+            }
+            let left = self.window.saturating_sub(now - *since);
+            wait = wait.max(left);
+            true
+        });
+        let held_too_long = self
+            .holding_since
+            .is_some_and(|t| now - t >= self.window * MAX_SETTLE_HOLD);
+        if wait.is_zero() || held_too_long {
+            None
+        } else {
+            Some(wait)
+        }
+    }
+
+    fn clear(&mut self) {
+        self.seen.clear();
+        self.holding_since = None;
+    }
+}
+
+/// Size and mtime (ns) of a regular file; `None` for anything else.
+fn stat(path: &std::path::Path) -> Option<(u64, i64)> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    meta.is_file().then(|| {
+        (
+            meta.size(),
+            meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        )
+    })
+}
+
+/// Sleeps until the wall clock reaches `next` (forever when `None`), in
+/// slices, so a suspend does not delay the run by its length.
+async fn wall_deadline(next: Option<chrono::DateTime<Local>>) {
+    let Some(next) = next else {
+        return std::future::pending().await;
+    };
+    loop {
+        let slice = cron_slice(Local::now(), next);
+        if slice.is_zero() {
+            return;
+        }
+        // A millisecond past the deadline, so one wake-up is enough.
+        tokio::time::sleep(slice + Duration::from_millis(1)).await;
+    }
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn watch_changed(w: &Option<Watch>) {
+    match w {
+        Some(w) => w.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Arms the job's watch; on failure says why once per task (`warned`).
+fn arm(job: &JobSpec, warned: &mut bool) -> Option<Watch> {
+    let root = match job.source.canonicalize() {
+        Ok(r) => r,
+        // A missing source is reported by the run; arm again after it.
+        Err(_) => return None,
+    };
+    let filter = match Filter::new(&job.include, &job.exclude) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(job = %job.name, error = %e, "cannot watch");
+            return None;
+        }
+    };
+    match Watch::start(&root, filter, job.settings.debounce) {
+        Ok(w) => {
+            if *warned {
+                tracing::info!(job = %job.name, "watching again");
+            }
+            Some(w)
+        }
+        Err(e) => {
+            if !*warned {
+                *warned = true;
+                tracing::warn!(
+                    job = %job.name,
+                    fallback_scan_s = FALLBACK_SCAN.as_secs(),
+                    "{e}; falling back to a full scan every {} min",
+                    FALLBACK_SCAN.as_secs() / 60
+                );
+            }
+            None
+        }
+    }
+}
+
+/// The job task: runs until `cancel` fires. `ready` is sent once the watch
+/// is armed (or known not to work), before the startup run.
+pub async fn run_job<R: Remote>(
+    job: Arc<JobSpec>,
+    ctx: Arc<JobContext<R>>,
+    mut manual: mpsc::UnboundedReceiver<()>,
+    cancel: CancellationToken,
+    status: StatusCell,
+    ready: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut warned = false;
+    let mut watch = if job.watch {
+        arm(&job, &mut warned)
+    } else {
+        None
+    };
+    let watch_state = |w: &Option<Watch>| match (job.watch, w.is_some()) {
+        (false, _) => WatchState::Off,
+        (true, true) => WatchState::Armed,
+        (true, false) => WatchState::Fallback,
+    };
+    update(&status, |s| s.watch = watch_state(&watch));
+    let _ = ready.send(());
+
+    let periodic = match (job.watch, watch.is_some(), job.schedule.is_some()) {
+        (true, false, _) => Some(FALLBACK_SCAN),
+        (true, true, false) => Some(WATCH_FULL_SCAN),
+        _ => None,
+    };
+    let mut periodic_at = periodic.map(|d| Instant::now() + d);
+    let mut next_cron = job
+        .schedule
+        .as_ref()
+        .and_then(|s| s.next_after(Local::now()));
+    let mut settle = Settle::new(
+        job.source.canonicalize().unwrap_or(job.source.clone()),
+        job.settings.settle,
+    );
+    let mut pending: Option<RunTrigger> = Some(RunTrigger::Startup);
+    let mut retry_at: Option<Instant> = None;
+    let mut failures: u32 = 0;
+    let mut last_logged_error: Option<String> = None;
+    let mut manual_open = true;
+
+    loop {
+        // Run when something is pending and neither settle nor a retry
+        // delay holds it back.
+        let mut wake: Option<Instant> = None;
+        if let Some(trigger) = pending {
+            let now = Instant::now();
+            let settle_wait = settle.remaining(now);
+            let retry_wait = retry_at.filter(|t| *t > now);
+            wake = match (settle_wait, retry_wait) {
+                (None, None) => None,
+                (s, r) => Some(s.map(|d| now + d).into_iter().chain(r).max().unwrap()),
+            };
+            if wake.is_none() {
+                pending = None;
+                retry_at = None;
+                settle.clear();
+                if job.watch && watch.is_none() {
+                    watch = arm(&job, &mut warned);
+                    update(&status, |s| s.watch = watch_state(&watch));
+                    if watch.is_some() {
+                        periodic_at =
+                            (job.schedule.is_none()).then(|| Instant::now() + WATCH_FULL_SCAN);
+                    }
+                }
+                update(&status, |s| {
+                    s.running = true;
+                    s.pending = false;
+                });
+                let run = crate::job::run_once(
+                    &ctx.remote,
+                    &ctx.store,
+                    &ctx.throttle,
+                    &job,
+                    trigger,
+                    None,
+                    &cancel,
+                );
+                // On shutdown the run stops itself between fragments (a
+                // fragment in flight gets CANCEL_GRACE) and records what it
+                // did; dropping it is the last resort, still safe because the
+                // session offset is persisted after every fragment.
+                let hard_stop = async {
+                    cancel.cancelled().await;
+                    tokio::time::sleep(crate::upload::CANCEL_GRACE + Duration::from_millis(1500))
+                        .await;
+                };
+                let result = tokio::select! {
+                    r = run => Some(r),
+                    () = hard_stop => None,
+                };
+                if cancel.is_cancelled() {
+                    tracing::info!(job = %job.name, "run stopped by shutdown; an interrupted upload resumes at the next start");
+                    break;
+                }
+                let Some(result) = result else { break };
+                let problem = match result {
+                    Ok(report) => {
+                        tracing::info!(
+                            job = %job.name,
+                            trigger = trigger.as_str(),
+                            uploaded = report.uploaded,
+                            failed = report.failed.len(),
+                            "job run done"
+                        );
+                        update(&status, |s| {
+                            s.runs += 1;
+                            s.uploaded += report.uploaded;
+                        });
+                        report
+                            .login_needed
+                            .clone()
+                            .or(report.error.clone())
+                            .map(|e| (e, true))
+                            .or_else(|| {
+                                (!report.failed.is_empty() || !report.held.is_empty()).then(|| {
+                                    (
+                                        format!(
+                                            "{} file(s) failed",
+                                            report.failed.len() + report.held.len()
+                                        ),
+                                        false,
+                                    )
+                                })
+                            })
+                    }
+                    Err(e) => Some((format!("state database: {e}"), true)),
+                };
+                match problem {
+                    None => {
+                        failures = 0;
+                        last_logged_error = None;
+                        update(&status, |s| {
+                            s.running = false;
+                            s.last_error = None;
+                        });
+                    }
+                    Some((error, whole_job)) => {
+                        failures += 1;
+                        let delay = retry_delay(failures);
+                        retry_at = Some(Instant::now() + delay);
+                        pending.get_or_insert(trigger);
+                        if whole_job && last_logged_error.as_deref() != Some(error.as_str()) {
+                            tracing::error!(job = %job.name, error = %error, retry_in_s = delay.as_secs(), "job run failed; retrying with backoff");
+                        }
+                        last_logged_error = Some(error.clone());
+                        update(&status, |s| {
+                            s.running = false;
+                            s.last_error = Some(error);
+                        });
+                    }
+                }
+                continue;
+            }
+        }
+        update(&status, |s| s.pending = pending.is_some());
+
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            _ = watch_changed(&watch) => {
+                let dirty = watch.as_ref().map(Watch::take).unwrap_or_default();
+                if let Some(why) = &dirty.broken {
+                    if !warned {
+                        warned = true;
+                        tracing::warn!(job = %job.name, "watching stopped: {why}; falling back to a full scan every {} min", FALLBACK_SCAN.as_secs() / 60);
+                    }
+                    watch = None;
+                    update(&status, |s| s.watch = watch_state(&watch));
+                    periodic_at = Some(Instant::now() + FALLBACK_SCAN);
+                }
+                if !dirty.is_empty() {
+                    let now = Instant::now();
+                    for rel in dirty.paths {
+                        settle.add(rel, now);
+                    }
+                    pending.get_or_insert(RunTrigger::Watch);
+                }
+            }
+            _ = wall_deadline(next_cron) => {
+                pending.get_or_insert(RunTrigger::Schedule);
+                next_cron = job.schedule.as_ref().and_then(|s| s.next_after(Local::now()));
+            }
+            _ = sleep_until_opt(periodic_at) => {
+                pending.get_or_insert(RunTrigger::Schedule);
+                let every = if watch.is_some() { WATCH_FULL_SCAN } else { FALLBACK_SCAN };
+                periodic_at = Some(Instant::now() + every);
+            }
+            m = manual.recv(), if manual_open => match m {
+                Some(()) => {
+                    pending.get_or_insert(RunTrigger::Manual);
+                }
+                None => manual_open = false,
+            },
+            _ = sleep_until_opt(wake) => {}
+        }
+    }
+    update(&status, |s| {
+        s.running = false;
+        s.pending = false;
+    });
+    drop(watch);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone as _;
+
+    #[test]
+    fn retry_delay_doubles_and_is_capped() {
+        assert_eq!(retry_delay(1), RETRY_BASE);
+        assert_eq!(retry_delay(2), RETRY_BASE * 2);
+        assert_eq!(retry_delay(3), RETRY_BASE * 4);
+        assert_eq!(retry_delay(30), RETRY_CAP);
+        assert_eq!(retry_delay(u32::MAX), RETRY_CAP);
+    }
+
+    #[test]
+    fn cron_sleeps_in_slices_and_fires_once_when_overdue() {
+        let now = Local.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap();
+        assert_eq!(
+            cron_slice(now, now + chrono::Duration::seconds(5)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            cron_slice(now, now + chrono::Duration::hours(3)),
+            CRON_SLICE
+        );
+        // A deadline missed while suspended: due now (zero), and the next one
+        // is computed from now, so hours of missed ticks make one run.
+        assert_eq!(
+            cron_slice(now, now - chrono::Duration::hours(3)),
+            Duration::ZERO
+        );
+        let s = crate::schedule::Schedule::parse("*/15 * * * *").unwrap();
+        let next = s.next_after(now).unwrap();
+        assert_eq!(next, Local.with_ymd_and_hms(2026, 1, 1, 12, 15, 0).unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn settle_waits_until_size_and_mtime_hold_still() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        std::fs::write(root.join("f"), b"a").unwrap();
+        let mut settle = Settle::new(root.clone(), Duration::from_secs(5));
+        settle.add("f".into(), Instant::now());
+        assert_eq!(
+            settle.remaining(Instant::now()),
+            Some(Duration::from_secs(5))
+        );
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(
+            settle.remaining(Instant::now()),
+            Some(Duration::from_secs(2))
+        );
+        // The writer goes on: the clock restarts.
+        std::fs::write(root.join("f"), b"ab").unwrap();
+        assert_eq!(
+            settle.remaining(Instant::now()),
+            Some(Duration::from_secs(5))
+        );
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(settle.remaining(Instant::now()), None);
+        // A deleted path needs no settling.
+        settle.add("gone".into(), Instant::now());
+        std::fs::remove_file(root.join("f")).unwrap();
+        assert_eq!(settle.remaining(Instant::now()), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_path_that_never_settles_holds_the_run_only_so_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let mut settle = Settle::new(root.clone(), Duration::from_secs(1));
+        std::fs::write(root.join("log"), b"a").unwrap();
+        settle.add("log".into(), Instant::now());
+        let mut held = 0;
+        for i in 0..(MAX_SETTLE_HOLD * 2) {
+            std::fs::write(root.join("log"), vec![b'a'; i as usize + 2]).unwrap();
+            if settle.remaining(Instant::now()).is_none() {
+                break;
+            }
+            held += 1;
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        assert_eq!(held, MAX_SETTLE_HOLD);
+    }
+}

@@ -1,0 +1,653 @@
+//! `sharepush run` as a real process against the Graph emulator over HTTP:
+//! watching, settle, cron, signals, reload and systemd notifications
+//! (issue 5). Every wait is on a condition (a log line, a file in the
+//! emulator, a datagram) with a deadline.
+
+use std::fs;
+use std::io::{BufRead as _, BufReader};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use graph_emulator::{Handle, Options};
+
+use crate::emu::{self, CLIENT_ID, SECRET};
+use crate::support::Fixture;
+
+/// A running `sharepush run` with its stderr collected line by line.
+struct Daemon {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    fn start(fx: &Fixture, config: &Path, env: &[(&str, &str)]) -> Daemon {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sharepush"));
+        cmd.arg("--config")
+            .arg(config)
+            .arg("run")
+            .env_remove("RUST_LOG")
+            .env_remove("SHAREPUSH_CONFIG")
+            .env_remove("SHAREPUSH_STATE_DIR")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("SHAREPUSH_WATCH_FAIL")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let _ = fx;
+        let mut child = cmd.spawn().expect("starting sharepush run");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        Daemon { child, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log has `needle` `count` times.
+    async fn wait_log(&self, needle: &str, count: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.log().matches(needle).count() >= count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "no {count}x {needle:?} in the log within {within:?}:\n{}",
+            self.log()
+        );
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    /// Waits for the process to exit; returns its code and how long it took.
+    async fn wait_exit(&mut self, within: Duration) -> (Option<i32>, Duration) {
+        let t0 = Instant::now();
+        while t0.elapsed() < within {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.code(), t0.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "sharepush run did not exit within {within:?}:\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One job in the test config.
+struct JobToml<'a> {
+    name: &'a str,
+    source: PathBuf,
+    folder: &'a str,
+    extra: &'a str,
+}
+
+/// A config for the emulator with app-only sign-in and the given jobs.
+fn write_config(fx: &Fixture, emu: &Handle, defaults: &str, jobs: &[JobToml]) -> PathBuf {
+    let secret = fx.path("secret");
+    if !secret.exists() {
+        fs::write(&secret, format!("{SECRET}\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let mut text = format!(
+        r#"[auth]
+tenant = "contoso.onmicrosoft.com"
+client_id = "{CLIENT_ID}"
+mode = "client_credentials"
+client_secret_file = "{secret}"
+authority = "{authority}"
+graph_url = "{graph}"
+
+[defaults]
+{defaults}
+
+[daemon]
+state_dir = "{state}"
+"#,
+        secret = secret.display(),
+        authority = emu.authority(),
+        graph = emu.graph_url(),
+        state = fx.state().display(),
+    );
+    for job in jobs {
+        fs::create_dir_all(&job.source).unwrap();
+        text.push_str(&format!(
+            r#"
+[[job]]
+name = "{}"
+source = "{}"
+site = "https://contoso.sharepoint.com/sites/demo"
+library = "Documents"
+folder = "{}"
+{}
+"#,
+            job.name,
+            job.source.display(),
+            job.folder,
+            job.extra
+        ));
+    }
+    let config = fx.path("config.toml");
+    fs::write(&config, text).unwrap();
+    config
+}
+
+/// Fast watch settings for tests.
+const FAST: &str = "debounce = \"200ms\"\nsettle = \"1s\"";
+
+fn watched(fx: &Fixture) -> JobToml<'static> {
+    JobToml {
+        name: "docs",
+        source: fx.source(),
+        folder: "backup",
+        extra: "watch = true",
+    }
+}
+
+/// Waits until `path` in the emulator holds exactly `bytes`.
+async fn wait_remote(emu: &Handle, path: &str, bytes: &[u8], within: Duration) {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if emu.read_file(path).as_deref() == Some(bytes) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let tree: Vec<_> = emu.tree().into_iter().map(|e| (e.path, e.size)).collect();
+    panic!(
+        "{path} did not arrive with the expected {} byte(s) within {within:?}; tree: {tree:?}",
+        bytes.len()
+    );
+}
+
+fn sessions_for(emu: &Handle, name: &str) -> usize {
+    emu.requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/createUploadSession") && r.path.contains(name))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn created_modified_renamed_and_deleted_files_reach_the_emulator_with_keep() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = write_config(&fx, &emu, FAST, &[watched(&fx)]);
+    fs::create_dir_all(fx.source()).unwrap();
+    fs::write(fx.source().join("before.txt"), b"written while down").unwrap();
+    let d = Daemon::start(&fx, &config, &[]);
+    // The startup run catches up on what changed while it was down.
+    wait_remote(
+        &emu,
+        "backup/before.txt",
+        b"written while down",
+        Duration::from_secs(30),
+    )
+    .await;
+
+    fs::create_dir_all(fx.source().join("sub")).unwrap();
+    fs::write(fx.source().join("sub/a.txt"), b"first").unwrap();
+    wait_remote(&emu, "backup/sub/a.txt", b"first", Duration::from_secs(20)).await;
+
+    fs::write(fx.source().join("sub/a.txt"), b"second version").unwrap();
+    wait_remote(
+        &emu,
+        "backup/sub/a.txt",
+        b"second version",
+        Duration::from_secs(20),
+    )
+    .await;
+
+    fs::rename(fx.source().join("sub/a.txt"), fx.source().join("sub/b.txt")).unwrap();
+    wait_remote(
+        &emu,
+        "backup/sub/b.txt",
+        b"second version",
+        Duration::from_secs(20),
+    )
+    .await;
+
+    fs::remove_file(fx.source().join("before.txt")).unwrap();
+    // A marker proves the delete's run has happened before we look.
+    fs::write(fx.source().join("marker.txt"), b"m").unwrap();
+    wait_remote(&emu, "backup/marker.txt", b"m", Duration::from_secs(20)).await;
+    // delete = "keep": nothing is deleted remotely.
+    assert_eq!(
+        emu.read_file("backup/before.txt").as_deref(),
+        Some(&b"written while down"[..])
+    );
+    // A rename is a server-side move (issue 6), not a delete: the item and
+    // its version history moved to the new name.
+    assert_eq!(emu.read_file("backup/sub/a.txt"), None);
+    // Excluded-by-nothing temp files aside, no file was uploaded twice for one version.
+    assert_eq!(emu.throttle_violations(), 0);
+    drop(d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_written_slowly_over_five_seconds_is_uploaded_once_complete() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    // settle (2 s) well above the writer's pauses (0.5 s), so a loaded
+    // machine stretching one pause cannot pass for a finished file.
+    let settings = "debounce = \"200ms\"\nsettle = \"2s\"";
+    let config = write_config(&fx, &emu, settings, &[watched(&fx)]);
+    let d = Daemon::start(&fx, &config, &[]);
+    d.wait_log("trigger=\"startup\"", 1, Duration::from_secs(30))
+        .await;
+
+    let chunk = emu::content(64 * 1024, 7);
+    let mut expected = Vec::new();
+    {
+        use std::io::Write as _;
+        let mut f = fs::File::create(fx.source().join("slow.bin")).unwrap();
+        for _ in 0..10 {
+            f.write_all(&chunk).unwrap();
+            f.flush().unwrap();
+            expected.extend_from_slice(&chunk);
+            // The slow writer under test: a chunk every half second.
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    wait_remote(&emu, "backup/slow.bin", &expected, Duration::from_secs(30)).await;
+    // A later file's arrival shows the daemon has gone on since.
+    fs::write(fx.source().join("after.txt"), b"after").unwrap();
+    wait_remote(&emu, "backup/after.txt", b"after", Duration::from_secs(20)).await;
+    assert_eq!(sessions_for(&emu, "slow.bin"), 1, "{:?}", emu.requests());
+    drop(d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cron_only_job_uploads_on_its_tick_and_not_before() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let job = JobToml {
+        name: "docs",
+        source: fx.source(),
+        folder: "backup",
+        extra: "schedule = \"* * * * *\"\nwatch = false",
+    };
+    let config = write_config(&fx, &emu, FAST, &[job]);
+    let d = Daemon::start(&fx, &config, &[]);
+    d.wait_log("trigger=\"startup\"", 1, Duration::from_secs(30))
+        .await;
+
+    let until_minute = |now: chrono::DateTime<chrono::Local>| {
+        use chrono::Timelike as _;
+        Duration::from_millis(
+            60_000
+                - (now.second() as u64 * 1000 + now.timestamp_subsec_millis() as u64).min(59_999),
+        )
+    };
+    // Too close to a tick to tell "before" from "on": take the next minute.
+    if until_minute(chrono::Local::now()) < Duration::from_secs(3) {
+        d.wait_log("trigger=\"schedule\"", 1, Duration::from_secs(10))
+            .await;
+    }
+    let ticks_before = d.log().matches("trigger=\"schedule\"").count();
+    fs::write(fx.source().join("cron.txt"), b"on the tick").unwrap();
+    let boundary = Instant::now() + until_minute(chrono::Local::now());
+    while Instant::now() + Duration::from_millis(300) < boundary {
+        assert!(
+            emu.read_file("backup/cron.txt").is_none(),
+            "uploaded before the tick:\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_remote(
+        &emu,
+        "backup/cron.txt",
+        b"on the tick",
+        Duration::from_secs(20),
+    )
+    .await;
+    d.wait_log(
+        "trigger=\"schedule\"",
+        ticks_before + 1,
+        Duration::from_secs(5),
+    )
+    .await;
+    drop(d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_large_upload_exits_fast_and_the_next_start_resumes() {
+    let emu = emu::start(Options {
+        faults: Some("upload:latency:ms=700".into()),
+        ..Options::default()
+    })
+    .await;
+    let fx = Fixture::new();
+    let config = write_config(&fx, &emu, FAST, &[watched(&fx)]);
+    let big = emu::content(200 * emu::MIB, 9);
+    fs::create_dir_all(fx.source()).unwrap();
+    fs::write(fx.source().join("big.bin"), &big).unwrap();
+
+    let mut d = Daemon::start(&fx, &config, &[]);
+    // In flight: the session exists and a few fragments are in.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let puts = emu
+            .requests()
+            .iter()
+            .filter(|r| r.method == "PUT" && r.path.contains("upload"))
+            .count();
+        if sessions_for(&emu, "big.bin") == 1 && puts >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "upload never started:\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        emu.read_file("backup/big.bin").is_none(),
+        "finished too soon to test"
+    );
+    d.signal("TERM");
+    let (code, took) = d.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(code, Some(0), "{}", d.log());
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    drop(d);
+
+    emu.clear_faults();
+    let d = Daemon::start(&fx, &config, &[]);
+    wait_remote(&emu, "backup/big.bin", &big, Duration::from_secs(120)).await;
+    assert_eq!(
+        sessions_for(&emu, "big.bin"),
+        1,
+        "the restart opened a second upload session instead of resuming:\n{}",
+        d.log()
+    );
+    drop(d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_keeps_the_old_jobs_on_a_broken_config_and_adds_a_new_job() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = write_config(&fx, &emu, FAST, &[watched(&fx)]);
+    let d = Daemon::start(&fx, &config, &[]);
+    d.wait_log("trigger=\"startup\"", 1, Duration::from_secs(30))
+        .await;
+
+    let good = fs::read_to_string(&config).unwrap();
+    fs::write(
+        &config,
+        good.replace("watch = true", "watch = true\nwacth = 1"),
+    )
+    .unwrap();
+    d.signal("HUP");
+    d.wait_log("reload rejected", 1, Duration::from_secs(10))
+        .await;
+    assert!(
+        d.log().contains("wacth"),
+        "the error names the key:\n{}",
+        d.log()
+    );
+    fs::write(fx.source().join("still.txt"), b"old job runs").unwrap();
+    wait_remote(
+        &emu,
+        "backup/still.txt",
+        b"old job runs",
+        Duration::from_secs(20),
+    )
+    .await;
+
+    let more = fx.path("more");
+    write_config(
+        &fx,
+        &emu,
+        FAST,
+        &[
+            watched(&fx),
+            JobToml {
+                name: "more",
+                source: more.clone(),
+                folder: "more",
+                extra: "watch = true",
+            },
+        ],
+    );
+    fs::write(more.join("new-job.txt"), b"new job").unwrap();
+    d.signal("HUP");
+    d.wait_log("configuration reloaded", 1, Duration::from_secs(10))
+        .await;
+    wait_remote(
+        &emu,
+        "more/new-job.txt",
+        b"new job",
+        Duration::from_secs(20),
+    )
+    .await;
+    fs::write(more.join("watched.txt"), b"watched").unwrap();
+    wait_remote(
+        &emu,
+        "more/watched.txt",
+        b"watched",
+        Duration::from_secs(20),
+    )
+    .await;
+    drop(d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_status_and_stopping() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = write_config(&fx, &emu, FAST, &[watched(&fx)]);
+    let socket_path = fx.path("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut d = Daemon::start(
+        &fx,
+        &config,
+        &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())],
+    );
+    let mut heard = Vec::<String>::new();
+    let listen_until = |pred: &dyn Fn(&str) -> bool, heard: &mut Vec<String>| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = socket.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let hit = pred(&msg);
+                heard.push(msg);
+                if hit {
+                    return;
+                }
+            }
+        }
+        panic!("not heard; heard {heard:?}");
+    };
+    listen_until(&|m| m.contains("READY=1"), &mut heard);
+    let ready = heard.last().unwrap().clone();
+    assert!(ready.contains("STATUS=1 job(s)"), "{ready}");
+    d.signal("TERM");
+    listen_until(&|m| m.contains("STOPPING=1"), &mut heard);
+    let (code, _) = d.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(code, Some(0), "{}", d.log());
+    // READY came once, before STOPPING.
+    assert_eq!(
+        heard.iter().filter(|m| m.contains("READY=1")).count(),
+        1,
+        "{heard:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_source_vanishes_does_not_stop_the_others() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let gone = fx.path("gone");
+    let config = write_config(
+        &fx,
+        &emu,
+        FAST,
+        &[
+            watched(&fx),
+            JobToml {
+                name: "gone",
+                source: gone.clone(),
+                folder: "gone",
+                extra: "watch = true\ndelete = \"mirror\"",
+            },
+        ],
+    );
+    fs::write(gone.join("kept.txt"), b"kept").unwrap();
+    let d = Daemon::start(&fx, &config, &[]);
+    wait_remote(&emu, "gone/kept.txt", b"kept", Duration::from_secs(30)).await;
+    fs::remove_dir_all(&gone).unwrap();
+    d.wait_log("does not exist", 1, Duration::from_secs(20))
+        .await;
+    fs::write(fx.source().join("other.txt"), b"other job").unwrap();
+    wait_remote(
+        &emu,
+        "backup/other.txt",
+        b"other job",
+        Duration::from_secs(20),
+    )
+    .await;
+    // Even with mirror, a vanished source deletes nothing remotely.
+    assert_eq!(
+        emu.read_file("gone/kept.txt").as_deref(),
+        Some(&b"kept"[..])
+    );
+    drop(d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_watch_falls_back_to_scans_and_says_so_once() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = write_config(&fx, &emu, FAST, &[watched(&fx)]);
+    fs::write(fx.source().join("start.txt"), b"startup scan").unwrap();
+    let mut d = Daemon::start(&fx, &config, &[("SHAREPUSH_WATCH_FAIL", "limit")]);
+    wait_remote(
+        &emu,
+        "backup/start.txt",
+        b"startup scan",
+        Duration::from_secs(30),
+    )
+    .await;
+    d.signal("TERM");
+    d.wait_exit(Duration::from_secs(10)).await;
+    let log = d.log();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("fs.inotify.max_user_watches"))
+        .count();
+    assert_eq!(warnings, 1, "{log}");
+    assert!(
+        log.contains("falling back to a full scan every 5 min"),
+        "{log}"
+    );
+}
+
+/// Waits until `path` is gone from the emulator.
+async fn wait_gone(emu: &Handle, path: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if emu.read_file(path).is_none() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{path} was not deleted remotely within {within:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_deletes_and_renames_remotely_but_never_for_an_emptied_source() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let job = JobToml {
+        name: "docs",
+        source: fx.source(),
+        folder: "backup",
+        extra: "watch = true\ndelete = \"mirror\"",
+    };
+    let config = write_config(&fx, &emu, FAST, &[job]);
+    for name in ["a.txt", "b.txt", "c.txt"] {
+        fs::write(fx.source().join(name), name.as_bytes()).unwrap();
+    }
+    let d = Daemon::start(&fx, &config, &[]);
+    for name in ["a.txt", "b.txt", "c.txt"] {
+        wait_remote(
+            &emu,
+            &format!("backup/{name}"),
+            name.as_bytes(),
+            Duration::from_secs(30),
+        )
+        .await;
+    }
+    fs::remove_file(fx.source().join("a.txt")).unwrap();
+    wait_gone(&emu, "backup/a.txt", Duration::from_secs(20)).await;
+    fs::rename(fx.source().join("b.txt"), fx.source().join("renamed.txt")).unwrap();
+    wait_remote(
+        &emu,
+        "backup/renamed.txt",
+        b"b.txt",
+        Duration::from_secs(20),
+    )
+    .await;
+    wait_gone(&emu, "backup/b.txt", Duration::from_secs(20)).await;
+
+    // Everything gone at once (an unmounted disk looks like this): held.
+    let held_before = d.log().matches("remote deletes held").count();
+    fs::remove_file(fx.source().join("c.txt")).unwrap();
+    fs::remove_file(fx.source().join("renamed.txt")).unwrap();
+    d.wait_log(
+        "remote deletes held",
+        held_before + 1,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(d.log().contains("is empty"), "{}", d.log());
+    assert_eq!(
+        emu.read_file("backup/c.txt").as_deref(),
+        Some(&b"c.txt"[..])
+    );
+    assert_eq!(
+        emu.read_file("backup/renamed.txt").as_deref(),
+        Some(&b"b.txt"[..])
+    );
+    drop(d);
+}
