@@ -236,3 +236,13 @@ pub async fn sync(config: &Config, options: &SyncOptions) -> Vec<JobReport> {
         .await
         .unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// Requests since `before` other than signing in and the drive's delta
+/// (every run asks what changed remotely): what a quiet run must not send.
+pub fn requests_besides_delta(emu: &Handle, before: usize) -> Vec<graph_emulator::RequestRecord> {
+    emu.requests()[before..]
+        .iter()
+        .filter(|r| r.route != "token" && !r.path.contains("/delta"))
+        .cloned()
+        .collect()
+}
