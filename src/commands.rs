@@ -567,6 +567,26 @@ pub fn report_sync(
                 r.interrupted
             );
         }
+        if let Some(rc) = &r.reconcile
+            && rc.adopted > 0
+        {
+            let _ = writeln!(
+                out,
+                "  adopted  {} file(s) already in SharePoint (same path, size and quickXorHash; not uploaded)",
+                rc.adopted
+            );
+        }
+        if let Some(rc) = &r.reconcile {
+            for (path, outcome) in &rc.resolved {
+                let _ = writeln!(out, "  remote   {path}: {}", outcome.as_str());
+            }
+        }
+        for (from, to) in &r.moved {
+            let _ = writeln!(
+                out,
+                "  moved    {from} -> {to} (on the server, not uploaded)"
+            );
+        }
         for (local, remote) in &r.encoded {
             let _ = writeln!(out, "  encoded  {local} -> {remote}");
         }

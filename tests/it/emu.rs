@@ -238,16 +238,12 @@ pub async fn sync(config: &Config, options: &SyncOptions) -> Vec<JobReport> {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The requests of `log[from..]` other than signing in and asking the
-/// drive's delta: what a sync of an unchanged tree must not send (it may
-/// still ask what changed remotely, which needs a token).
-pub fn content_requests(
-    log: &[graph_emulator::RequestRecord],
-    from: usize,
-) -> Vec<graph_emulator::RequestRecord> {
-    log[from..]
+/// Requests since `before` other than signing in and the drive's delta
+/// (every run asks what changed remotely): what a quiet run must not send.
+pub fn requests_besides_delta(emu: &Handle, before: usize) -> Vec<graph_emulator::RequestRecord> {
+    emu.requests()[before..]
         .iter()
-        .filter(|r| r.route != "token" && r.route != "delta")
+        .filter(|r| r.route != "token" && !r.path.contains("/delta"))
         .cloned()
         .collect()
 }
