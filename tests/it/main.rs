@@ -10,3 +10,4 @@ mod demo;
 mod emu;
 mod support;
 mod sync;
+mod systemd;
