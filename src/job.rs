@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt as _;
+use tracing::Instrument as _;
 
 use crate::config::{Config, JobSpec};
 use crate::plan::{self, Action, HoldReason, PlanInput, PriorState};
@@ -124,8 +125,24 @@ async fn drive_of<R: Remote>(
 }
 
 /// Scans, plans, uploads and records one job once. Per-file problems are in
-/// the report; only a broken state store is an error.
+/// the report; only a broken state store is an error. Everything the run
+/// logs is inside one `run` span (job, trigger), closed by one summary line
+/// with the counts, bytes and duration.
 pub async fn run_once<R: Remote>(
+    remote: &R,
+    store: &SharedStore,
+    throttle: &Throttle,
+    job: &JobSpec,
+    trigger: RunTrigger,
+    progress: Option<Arc<Progress>>,
+) -> Result<JobReport, StateError> {
+    let span = tracing::info_span!("run", job = %job.name, trigger = %trigger);
+    run_stages(remote, store, throttle, job, trigger, progress)
+        .instrument(span)
+        .await
+}
+
+async fn run_stages<R: Remote>(
     remote: &R,
     store: &SharedStore,
     throttle: &Throttle,
@@ -250,7 +267,10 @@ pub async fn run_once<R: Remote>(
     let unconfirmed = store
         .call(move |s| s.unconfirmed_synced(&name).map(|v| !v.is_empty()))
         .await?;
-    if !uploads.is_empty() || !folders.is_empty() || unconfirmed {
+    // Whether this run talked to the library (and so learned whether the
+    // sign-in still works).
+    let contacted = !uploads.is_empty() || !folders.is_empty() || unconfirmed;
+    if contacted {
         if let Some(p) = &progress {
             p.start_job(&job.name, uploads.len() as u64, plan.summary.upload_bytes);
         }
@@ -282,9 +302,27 @@ pub async fn run_once<R: Remote>(
         outcome: report.outcome(),
         error: report.error.clone().or(report.login_needed.clone()),
     };
-    store.call(move |s| s.finish_run(run, &summary)).await?;
+    // The sign-in outcome outlives the run: `status` shows "login needed"
+    // until a later run is accepted again.
+    let (login_needed, signed_in) = (
+        report.login_needed.clone(),
+        contacted && report.error.is_none() && report.login_needed.is_none(),
+    );
+    store
+        .call(move |s| {
+            s.finish_run(run, &summary)?;
+            match login_needed {
+                Some(why) => s.record_login_needed(&why, summary.ended_at),
+                None if signed_in => s.record_signed_in(summary.ended_at),
+                None => Ok(()),
+            }
+        })
+        .await?;
     tracing::info!(
         job = %job.name,
+        trigger = %trigger,
+        new = report.new,
+        changed = report.changed,
         uploaded = report.uploaded,
         bytes = report.bytes,
         failed = report.failed.len(),

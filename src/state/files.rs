@@ -519,6 +519,27 @@ impl Store {
             .map_err(self.sql(context))
     }
 
+    /// At most `limit` files of one job in one state, sorted by path:
+    /// `status` lists the first failed files without loading all of them.
+    pub fn files_in_state_limited(
+        &self,
+        job: &str,
+        kind: FileStateKind,
+        limit: usize,
+    ) -> Result<Vec<FileRecord>, StateError> {
+        let context = "listing files by state";
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {RECORD_COLUMNS} FROM files WHERE job = ?1 AND state = ?2 ORDER BY path LIMIT ?3"
+            ))
+            .map_err(self.sql(context))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        stmt.query_map(params![job, kind.as_str(), limit], record_from_row)
+            .and_then(|rows| rows.collect())
+            .map_err(self.sql(context))
+    }
+
     /// How many files of one job are in each state.
     pub fn counts(&self, job: &str) -> Result<StateCounts, StateError> {
         let context = "counting files";

@@ -11,7 +11,9 @@
 //! - `sessions`: open upload sessions, saved before the first fragment so a
 //!   restarted process resumes instead of re-sending;
 //! - `drives`: site URL + library name -> drive id and the drive's delta link;
-//! - `runs`: one row per job run (trigger, times, counts, bytes, outcome).
+//! - `runs`: one row per job run (trigger, times, counts, bytes, outcome);
+//! - `daemon`, `watches`, `auth_state`: the running daemon, each job's watch
+//!   state and whether a person must sign in again, for `status` (`health.rs`).
 //!
 //! What it does not do: it never touches the network or the job's files, and it
 //! makes no decisions about *what* to upload (that is `plan`). It only records
@@ -48,6 +50,7 @@
 
 mod drives;
 mod files;
+mod health;
 mod lock;
 mod runs;
 mod schema;
@@ -60,6 +63,7 @@ use std::path::PathBuf;
 
 pub use drives::DriveRow;
 pub use files::{FileRecord, FileState, FileStateKind, StateCounts, SyncedInfo};
+pub use health::{AuthStateRow, DaemonRow, Refusal, WatchRow, WatchState};
 pub use runs::{RunCounts, RunId, RunOutcome, RunRow, RunSummary, RunTrigger};
 pub use schema::SCHEMA_VERSION;
 pub use sessions::{SourceFingerprint, UploadSessionRow};

@@ -8,6 +8,7 @@ mod cli;
 #[cfg(feature = "demo")]
 mod demo;
 mod emu;
+mod status;
 mod support;
 mod sync;
 mod systemd;
