@@ -8,6 +8,7 @@ mod cli;
 #[cfg(feature = "demo")]
 mod demo;
 mod emu;
+mod logging;
 mod status;
 mod support;
 mod sync;

@@ -26,7 +26,9 @@ fn systemd_analyze() -> Option<PathBuf> {
 /// Copies `systemd/<name>` into a temporary directory with ExecStart
 /// pointing at the built binary; returns the copy's path.
 fn checkable_copy(dir: &Path, name: &str) -> PathBuf {
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd").join(name);
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("systemd")
+        .join(name);
     let text = std::fs::read_to_string(&shipped).unwrap();
     assert!(
         text.contains("ExecStart=/usr/local/bin/sharepush "),
@@ -82,8 +84,8 @@ fn check_unit(name: &str) {
         !stderr.contains("ignoring") && !stderr.contains("Invalid"),
         "security {name} ignored lines:\n{stderr}"
     );
-    let score = exposure(&stdout)
-        .unwrap_or_else(|| panic!("no exposure level in:\n{stdout}\n{stderr}"));
+    let score =
+        exposure(&stdout).unwrap_or_else(|| panic!("no exposure level in:\n{stdout}\n{stderr}"));
     assert!(
         score <= MAX_EXPOSURE,
         "{name}: exposure {score} > {MAX_EXPOSURE}:\n{stdout}"
