@@ -79,7 +79,8 @@ pub struct AuthStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct JobStatus {
     pub name: String,
-    /// False for a job only the state remembers (removed from the config).
+    /// False for a job only the state remembers (removed from the config);
+    /// true for every job when the config could not be loaded.
     pub in_config: bool,
     /// The most recent run (finished or still running); `null` if none.
     pub last_run: Option<RunStatus>,
@@ -241,7 +242,8 @@ pub fn build(
             Some(s) => job_from_store(s, &name, recorded.auth.refusal.as_ref())?,
             None => empty_job(&name),
         };
-        job.in_config = in_config;
+        // Without a loaded config nothing is known to be removed.
+        job.in_config = in_config || config.is_none();
         if let Some(spec) = spec {
             job.schedule = spec.schedule.as_ref().map(|s| s.expr.clone());
             job.next_run = spec.schedule.as_ref().and_then(|s| {

@@ -318,3 +318,26 @@ async fn the_daemon_and_watch_states_it_records_are_shown() {
     assert_eq!(json["daemon"]["running"], false);
     assert!(json["daemon"]["stopped_at"].is_string());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_broken_config_status_still_reports_what_the_state_holds() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::write_config(&fx, &emu, Sign::Secret, "");
+    emu::put(&fx, "a.txt", b"hello");
+    let out = sharepush(&config, &["sync"]).await;
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+
+    std::fs::write(&config, "[auth]\nbogus = 1\n").unwrap();
+    let state = fx.state();
+    let out = sharepush(&config, &["--state-dir", state.to_str().unwrap(), "status"]).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("bogus"),
+        "the config problem is named: {stderr}"
+    );
+    assert!(stderr.contains("showing the state only"), "{stderr}");
+    assert!(stdout.contains("job docs\n"), "{stdout}");
+    assert!(stdout.contains("files: 1 synced"), "{stdout}");
+}
