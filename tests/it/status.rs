@@ -341,3 +341,69 @@ async fn with_a_broken_config_status_still_reports_what_the_state_holds() {
     assert!(stdout.contains("job docs\n"), "{stdout}");
     assert!(stdout.contains("files: 1 synced"), "{stdout}");
 }
+
+/// Every object key path in `v` (`jobs.last_run.trigger`...), arrays merged.
+fn key_paths(v: &Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map {
+                let path = format!("{prefix}{k}");
+                out.insert(path.clone());
+                key_paths(child, &format!("{path}."), out);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                key_paths(item, prefix, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_status_json_example_has_exactly_the_fields_status_prints() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let section = readme
+        .split("### `status --json`")
+        .nth(1)
+        .expect("README has a status --json section");
+    let example = section
+        .split("```json\n")
+        .nth(1)
+        .and_then(|s| s.split("\n```").next())
+        .expect("a json block");
+    let example: Value = serde_json::from_str(example).expect("the README example is JSON");
+
+    // A real report with every part present: a run with a failed file, a
+    // daemon, a watch state.
+    let emu = emu::start(Options {
+        quota_bytes: MIB as u64,
+        ..Options::default()
+    })
+    .await;
+    let fx = Fixture::new();
+    let config = emu::write_config(&fx, &emu, Sign::Secret, "");
+    emu::put(&fx, "big.bin", &emu::content(2 * MIB, 1));
+    let out = sharepush(&config, &["sync"]).await;
+    assert_eq!(out.status.code(), Some(1), "{:?}", text(&out));
+    let mut store = sharepush::state::Store::open(&fx.state()).unwrap();
+    store
+        .record_daemon_started(std::process::id(), 1_700_000_000)
+        .unwrap();
+    store
+        .set_watch_state(
+            "docs",
+            &sharepush::state::WatchState::Watching,
+            1_700_000_000,
+        )
+        .unwrap();
+    let (_, actual) = status_json(&config).await;
+    drop(store);
+
+    let (mut documented, mut printed) = Default::default();
+    key_paths(&example, "", &mut documented);
+    key_paths(&actual, "", &mut printed);
+    assert_eq!(documented, printed, "README example vs status --json");
+}
