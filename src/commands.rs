@@ -242,7 +242,12 @@ fn scan_one(store: &mut Store, job: &JobSpec) -> Result<JobScanJson, String> {
     let report = scan::scan(&options, known).map_err(|e| e.to_string())?;
     let t2 = std::time::Instant::now();
     store
-        .record_scanned(&job.name, &report.entries)
+        .record_scan(
+            &job.name,
+            &report.entries,
+            &report.verified,
+            report.racy_cutoff_ns,
+        )
         .map_err(|e| e.to_string())?;
     tracing::debug!(
         job = %job.name,

@@ -207,12 +207,13 @@ async fn run_stages<R: Remote>(
         scanned.entries.clone(),
         report.skipped.clone(),
     );
+    let (verified, racy_cutoff_ns) = (scanned.verified.clone(), scanned.racy_cutoff_ns);
     let (records, folders, run) = store
         .call(move |s| -> Result<_, StateError> {
             let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
             let records = s.records_for(&name, &refs)?;
             let folders = s.known_folders(&name)?;
-            s.record_scanned(&name, &entries)?;
+            s.record_scan(&name, &entries, &verified, racy_cutoff_ns)?;
             for (path, reason) in &skipped {
                 s.record_skipped(&name, path, reason)?;
             }

@@ -135,8 +135,15 @@ CREATE TABLE auth_state (
 );
 "#;
 
+/// Racily-clean files: a file whose mtime was not safely older than the scan
+/// that hashed it could be rewritten in the same timestamp tick with the same
+/// size, leaving its fingerprint unchanged; the next scan hashes it again.
+const RACY_FILES: &str = r#"
+ALTER TABLE files ADD COLUMN racy INTEGER NOT NULL DEFAULT 0;  -- 1: re-hash on next scan
+"#;
+
 /// Every migration, in order; see the module doc before changing anything.
-const MIGRATIONS: &[&str] = &[V1, STATUS_FACTS];
+const MIGRATIONS: &[&str] = &[V1, STATUS_FACTS, RACY_FILES];
 
 /// The schema version this binary writes and fully understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
