@@ -49,8 +49,9 @@ pub struct KnownFile {
     /// Modification time in nanoseconds since the Unix epoch.
     pub mtime_ns: i64,
     pub inode: u64,
-    /// `None` when never hashed.
-    pub hashes: Option<Hashes>,
+    /// `None` when never hashed (or recorded in a form that does not parse:
+    /// then it is simply hashed again).
+    pub hashes: Option<KnownHashes>,
     /// True when the remote holds exactly this content (state `Synced`).
     pub synced: bool,
     /// True when the file's mtime was not safely older than the scan that
@@ -58,6 +59,57 @@ pub struct KnownFile {
     /// timestamp tick would leave the fingerprint unchanged, so the next scan
     /// hashes it again even if the fingerprint matches.
     pub racy: bool,
+}
+
+/// [`Hashes`] in 40 bytes rather than two heap strings: a rescan holds one
+/// per known file, which dominates its memory at 100,000 files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownHashes {
+    pub sha1: [u8; 20],
+    pub quick_xor: [u8; 20],
+}
+
+impl KnownHashes {
+    /// Parses the text forms (SHA-1 hex, quickXorHash base64); `None` when
+    /// either is not what a hasher produces.
+    pub fn from_hashes(h: &Hashes) -> Option<KnownHashes> {
+        KnownHashes::from_text(&h.sha1, &h.quick_xor)
+    }
+
+    /// [`KnownHashes::from_hashes`] from the two texts as stored.
+    pub fn from_text(sha1_hex: &str, quick_xor_base64: &str) -> Option<KnownHashes> {
+        use base64::Engine as _;
+        let hex = sha1_hex.as_bytes();
+        if hex.len() != 40 {
+            return None;
+        }
+        let mut sha1 = [0u8; 20];
+        for (i, byte) in sha1.iter_mut().enumerate() {
+            let digit = |c: u8| (c as char).to_digit(16);
+            *byte = (digit(hex[2 * i])? * 16 + digit(hex[2 * i + 1])?) as u8;
+        }
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(quick_xor_base64)
+            .ok()?;
+        Some(KnownHashes {
+            sha1,
+            quick_xor: decoded.try_into().ok()?,
+        })
+    }
+
+    /// The text forms [`Hashes`] carries.
+    pub fn to_hashes(&self) -> Hashes {
+        use base64::Engine as _;
+        use std::fmt::Write as _;
+        let mut sha1 = String::with_capacity(40);
+        for b in self.sha1 {
+            let _ = write!(sha1, "{b:02x}");
+        }
+        Hashes {
+            sha1,
+            quick_xor: base64::engine::general_purpose::STANDARD.encode(self.quick_xor),
+        }
+    }
 }
 
 impl KnownFile {
@@ -653,7 +705,7 @@ impl Worker<'_> {
                 match k.hashes {
                     Some(_) if k.synced => return,
                     Some(hashes) => {
-                        self.emit(rel, before, hashes, Change::Unchanged);
+                        self.emit(rel, before, hashes.to_hashes(), Change::Unchanged);
                         return;
                     }
                     // Recorded but never hashed: hash it now.
@@ -683,7 +735,7 @@ impl Worker<'_> {
             Ok(hashes) => hashes,
             Err(reason) => return self.skip(rel.to_owned(), reason),
         };
-        if known.hashes.as_ref() != Some(&hashes) {
+        if known.hashes != KnownHashes::from_hashes(&hashes) {
             return self.emit(rel, before, hashes, Change::Changed);
         }
         self.found.unchanged += 1;
@@ -859,7 +911,7 @@ mod tests {
                         size: e.size,
                         mtime_ns: e.mtime_ns,
                         inode: e.inode,
-                        hashes: Some(e.hashes.clone()),
+                        hashes: KnownHashes::from_hashes(&e.hashes),
                         synced,
                         racy: false,
                     },
@@ -903,6 +955,25 @@ mod tests {
 
     fn mtime_of(path: &Path) -> SystemTime {
         fs::metadata(path).unwrap().modified().unwrap()
+    }
+
+    #[test]
+    fn known_hashes_round_trip_and_refuse_malformed_text() {
+        for content in [&b""[..], b"a", &[7u8; 100_000]] {
+            let h = hash_bytes(content);
+            assert_eq!(KnownHashes::from_hashes(&h).unwrap().to_hashes(), h);
+        }
+        let good = hash_bytes(b"x");
+        let bad_hex = Hashes {
+            sha1: "zz".repeat(20),
+            ..good.clone()
+        };
+        let short = Hashes {
+            quick_xor: "AAAA".into(),
+            ..good.clone()
+        };
+        assert_eq!(KnownHashes::from_hashes(&bad_hex), None);
+        assert_eq!(KnownHashes::from_hashes(&short), None);
     }
 
     #[test]
@@ -1079,7 +1150,7 @@ mod tests {
         let first = scan(&opts(dir.path()), HashMap::new()).unwrap();
         let mut known = known_from(&first, false);
         // A recorded hash is trusted while the fingerprint matches.
-        known.get_mut("a.txt").unwrap().hashes = Some(hash_bytes(b"recorded"));
+        known.get_mut("a.txt").unwrap().hashes = KnownHashes::from_hashes(&hash_bytes(b"recorded"));
         known.get_mut("b.txt").unwrap().synced = true;
         let second = scan(&opts(dir.path()), known).unwrap();
         assert_eq!(paths(&second), ["a.txt"]);

@@ -35,7 +35,7 @@ use rusqlite::{OptionalExtension, Row, Transaction, params};
 use super::StateError;
 use super::store::{Store, sql_err, u64_from_sql, u64_to_sql, unix_now};
 use crate::hash::Hashes;
-use crate::scan::{KnownFile, LocalEntry};
+use crate::scan::{KnownFile, KnownHashes, LocalEntry};
 
 /// Where a file stands between the local disk and SharePoint. One enum so a
 /// file cannot be "synced and failed" at once; only `state/` writes it.
@@ -292,7 +292,14 @@ impl Store {
         let mut known = HashMap::new();
         while let Some(row) = rows.next().map_err(self.sql(context))? {
             let read = || -> rusqlite::Result<(String, KnownFile)> {
-                let hashes = hashes_from(row.get(4)?, row.get(5)?);
+                // Parsed from the row's text in place: no string per file.
+                let hashes = match (row.get_ref(4)?, row.get_ref(5)?) {
+                    (ValueRef::Text(sha1), ValueRef::Text(quick_xor)) => KnownHashes::from_text(
+                        std::str::from_utf8(sha1).unwrap_or(""),
+                        std::str::from_utf8(quick_xor).unwrap_or(""),
+                    ),
+                    _ => None,
+                };
                 let synced =
                     hashes.is_some() && matches!(row.get_ref(6)?, ValueRef::Text(b"synced"));
                 Ok((
