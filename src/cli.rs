@@ -75,6 +75,11 @@ pub enum Command {
     /// SIGINT; SIGHUP reloads the configuration. Exit 0 after a clean stop,
     /// 78 for a bad config, 75 when another sharepush holds the state dir.
     Run,
+    /// Show each job's last run, next run, pending and failed files, bytes
+    /// uploaded and watch state, the daemon and the sign-in, from the state
+    /// database (read-only: works while the daemon runs). Exit 0 when
+    /// healthy, 1 when any job has failures, 77 when a login is needed.
+    Status(StatusArgs),
     /// Sign in with the device code flow (works over SSH) and store the
     /// refresh token in the state directory (0600).
     Login(LoginArgs),
@@ -131,6 +136,14 @@ pub struct ScanArgs {
     pub jobs: Vec<String>,
 
     /// Print one JSON object (`{"jobs":[{"name":..,"new":..,"changed":..,"unchanged":..,"skipped":..}]}`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sharepush status` options.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print one JSON object (stable; documented in the README).
     #[arg(long)]
     pub json: bool,
 }

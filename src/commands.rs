@@ -242,7 +242,12 @@ fn scan_one(store: &mut Store, job: &JobSpec) -> Result<JobScanJson, String> {
     let report = scan::scan(&options, known).map_err(|e| e.to_string())?;
     let t2 = std::time::Instant::now();
     store
-        .record_scanned(&job.name, &report.entries)
+        .record_scan(
+            &job.name,
+            &report.entries,
+            &report.verified,
+            report.racy_cutoff_ns,
+        )
         .map_err(|e| e.to_string())?;
     tracing::debug!(
         job = %job.name,
@@ -745,6 +750,66 @@ fn dry_run(
     code
 }
 
+/// `sharepush status [--json]`: the state database read without the lock
+/// (works while the daemon runs). A config that cannot be loaded is
+/// reported on `err` and the report comes from the state alone (the state
+/// directory from `--state-dir`, else the default). Exit 0 healthy, 1 a job
+/// has failures, 77 login needed, 75 the state cannot be read.
+pub fn status(
+    global: &GlobalArgs,
+    json: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> ExitCode {
+    let config = match load_config(global, err) {
+        Ok(c) => Some(c),
+        Err(_) => {
+            let _ = writeln!(
+                err,
+                "warning: showing the state only (no schedules, no sign-in mode)"
+            );
+            None
+        }
+    };
+    let state_dir = match (&config, &global.state_dir) {
+        (Some(c), _) => c.daemon.state_dir.clone(),
+        (None, Some(dir)) => dir.clone(),
+        (None, None) => std::path::PathBuf::from(crate::config::DEFAULT_STATE_DIR),
+    };
+    let store = match Store::open_read_only(&state_dir) {
+        Ok(s) => Some(s),
+        Err(crate::state::StateError::Missing { .. }) => None,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            return match e {
+                crate::state::StateError::TooNew { .. } => ExitCode::Config,
+                _ => ExitCode::TempFail,
+            };
+        }
+    };
+    let report = match crate::status::build(config.as_ref(), &state_dir, store.as_ref()) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            return ExitCode::TempFail;
+        }
+    };
+    if json {
+        let _ = serde_json::to_writer_pretty(&mut *out, &report);
+        let _ = writeln!(out);
+    } else {
+        if store.is_none() {
+            let _ = writeln!(
+                out,
+                "no state in {} yet: sharepush has not run with it",
+                state_dir.display()
+            );
+        }
+        report.write_text(out);
+    }
+    report.exit_code()
+}
+
 /// `sharepush login [--refresh-token-file F]`: device code sign-in, or the
 /// import of an existing refresh token; either way the token ends up 0600
 /// in the state directory. Exit 77 when the sign-in failed.
@@ -793,6 +858,17 @@ pub fn login(
     });
     match result {
         Ok(path) => {
+            // With no daemon holding the state, clear a recorded refusal now
+            // (with one, `status` sees that the token is newer than the refusal).
+            if let Ok(mut store) = Store::open(&config.daemon.state_dir) {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0);
+                if let Err(e) = store.record_signed_in(now) {
+                    tracing::warn!(error = %e, "cannot record the login in the state");
+                }
+            }
             let _ = writeln!(
                 out,
                 "Signed in. The refresh token is stored in {} (mode 0600); pending files \

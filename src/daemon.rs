@@ -301,6 +301,12 @@ pub async fn serve(
         .await
         .expect("open task panicked")?;
     let store = SharedStore::new(store);
+    // For `sharepush status`: which process holds the state, since when.
+    let (pid, now) = (std::process::id(), chrono::Utc::now().timestamp());
+    store
+        .call(move |s| s.record_daemon_started(pid, now))
+        .await?;
+    let stop_store = store.clone();
     let http = crate::remote::graph::http_client()?;
     let tokens = Arc::new(TokenProvider::new(
         config.auth.clone(),
@@ -415,6 +421,10 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("some jobs did not stop within {}s", STOP_GRACE.as_secs());
+    }
+    let now = chrono::Utc::now().timestamp();
+    if let Err(e) = stop_store.call(move |s| s.record_daemon_stopped(now)).await {
+        tracing::warn!("could not record the stop: {e}");
     }
     tracing::info!("stopped");
     Ok(())

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt as _;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::config::{Config, JobSpec};
 use crate::plan::{self, Action, HoldReason, PlanInput, PriorState};
@@ -149,7 +150,9 @@ pub(crate) async fn drive_id<R: Remote>(
 }
 
 /// Scans, plans, uploads and records one job once. Per-file problems are in
-/// the report; only a broken state store is an error.
+/// the report; only a broken state store is an error. Everything the run
+/// logs is inside one `run` span (job, trigger), closed by one summary line
+/// with the counts, bytes and duration.
 ///
 /// `cancel` (SIGTERM/SIGINT, daemon shutdown): once cancelled, no file and
 /// no fragment is started; a fragment in flight gets [`CANCEL_GRACE`] to
@@ -157,6 +160,21 @@ pub(crate) async fn drive_id<R: Remote>(
 /// itself is not interrupted (its findings are recorded, so nothing it
 /// found is lost).
 pub async fn run_once<R: Remote>(
+    remote: &R,
+    store: &SharedStore,
+    throttle: &Throttle,
+    job: &JobSpec,
+    trigger: RunTrigger,
+    progress: Option<Arc<Progress>>,
+    cancel: &CancellationToken,
+) -> Result<JobReport, StateError> {
+    let span = tracing::info_span!("run", job = %job.name, trigger = %trigger);
+    run_stages(remote, store, throttle, job, trigger, progress, cancel)
+        .instrument(span)
+        .await
+}
+
+async fn run_stages<R: Remote>(
     remote: &R,
     store: &SharedStore,
     throttle: &Throttle,
@@ -232,12 +250,13 @@ pub async fn run_once<R: Remote>(
         scanned.entries.clone(),
         report.skipped.clone(),
     );
+    let (verified, racy_cutoff_ns) = (scanned.verified.clone(), scanned.racy_cutoff_ns);
     let (records, folders, run) = store
         .call(move |s| -> Result<_, StateError> {
             let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
             let records = s.records_for(&name, &refs)?;
             let folders = s.known_folders(&name)?;
-            s.record_scanned(&name, &entries)?;
+            s.record_scan(&name, &entries, &verified, racy_cutoff_ns)?;
             for (path, reason) in &skipped {
                 s.record_skipped(&name, path, reason)?;
             }
@@ -357,15 +376,18 @@ pub async fn run_once<R: Remote>(
     let unconfirmed = store
         .call(move |s| s.unconfirmed_synced(&name).map(|v| !v.is_empty()))
         .await?;
-    if cancel.is_cancelled() {
-        report.cancelled = true;
-        report.interrupted = uploads.len() as u64;
-    } else if !uploads.is_empty()
+    // Whether this run talked to the library (and so learned whether the
+    // sign-in still works).
+    let contacted = report.reconcile.is_some()
+        || !uploads.is_empty()
         || !folders.is_empty()
         || !deletes.is_empty()
         || unconfirmed
-        || !moves.is_empty()
-    {
+        || !moves.is_empty();
+    if cancel.is_cancelled() {
+        report.cancelled = true;
+        report.interrupted = uploads.len() as u64;
+    } else if contacted {
         if let Some(p) = &progress {
             p.start_job(&job.name, uploads.len() as u64, plan.summary.upload_bytes);
         }
@@ -406,9 +428,27 @@ pub async fn run_once<R: Remote>(
                 .quota_full
                 .map(|n| format!("library full (507 quotaLimitReached); {n} file(s) pending"))),
     };
-    store.call(move |s| s.finish_run(run, &summary)).await?;
+    // The sign-in outcome outlives the run: `status` shows "login needed"
+    // until a later run is accepted again.
+    let (login_needed, signed_in) = (
+        report.login_needed.clone(),
+        contacted && report.error.is_none() && report.login_needed.is_none(),
+    );
+    store
+        .call(move |s| {
+            s.finish_run(run, &summary)?;
+            match login_needed {
+                Some(why) => s.record_login_needed(&why, summary.ended_at),
+                None if signed_in => s.record_signed_in(summary.ended_at),
+                None => Ok(()),
+            }
+        })
+        .await?;
     tracing::info!(
         job = %job.name,
+        trigger = %trigger,
+        new = report.new,
+        changed = report.changed,
         uploaded = report.uploaded,
         bytes = report.bytes,
         failed = report.failed.len(),

@@ -122,6 +122,30 @@ fn update(cell: &StatusCell, f: impl FnOnce(&mut JobStatus)) {
     f(&mut cell.lock().unwrap_or_else(PoisonError::into_inner));
 }
 
+/// Sets the job's watch state for `STATUS=` and records it in the state
+/// database for `sharepush status` (only when the watcher is (re)armed or
+/// fails, so rarely).
+async fn publish_watch(store: &SharedStore, job: &str, cell: &StatusCell, state: WatchState) {
+    update(cell, |s| s.watch = state);
+    let recorded = match state {
+        WatchState::Off => crate::state::WatchState::Off,
+        WatchState::Armed => crate::state::WatchState::Watching,
+        WatchState::Fallback => crate::state::WatchState::Fallback {
+            reason: format!(
+                "watching failed (the log says why); full scans every {} min instead",
+                FALLBACK_SCAN.as_secs() / 60
+            ),
+        },
+    };
+    let (job, at) = (job.to_string(), chrono::Utc::now().timestamp());
+    if let Err(e) = store
+        .call(move |s| s.set_watch_state(&job, &recorded, at))
+        .await
+    {
+        tracing::warn!("could not record the watch state: {e}");
+    }
+}
+
 /// Delay before retry number `failures` (1-based): doubling from
 /// [`RETRY_BASE`], capped at [`RETRY_CAP`].
 pub fn retry_delay(failures: u32) -> Duration {
@@ -301,7 +325,7 @@ pub async fn run_job<R: Remote>(
         (true, true) => WatchState::Armed,
         (true, false) => WatchState::Fallback,
     };
-    update(&status, |s| s.watch = watch_state(&watch));
+    publish_watch(&ctx.store, &job.name, &status, watch_state(&watch)).await;
     let _ = ready.send(());
 
     let periodic = match (job.watch, watch.is_some(), job.schedule.is_some()) {
@@ -342,7 +366,7 @@ pub async fn run_job<R: Remote>(
                 settle.clear();
                 if job.watch && watch.is_none() {
                     watch = arm(&job, &mut warned);
-                    update(&status, |s| s.watch = watch_state(&watch));
+                    publish_watch(&ctx.store, &job.name, &status, watch_state(&watch)).await;
                     if watch.is_some() {
                         periodic_at =
                             (job.schedule.is_none()).then(|| Instant::now() + WATCH_FULL_SCAN);
@@ -451,7 +475,7 @@ pub async fn run_job<R: Remote>(
                         tracing::warn!(job = %job.name, "watching stopped: {why}; falling back to a full scan every {} min", FALLBACK_SCAN.as_secs() / 60);
                     }
                     watch = None;
-                    update(&status, |s| s.watch = watch_state(&watch));
+                    publish_watch(&ctx.store, &job.name, &status, watch_state(&watch)).await;
                     periodic_at = Some(Instant::now() + FALLBACK_SCAN);
                 }
                 if !dirty.is_empty() {

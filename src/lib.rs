@@ -20,7 +20,8 @@
 //!
 //! `config` turns the TOML file into checked [`config::Config`] values (phase
 //! two of the two-phase config), `schedule` owns cron parsing and next-run
-//! times, `cli` is the command line, and `error` the error policy. `main.rs`
+//! times, `cli` is the command line, `status` the report behind `sharepush status`,
+//! and `error` the error policy. `main.rs`
 //! stays thin: it parses arguments, sets up tracing and maps outcomes to exit
 //! codes. `demo` (cargo feature `demo`, on by default) runs all of it
 //! against the Graph emulator in-process.
@@ -45,6 +46,7 @@ pub mod retry;
 pub mod scan;
 pub mod schedule;
 pub mod state;
+pub mod status;
 pub mod systemd;
 pub mod upload;
 pub mod watch;
@@ -63,6 +65,7 @@ pub fn run(cli: cli::Cli) -> error::ExitCode {
         }
         cli::Command::Sync(args) => commands::sync(&cli.global, args, &mut out, &mut err),
         cli::Command::Run => commands::run_daemon(&cli.global, &mut err),
+        cli::Command::Status(args) => commands::status(&cli.global, args.json, &mut out, &mut err),
         cli::Command::Login(args) => commands::login(&cli.global, args, &mut out, &mut err),
         #[cfg(feature = "demo")]
         cli::Command::Demo(args) => demo::run(&cli.global, args, &mut out, &mut err),

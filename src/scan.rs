@@ -59,10 +59,67 @@ pub struct KnownFile {
     /// Modification time in nanoseconds since the Unix epoch.
     pub mtime_ns: i64,
     pub inode: u64,
-    /// `None` when never hashed.
-    pub hashes: Option<Hashes>,
+    /// `None` when never hashed (or recorded in a form that does not parse:
+    /// then it is simply hashed again).
+    pub hashes: Option<KnownHashes>,
     /// True when the remote holds exactly this content (state `Synced`).
     pub synced: bool,
+    /// True when the file's mtime was not safely older than the scan that
+    /// hashed it ("racily clean"): a rewrite of the same size in the same
+    /// timestamp tick would leave the fingerprint unchanged, so the next scan
+    /// hashes it again even if the fingerprint matches.
+    pub racy: bool,
+}
+
+/// [`Hashes`] in 40 bytes rather than two heap strings: a rescan holds one
+/// per known file, which dominates its memory at 100,000 files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownHashes {
+    pub sha1: [u8; 20],
+    pub quick_xor: [u8; 20],
+}
+
+impl KnownHashes {
+    /// Parses the text forms (SHA-1 hex, quickXorHash base64); `None` when
+    /// either is not what a hasher produces.
+    pub fn from_hashes(h: &Hashes) -> Option<KnownHashes> {
+        KnownHashes::from_text(&h.sha1, &h.quick_xor)
+    }
+
+    /// [`KnownHashes::from_hashes`] from the two texts as stored.
+    pub fn from_text(sha1_hex: &str, quick_xor_base64: &str) -> Option<KnownHashes> {
+        use base64::Engine as _;
+        let hex = sha1_hex.as_bytes();
+        if hex.len() != 40 {
+            return None;
+        }
+        let mut sha1 = [0u8; 20];
+        for (i, byte) in sha1.iter_mut().enumerate() {
+            let digit = |c: u8| (c as char).to_digit(16);
+            *byte = (digit(hex[2 * i])? * 16 + digit(hex[2 * i + 1])?) as u8;
+        }
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(quick_xor_base64)
+            .ok()?;
+        Some(KnownHashes {
+            sha1,
+            quick_xor: decoded.try_into().ok()?,
+        })
+    }
+
+    /// The text forms [`Hashes`] carries.
+    pub fn to_hashes(&self) -> Hashes {
+        use base64::Engine as _;
+        use std::fmt::Write as _;
+        let mut sha1 = String::with_capacity(40);
+        for b in self.sha1 {
+            let _ = write!(sha1, "{b:02x}");
+        }
+        Hashes {
+            sha1,
+            quick_xor: base64::engine::general_purpose::STANDARD.encode(self.quick_xor),
+        }
+    }
 }
 
 impl KnownFile {
@@ -87,6 +144,20 @@ pub enum Change {
     /// Same fingerprint as recorded (not re-hashed, unless no hash was
     /// recorded yet).
     Unchanged,
+}
+
+/// How much older than the scan's start a file's mtime must be for its
+/// fingerprint to be trusted (2 s: FAT's timestamp granularity, and far more
+/// than the kernel's timestamp tick on ext4, XFS or btrfs). Newer files are
+/// recorded as racy and hashed again by the next scan (see [`KnownFile::racy`]).
+pub const RACY_MARGIN_NS: i64 = 2_000_000_000;
+
+/// The mtime from which a file hashed by a scan starting now is racy.
+pub fn racy_cutoff_now() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    now.saturating_sub(RACY_MARGIN_NS)
 }
 
 /// One regular file found by a scan.
@@ -285,6 +356,15 @@ pub struct ScanReport {
     pub hashed_files: u64,
     /// Bytes read to hash them (0 on a rescan of an unchanged tree).
     pub hashed_bytes: u64,
+    /// Files whose mtime is at or after this (ns since the epoch: the scan's
+    /// start minus [`RACY_MARGIN_NS`]) are recorded as racy.
+    #[serde(skip)]
+    pub racy_cutoff_ns: i64,
+    /// Synced files recorded as racy that this scan hashed again, found
+    /// identical and now old enough: their record can be trusted again.
+    /// Sorted.
+    #[serde(skip)]
+    pub verified: Vec<String>,
 }
 
 /// The numbers `sharepush scan` prints per job.
@@ -347,6 +427,7 @@ pub fn scan(
 ) -> Result<ScanReport, ScanError> {
     let filter = Filter::new(&opts.include, &opts.exclude)?;
     let source = check_source(&opts.source)?;
+    let racy_cutoff_ns = racy_cutoff_now();
 
     let threads = match opts.threads {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get().min(8)),
@@ -376,6 +457,7 @@ pub fn scan(
     let shared = Shared {
         source,
         opts,
+        racy_cutoff_ns,
         known: Mutex::new(known),
         results: Mutex::new(Vec::new()),
     };
@@ -386,7 +468,10 @@ pub fn scan(
     let known = known.into_inner().unwrap_or_else(PoisonError::into_inner);
     let results = results.into_inner().unwrap_or_else(PoisonError::into_inner);
 
-    let mut report = ScanReport::default();
+    let mut report = ScanReport {
+        racy_cutoff_ns,
+        ..ScanReport::default()
+    };
     let mut protected: std::collections::HashSet<String> = std::collections::HashSet::new();
     for part in results {
         report.entries.extend(part.entries);
@@ -395,6 +480,7 @@ pub fn scan(
         report.dirs.extend(part.dirs);
         report.hashed_files += part.hashed_files;
         report.hashed_bytes += part.hashed_bytes;
+        report.verified.extend(part.verified);
         protected.extend(part.protected);
     }
     for path in known.into_keys() {
@@ -412,6 +498,7 @@ pub fn scan(
     report.vanished.sort_unstable();
     report.deselected.sort_unstable();
     report.dirs.sort_unstable();
+    report.verified.sort_unstable();
     Ok(report)
 }
 
@@ -474,6 +561,8 @@ struct Shared<'a> {
     /// Canonical source; every entry's path starts with it.
     source: PathBuf,
     opts: &'a ScanOptions,
+    /// See [`ScanReport::racy_cutoff_ns`].
+    racy_cutoff_ns: i64,
     /// The state's records; each is removed when its file is met.
     known: Mutex<HashMap<String, KnownFile>>,
     /// Each worker's findings, pushed when the worker is dropped.
@@ -489,6 +578,7 @@ struct Partial {
     dirs: Vec<String>,
     hashed_files: u64,
     hashed_bytes: u64,
+    verified: Vec<String>,
     /// Paths (files or directories) that could not be examined: known records
     /// at or below them are not vanished.
     protected: Vec<String>,
@@ -628,12 +718,16 @@ impl Worker<'_> {
         // is a pseudo-file that stats as empty: that must be found here).
         let hash_new = self.shared.opts.hash_new || before.size == 0;
         let change = match known {
+            Some(k) if k.racy && k.fingerprint() == before => {
+                self.visit_racy(dent, rel, before, k);
+                return;
+            }
             Some(k) if k.fingerprint() == before => {
                 self.found.unchanged += 1;
                 match k.hashes {
                     Some(_) if k.synced => return,
                     Some(hashes) => {
-                        self.emit(rel, before, Some(hashes), Change::Unchanged);
+                        self.emit(rel, before, Some(hashes.to_hashes()), Change::Unchanged);
                         return;
                     }
                     // Recorded but never hashed: hash it now, or leave it
@@ -665,6 +759,26 @@ impl Worker<'_> {
                 }
                 self.skip(rel.to_owned(), reason);
             }
+        }
+    }
+
+    /// A file whose fingerprint matches a record marked racy: its content may
+    /// have changed without changing the fingerprint, so it is hashed again.
+    /// Same content: unchanged (listed unless synced; a synced one whose
+    /// mtime is now old enough goes to `verified`). Other content: changed.
+    fn visit_racy(&mut self, dent: &DirEntry, rel: &str, before: Fingerprint, known: KnownFile) {
+        let hashes = match self.hash(dent.path(), &before) {
+            Ok(hashes) => hashes,
+            Err(reason) => return self.skip(rel.to_owned(), reason),
+        };
+        if known.hashes != KnownHashes::from_hashes(&hashes) {
+            return self.emit(rel, before, Some(hashes), Change::Changed);
+        }
+        self.found.unchanged += 1;
+        if !known.synced {
+            self.emit(rel, before, Some(hashes), Change::Unchanged);
+        } else if before.mtime_ns < self.shared.racy_cutoff_ns {
+            self.found.verified.push(rel.to_owned());
         }
     }
 
@@ -804,6 +918,7 @@ mod tests {
     use super::*;
     use crate::hash::hash_bytes;
     use std::ffi::OsStr;
+    use std::io::Write;
     use std::os::unix::ffi::OsStrExt;
     use std::time::{Duration, SystemTime};
 
@@ -832,8 +947,9 @@ mod tests {
                         size: e.size,
                         mtime_ns: e.mtime_ns,
                         inode: e.inode,
-                        hashes: e.hashes.clone(),
+                        hashes: e.hashes.as_ref().and_then(KnownHashes::from_hashes),
                         synced,
+                        racy: false,
                     },
                 )
             })
@@ -856,6 +972,134 @@ mod tests {
         let f = File::options().write(true).open(path).unwrap();
         f.set_modified(SystemTime::UNIX_EPOCH + Duration::new(secs, 123_456_789))
             .unwrap();
+    }
+
+    /// Scans `src` against what `store` knows and records the report, as
+    /// `sharepush scan` and a job run do.
+    fn scan_and_record(store: &mut crate::state::Store, src: &Path) -> ScanReport {
+        let report = scan(&opts(src), store.known_files("j").unwrap()).unwrap();
+        store
+            .record_scan(
+                "j",
+                &report.entries,
+                &report.verified,
+                report.racy_cutoff_ns,
+            )
+            .unwrap();
+        report
+    }
+
+    fn mtime_of(path: &Path) -> SystemTime {
+        fs::metadata(path).unwrap().modified().unwrap()
+    }
+
+    #[test]
+    fn known_hashes_round_trip_and_refuse_malformed_text() {
+        for content in [&b""[..], b"a", &[7u8; 100_000]] {
+            let h = hash_bytes(content);
+            assert_eq!(KnownHashes::from_hashes(&h).unwrap().to_hashes(), h);
+        }
+        let good = hash_bytes(b"x");
+        let bad_hex = Hashes {
+            sha1: "zz".repeat(20),
+            ..good.clone()
+        };
+        let short = Hashes {
+            quick_xor: "AAAA".into(),
+            ..good.clone()
+        };
+        assert_eq!(KnownHashes::from_hashes(&bad_hex), None);
+        assert_eq!(KnownHashes::from_hashes(&short), None);
+    }
+
+    #[test]
+    fn racily_clean_rewrite_with_same_size_and_mtime_is_detected() {
+        let state = tempfile::tempdir().unwrap();
+        let mut store = crate::state::Store::open(state.path()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "report.txt", b"version 1");
+        let file = dir.path().join("report.txt");
+        let first = scan_and_record(&mut store, dir.path());
+        assert_eq!(first.counts().new, 1);
+        assert!(store.known_files("j").unwrap()["report.txt"].racy);
+
+        // Rewritten in place right after it was hashed: same size, same inode,
+        // and (as within one timestamp tick) the same mtime.
+        let mtime = mtime_of(&file);
+        let f = File::options().write(true).open(&file).unwrap();
+        (&f).write_all(b"version 2").unwrap();
+        f.set_modified(mtime).unwrap();
+        drop(f);
+        let before = &first.entries[0];
+        let now = Fingerprint::of(&fs::metadata(&file).unwrap());
+        assert_eq!(
+            (now.size, now.mtime_ns, now.inode),
+            (before.size, before.mtime_ns, before.inode),
+            "the rewrite must leave the fingerprint as it was"
+        );
+
+        let second = scan_and_record(&mut store, dir.path());
+        assert_eq!(second.hashed_files, 1);
+        assert_eq!(second.counts().changed, 1);
+        assert_eq!(second.entries[0].hashes, Some(hash_bytes(b"version 2")));
+        let record = store.file("j", "report.txt").unwrap().unwrap();
+        assert_eq!(record.hashes, Some(hash_bytes(b"version 2")));
+    }
+
+    #[test]
+    fn a_file_older_than_the_scan_is_trusted_and_not_hashed_again() {
+        let state = tempfile::tempdir().unwrap();
+        let mut store = crate::state::Store::open(state.path()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "old.txt", b"old content");
+        set_mtime(&dir.path().join("old.txt"), 1_600_000_000);
+        let first = scan_and_record(&mut store, dir.path());
+        assert_eq!(first.hashed_files, 1);
+        assert!(!store.known_files("j").unwrap()["old.txt"].racy);
+        let second = scan_and_record(&mut store, dir.path());
+        assert_eq!((second.hashed_files, second.unchanged), (0, 1));
+        // Listed because not uploaded yet, with the recorded hashes.
+        assert_eq!(second.entries[0].change, Change::Unchanged);
+        assert_eq!(second.entries[0].hashes, Some(hash_bytes(b"old content")));
+    }
+
+    #[test]
+    fn a_racy_synced_file_found_identical_and_old_enough_is_trusted_again() {
+        let state = tempfile::tempdir().unwrap();
+        let mut store = crate::state::Store::open(state.path()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.txt", b"same");
+        set_mtime(&dir.path().join("a.txt"), 1_600_000_000);
+        // Recorded by a scan whose cutoff made it racy (as if it had been
+        // hashed within two seconds of its mtime), then uploaded.
+        let first = scan(&opts(dir.path()), HashMap::new()).unwrap();
+        store
+            .record_scan("j", &first.entries, &[], i64::MIN)
+            .unwrap();
+        let info = crate::state::SyncedInfo {
+            content: hash_bytes(b"same"),
+            item_id: Some("I".into()),
+            etag: None,
+            remote_quick_xor: None,
+            remote_size: None,
+        };
+        store.mark_synced("j", "a.txt", &info).unwrap();
+        let known = store.known_files("j").unwrap();
+        assert!(known["a.txt"].racy && known["a.txt"].synced);
+
+        let second = scan_and_record(&mut store, dir.path());
+        assert_eq!(second.hashed_files, 1, "a racy record is hashed again");
+        assert!(
+            second.entries.is_empty(),
+            "synced and identical: nothing to do"
+        );
+        assert_eq!(second.unchanged, 1);
+        assert_eq!(second.verified, ["a.txt"]);
+        assert!(!store.known_files("j").unwrap()["a.txt"].racy);
+
+        let third = scan_and_record(&mut store, dir.path());
+        assert_eq!(third.hashed_files, 0);
+        assert!(third.verified.is_empty());
     }
 
     #[test]
@@ -942,7 +1186,7 @@ mod tests {
         let first = scan(&opts(dir.path()), HashMap::new()).unwrap();
         let mut known = known_from(&first, false);
         // A recorded hash is trusted while the fingerprint matches.
-        known.get_mut("a.txt").unwrap().hashes = Some(hash_bytes(b"recorded"));
+        known.get_mut("a.txt").unwrap().hashes = KnownHashes::from_hashes(&hash_bytes(b"recorded"));
         known.get_mut("b.txt").unwrap().synced = true;
         let second = scan(&opts(dir.path()), known).unwrap();
         assert_eq!(paths(&second), ["a.txt"]);
@@ -1186,6 +1430,7 @@ mod tests {
                     inode: 1,
                     hashes: None,
                     synced: true,
+                    racy: false,
                 },
             );
         }
@@ -1380,6 +1625,7 @@ mod tests {
                 inode: 1,
                 hashes: None,
                 synced: true,
+                racy: false,
             },
         );
         match scan(&opts(&missing), known.clone()) {
@@ -1427,10 +1673,10 @@ mod tests {
         }
         let mut one = opts(dir.path());
         one.threads = 1;
-        assert_eq!(
-            scan(&one, HashMap::new()).unwrap(),
-            scan(&opts(dir.path()), HashMap::new()).unwrap()
-        );
+        let mut single = scan(&one, HashMap::new()).unwrap();
+        let parallel = scan(&opts(dir.path()), HashMap::new()).unwrap();
+        single.racy_cutoff_ns = parallel.racy_cutoff_ns; // the scans' start times
+        assert_eq!(single, parallel);
     }
 
     #[test]

@@ -49,6 +49,11 @@ pub const TOKEN_FILE: &str = "refresh-token";
 /// user can reach, and a refresh token (`offline_access`).
 pub const DELEGATED_SCOPES: &str = "Files.ReadWrite.All Sites.ReadWrite.All offline_access";
 
+/// What the shipped units' `SetCredential=client-secret:...` puts in the
+/// credential when the `LoadCredential=` file is missing (so the unit starts
+/// in modes that need no secret); refused as a secret with a message saying so.
+pub const UNLOADED_CREDENTIAL: &str = "sharepush-credential-not-loaded";
+
 /// Refresh this long before the access token expires (at most; short-lived
 /// tokens refresh at half their life).
 const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
@@ -97,7 +102,7 @@ pub enum AuthError {
         source: Option<BoxError>,
     },
     /// A credential file (client secret, certificate, key) could not be read.
-    #[error("cannot read credential file {}", path.display())]
+    #[error("cannot read credential file {}: {source}", path.display())]
     Credential {
         path: PathBuf,
         #[source]
@@ -611,7 +616,24 @@ fn read_secret(path: &Path) -> Result<SecretString, AuthError> {
         path: path.to_path_buf(),
         source,
     })?;
-    Ok(SecretString::from(text.trim().to_string()))
+    let secret = text.trim();
+    let problem = if secret == UNLOADED_CREDENTIAL {
+        Some(
+            "it holds the placeholder of the unit's SetCredential=: the file named by \
+             LoadCredential= was missing when the service started",
+        )
+    } else if secret.is_empty() {
+        Some("the file is empty")
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
+        return Err(AuthError::Credential {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, problem),
+        });
+    }
+    Ok(SecretString::from(secret.to_string()))
 }
 
 /// What one poll of the device code flow tells the loop to do next.
@@ -961,6 +983,21 @@ pub(crate) mod assertion {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_missing_systemd_credential_or_an_empty_secret_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client-secret");
+        fs::write(&path, format!("{UNLOADED_CREDENTIAL}\n")).unwrap();
+        let e = read_secret(&path).unwrap_err().to_string();
+        assert!(e.contains("client-secret"), "{e}");
+        assert!(e.contains("LoadCredential= was missing"), "{e}");
+        fs::write(&path, "\n").unwrap();
+        let e = read_secret(&path).unwrap_err().to_string();
+        assert!(e.contains("is empty"), "{e}");
+        fs::write(&path, "s3cret\n").unwrap();
+        assert_eq!(read_secret(&path).unwrap().expose_secret(), "s3cret");
+    }
 
     #[test]
     fn polling_follows_rfc_8628() {

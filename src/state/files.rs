@@ -35,7 +35,7 @@ use rusqlite::{OptionalExtension, Row, Transaction, params};
 use super::StateError;
 use super::store::{Store, sql_err, u64_from_sql, u64_to_sql, unix_now};
 use crate::hash::Hashes;
-use crate::scan::{KnownFile, LocalEntry};
+use crate::scan::{KnownFile, KnownHashes, LocalEntry};
 
 /// Where a file stands between the local disk and SharePoint. One enum so a
 /// file cannot be "synced and failed" at once; only `state/` writes it.
@@ -284,14 +284,22 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT path, size, mtime_ns, inode, sha1, quick_xor, state FROM files WHERE job = ?1",
+                "SELECT path, size, mtime_ns, inode, sha1, quick_xor, state, racy
+                 FROM files WHERE job = ?1",
             )
             .map_err(self.sql(context))?;
         let mut rows = stmt.query([job]).map_err(self.sql(context))?;
         let mut known = HashMap::new();
         while let Some(row) = rows.next().map_err(self.sql(context))? {
             let read = || -> rusqlite::Result<(String, KnownFile)> {
-                let hashes = hashes_from(row.get(4)?, row.get(5)?);
+                // Parsed from the row's text in place: no string per file.
+                let hashes = match (row.get_ref(4)?, row.get_ref(5)?) {
+                    (ValueRef::Text(sha1), ValueRef::Text(quick_xor)) => KnownHashes::from_text(
+                        std::str::from_utf8(sha1).unwrap_or(""),
+                        std::str::from_utf8(quick_xor).unwrap_or(""),
+                    ),
+                    _ => None,
+                };
                 let synced =
                     hashes.is_some() && matches!(row.get_ref(6)?, ValueRef::Text(b"synced"));
                 Ok((
@@ -302,6 +310,7 @@ impl Store {
                         inode: u64_from_sql(row.get(3)?),
                         hashes,
                         synced,
+                        racy: row.get(7)?,
                     },
                 ))
             };
@@ -320,7 +329,27 @@ impl Store {
     /// again becomes `Pending`. Entries whose row already matches write
     /// nothing. Upload sessions are left alone: the uploader compares their
     /// fingerprint and discards a stale one itself.
+    ///
+    /// Racily-clean files: an entry whose mtime is at or after a cutoff (the
+    /// mtime of "now" minus [`crate::scan::RACY_MARGIN_NS`]) is recorded as
+    /// racy, so the next scan hashes it again; an older one as trusted. A
+    /// scan should call [`Store::record_scan`] with its own start instead.
     pub fn record_scanned(&mut self, job: &str, entries: &[LocalEntry]) -> Result<(), StateError> {
+        self.record_scan(job, entries, &[], crate::scan::racy_cutoff_now())
+    }
+
+    /// [`Store::record_scanned`] for a scan's report: entries with an mtime
+    /// at or after `racy_cutoff_ns` ([`crate::scan::ScanReport::racy_cutoff_ns`])
+    /// are recorded racy, the others trusted; the `verified` paths (racy
+    /// synced files the scan hashed again and found identical, now old
+    /// enough) become trusted. All in one transaction.
+    pub fn record_scan(
+        &mut self,
+        job: &str,
+        entries: &[LocalEntry],
+        verified: &[String],
+        racy_cutoff_ns: i64,
+    ) -> Result<(), StateError> {
         let context = "recording scanned files";
         let now = unix_now();
         let err = |e| sql_err(&self.db_path, context)(e);
@@ -333,7 +362,7 @@ impl Store {
         {
             let mut select = tx
                 .prepare_cached(
-                    "SELECT size, mtime_ns, inode, sha1, quick_xor, state
+                    "SELECT size, mtime_ns, inode, sha1, quick_xor, state, racy
                      FROM files WHERE job = ?1 AND path = ?2",
                 )
                 .map_err(err)?;
@@ -363,8 +392,17 @@ impl Store {
             // yields paths in no particular order: 3x slower at 100,000).
             let mut sorted: Vec<&LocalEntry> = entries.iter().collect();
             sorted.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+            let mut set_racy = tx
+                .prepare_cached("UPDATE files SET racy = ?3 WHERE job = ?1 AND path = ?2")
+                .map_err(err)?;
+            for path in verified {
+                set_racy.execute(params![job, path, false]).map_err(err)?;
+            }
             for entry in sorted {
                 let (size, inode) = (u64_to_sql(entry.size), u64_to_sql(entry.inode));
+                // No row reads as trusted; an insert starts trusted (the
+                // column's default) and is marked just after if racy.
+                let mut racy_row = false;
                 let row = select
                     .query_row(params![job, entry.path], |row| {
                         let same_fingerprint = row.get::<_, i64>(0)? == size
@@ -383,6 +421,7 @@ impl Store {
                             None => same_fingerprint,
                         };
                         let skipped = matches!(row.get_ref(5)?, ValueRef::Text(b"skipped"));
+                        racy_row = row.get(6)?;
                         Ok((same_fingerprint, same_content, skipped))
                     })
                     .optional()
@@ -392,7 +431,7 @@ impl Store {
                     None => (None, None),
                 };
                 match scan_write(row) {
-                    ScanWrite::Nothing => continue,
+                    ScanWrite::Nothing => Ok(0),
                     ScanWrite::Insert => insert.execute(params![
                         job,
                         entry.path,
@@ -423,6 +462,14 @@ impl Store {
                     ]),
                 }
                 .map_err(err)?;
+                // Rare (only files modified within seconds of the scan), so a
+                // separate statement costs nothing on a bulk scan.
+                let racy = entry.mtime_ns >= racy_cutoff_ns;
+                if racy != racy_row {
+                    set_racy
+                        .execute(params![job, entry.path, racy])
+                        .map_err(err)?;
+                }
             }
         }
         tx.commit().map_err(sql_err(&self.db_path, context))
@@ -526,6 +573,27 @@ impl Store {
             ))
             .map_err(self.sql(context))?;
         stmt.query_map([job, kind.as_str()], record_from_row)
+            .and_then(|rows| rows.collect())
+            .map_err(self.sql(context))
+    }
+
+    /// At most `limit` files of one job in one state, sorted by path:
+    /// `status` lists the first failed files without loading all of them.
+    pub fn files_in_state_limited(
+        &self,
+        job: &str,
+        kind: FileStateKind,
+        limit: usize,
+    ) -> Result<Vec<FileRecord>, StateError> {
+        let context = "listing files by state";
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {RECORD_COLUMNS} FROM files WHERE job = ?1 AND state = ?2 ORDER BY path LIMIT ?3"
+            ))
+            .map_err(self.sql(context))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        stmt.query_map(params![job, kind.as_str(), limit], record_from_row)
             .and_then(|rows| rows.collect())
             .map_err(self.sql(context))
     }

@@ -15,6 +15,8 @@
 //! - `remote_walks`, `remote_changes`: remote reconcile (issue 6, `remote.rs`):
 //!   which job folders were enumerated, and remote deletes and edits of our
 //!   files with what the job's policy did about them.
+//! - `daemon`, `watches`, `auth_state`: the running daemon, each job's watch
+//!   state and whether a person must sign in again, for `status` (`health.rs`).
 //!
 //! What it does not do: it never touches the network or the job's files, and it
 //! makes no decisions about *what* to upload (that is `plan`). It only records
@@ -51,6 +53,7 @@
 
 mod drives;
 mod files;
+mod health;
 mod lock;
 mod remote;
 mod runs;
@@ -64,6 +67,7 @@ use std::path::PathBuf;
 
 pub use drives::DriveRow;
 pub use files::{FileRecord, FileState, FileStateKind, StateCounts, SyncedInfo};
+pub use health::{AuthStateRow, DaemonRow, Refusal, WatchRow, WatchState};
 pub use remote::{
     DeltaPageStats, DriveStatus, RemoteChange, RemoteChangeKind, RemoteChangeOutcome, WalkAction,
 };

@@ -227,6 +227,15 @@ impl Store {
             .map_err(self.sql("reading the last run"))
     }
 
+    /// Bytes uploaded by every recorded run of `job`, for `status`.
+    pub fn bytes_uploaded_total(&self, job: &str) -> Result<u64, StateError> {
+        self.conn
+            .prepare_cached("SELECT coalesce(sum(bytes), 0) FROM runs WHERE job = ?1")
+            .and_then(|mut stmt| stmt.query_row([job], |row| row.get::<_, i64>(0)))
+            .map(u64_from_sql)
+            .map_err(self.sql("summing uploaded bytes"))
+    }
+
     /// Closes runs left open by a process that died, so `status` does not
     /// show them as running forever. Only a lock holder may call this.
     pub(super) fn close_interrupted_runs(&mut self) -> Result<(), StateError> {

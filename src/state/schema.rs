@@ -146,8 +146,44 @@ CREATE TABLE remote_changes (
 ) WITHOUT ROWID;
 "#;
 
+/// What `sharepush status` shows beyond files and runs: the daemon process,
+/// each job's watch state, and whether a person must sign in again.
+const STATUS_FACTS: &str = r#"
+-- The daemon that holds (or last held) this state directory; one row at most.
+CREATE TABLE daemon (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    pid        INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
+    stopped_at INTEGER                   -- NULL while running (or if it died)
+);
+
+-- Per job: is the watcher armed, or did it fall back to full scans (and why).
+CREATE TABLE watches (
+    job        TEXT PRIMARY KEY,
+    state      TEXT NOT NULL CHECK (state IN ('watching', 'fallback', 'off')),
+    reason     TEXT,                     -- fallback: why (names the sysctl to raise)
+    updated_at INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Sign-in facts; one row at most.
+CREATE TABLE auth_state (
+    id              INTEGER PRIMARY KEY CHECK (id = 1),
+    login_needed_at  INTEGER,            -- when a run was last refused; NULL: never
+    login_needed     TEXT,               -- that refusal as the user saw it (never a secret)
+    login_cleared_at INTEGER,            -- when a login or an accepted run ended it; NULL: not yet
+    signed_in_at     INTEGER             -- last login or run whose requests were accepted
+);
+"#;
+
+/// Racily-clean files: a file whose mtime was not safely older than the scan
+/// that hashed it could be rewritten in the same timestamp tick with the same
+/// size, leaving its fingerprint unchanged; the next scan hashes it again.
+const RACY_FILES: &str = r#"
+ALTER TABLE files ADD COLUMN racy INTEGER NOT NULL DEFAULT 0;  -- 1: re-hash on next scan
+"#;
+
 /// Every migration, in order; see the module doc before changing anything.
-const MIGRATIONS: &[&str] = &[V1, V2_REMOTE];
+const MIGRATIONS: &[&str] = &[V1, V2_REMOTE, STATUS_FACTS, RACY_FILES];
 
 /// The schema version this binary writes and fully understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -217,6 +217,13 @@ async fn created_modified_renamed_and_deleted_files_reach_the_emulator_with_keep
         Duration::from_secs(30),
     )
     .await;
+    // `status` reads the running daemon's state beside it.
+    let out = fx.sharepush(&config, &["status", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(json["daemon"]["running"], true, "{json}");
+    assert_eq!(json["daemon"]["pid"], d.child.id(), "{json}");
+    assert_eq!(json["jobs"][0]["watch"], "watching", "{json}");
 
     fs::create_dir_all(fx.source().join("sub")).unwrap();
     fs::write(fx.source().join("sub/a.txt"), b"first").unwrap();

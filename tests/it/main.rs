@@ -9,6 +9,9 @@ mod daemon;
 #[cfg(feature = "demo")]
 mod demo;
 mod emu;
+mod logging;
 mod reconcile;
+mod status;
 mod support;
 mod sync;
+mod systemd;
