@@ -84,9 +84,11 @@ pub enum Command {
     /// refresh token in the state directory (0600).
     Login(LoginArgs),
     /// Try sharepush with no tenant: start the bundled Graph emulator on
-    /// loopback, sign in without a person, sync the config's jobs once and
-    /// show what arrived where (path, size, quickXorHash, match). Run it with
-    /// `--config config/demo.toml` from the repository root.
+    /// loopback, sign in without a person, sync the config's jobs, show what
+    /// arrived where (path, size, quickXorHash, match), then keep running the
+    /// daemon and print each upload as files change, until Ctrl-C (`--once`
+    /// exits after the first sync). Run it with `--config config/demo.toml`
+    /// from the repository root.
     #[cfg(feature = "demo")]
     Demo(DemoArgs),
 }
@@ -122,10 +124,20 @@ pub struct DemoArgs {
     #[arg(long, value_name = "PORT")]
     pub port: Option<u16>,
 
-    /// Keep the emulator running after the sync (until Ctrl-C), so rclone,
-    /// curl or another `sharepush sync` can talk to it.
+    /// Sync once, show what arrived and exit, instead of going on as a
+    /// watching daemon.
+    #[arg(long, conflicts_with = "serve")]
+    pub once: bool,
+
+    /// After the sync keep only the emulator running (until Ctrl-C), no
+    /// daemon, so rclone, curl or another `sharepush sync` can talk to it.
     #[arg(long)]
     pub serve: bool,
+
+    /// Back up DIR instead of each job's configured source (the bundled
+    /// config/demo/sample), e.g. a copy to edit freely.
+    #[arg(long, value_name = "DIR")]
+    pub source: Option<PathBuf>,
 }
 
 /// `sharepush scan` options.

@@ -519,7 +519,7 @@ async fn show_progress(p: std::sync::Arc<crate::upload::Progress>) {
 }
 
 /// Human-readable size: `532 B`, `10.0 MiB`.
-fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = n as f64;
     let mut unit = 0;

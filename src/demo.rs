@@ -15,7 +15,19 @@
 //! 4. reads the library back through the emulator's inspection API and
 //!    prints each remote path, size and quickXorHash, and whether it matches
 //!    the local file hashed afresh;
-//! 5. exits, or with `--serve` keeps the emulator up until Ctrl-C/SIGTERM.
+//! 5. keeps running the daemon ([`crate::daemon::serve`], the same one as
+//!    `sharepush run`) in this process over the same config: the jobs watch
+//!    their source, and every file the emulator commits from then on is
+//!    printed as one `uploaded NAME (SIZE) -> LIBRARY/PATH, quickXorHash H`
+//!    line, read back from the emulator's library (polled every
+//!    [`WATCH_POLL`]). Ctrl-C or SIGTERM stops the daemon and the emulator
+//!    cleanly (exit 0).
+//!
+//! `--once` stops after step 4 (the one-shot demo, what the tests of the
+//! first sync and CI use); `--serve` instead keeps only the emulator up
+//! until Ctrl-C/SIGTERM, without the daemon. `--source DIR` backs up DIR
+//! instead of each job's configured source, so a copy can be edited without
+//! touching the repository.
 //!
 //! A second run finds everything up to date and says that nothing carried
 //! file content. Delete the state dir to start over (both sides go).
@@ -45,7 +57,10 @@ const SCOPE: &str = "Files.ReadWrite.All Sites.ReadWrite.All offline_access";
 /// How to run the demo, for messages.
 const HOW: &str = "from the repository root: cargo run --release -- --config config/demo.toml demo";
 
-/// `sharepush demo [--port P] [--serve]`.
+/// How often the watching demo reads the emulator's library for new uploads.
+pub const WATCH_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// `sharepush demo [--port P] [--once | --serve] [--source DIR]`.
 pub fn run(
     global: &GlobalArgs,
     args: &DemoArgs,
@@ -60,10 +75,26 @@ pub fn run(
         );
         return ExitCode::Config;
     }
-    let config = match crate::commands::load_config(global, err) {
+    let mut config = match crate::commands::load_config(global, err) {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if let Some(dir) = &args.source {
+        let dir = match fs::canonicalize(dir) {
+            Ok(d) if d.is_dir() => d,
+            Ok(_) => {
+                let _ = writeln!(err, "error: --source {}: not a directory", dir.display());
+                return ExitCode::Usage;
+            }
+            Err(e) => {
+                let _ = writeln!(err, "error: --source {}: {e}", dir.display());
+                return ExitCode::Usage;
+            }
+        };
+        for job in &mut config.jobs {
+            job.source = dir.clone();
+        }
+    }
     let addr = match listen_address(&config, args.port) {
         Ok(a) => a,
         Err(why) => {
@@ -86,7 +117,11 @@ pub fn run(
             return ExitCode::TempFail;
         }
     };
-    rt.block_on(demo(config, addr, args, out, err))
+    let code = rt.block_on(demo(config, addr, args, out, err));
+    // Blocking work still in flight (a scan, a watcher thread) is not
+    // waited for beyond this, as in `sharepush run`.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
 /// The address to serve on: the config's loopback authority, with `port`
@@ -204,6 +239,8 @@ async fn demo(
     let code = if args.serve && code != ExitCode::TempFail {
         serve_until_stopped(&config, &emu, args, out).await;
         code
+    } else if !args.once && code != ExitCode::TempFail && code != ExitCode::AuthNeeded {
+        watch_until_stopped(&config, &emu, out, err).await
     } else {
         if code == ExitCode::Ok {
             let source = config
@@ -214,8 +251,9 @@ async fn demo(
             let _ = writeln!(
                 out,
                 "\nRun it again: nothing is re-uploaded. Edit or add a file in {source} and run \
-                 it again: exactly that file goes up. `demo --serve` keeps the emulator running \
-                 for curl, rclone or `sharepush sync`. To start over, delete {}.",
+                 it again: exactly that file goes up. Without --once the demo keeps watching \
+                 and shows each upload as you edit; `demo --serve` keeps only the emulator \
+                 running for curl, rclone or `sharepush sync`. To start over, delete {}.",
                 state_dir.display()
             );
         }
@@ -485,4 +523,139 @@ async fn serve_until_stopped(config: &Config, emu: &Handle, args: &DemoArgs, out
         _ = terminated => {}
     }
     let _ = writeln!(out, "Stopping the emulator.");
+}
+
+/// Step 5: run the daemon over `config` until Ctrl-C/SIGTERM, printing one
+/// line per file the emulator commits (new path, or new size or hash).
+async fn watch_until_stopped(
+    config: &Config,
+    emu: &Handle,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> ExitCode {
+    let mut seen: HashMap<String, (u64, String)> = emu
+        .tree()
+        .into_iter()
+        .map(|e| (e.path, (e.size, e.quick_xor_hash)))
+        .collect();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
+    let signals = match crate::daemon::signals(shutdown.clone(), reload_tx) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = writeln!(err, "error: cannot install signal handlers: {e}");
+            return ExitCode::TempFail;
+        }
+    };
+    let options = crate::daemon::DaemonOptions {
+        state_dir_override: Some(config.daemon.state_dir.clone()),
+        ..crate::daemon::DaemonOptions::default()
+    };
+    let mut daemon = tokio::spawn(crate::daemon::serve(
+        config.clone(),
+        options,
+        shutdown.clone(),
+        reload_rx,
+        crate::systemd::Notifier::from_env(),
+    ));
+    let sources: Vec<String> = config
+        .jobs
+        .iter()
+        .map(|j| j.source.display().to_string())
+        .collect();
+    let _ = writeln!(
+        out,
+        "\nWatching {} (debounce {:?}, settle {:?}): edit, add or rename files there and \
+         each upload shows here. Ctrl-C stops.",
+        sources.join(", "),
+        config.defaults.debounce,
+        config.defaults.settle
+    );
+    let _ = out.flush();
+    let mut tick = tokio::time::interval(WATCH_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result = loop {
+        tokio::select! {
+            r = &mut daemon => break Some(r),
+            _ = shutdown.cancelled() => break None,
+            _ = tick.tick() => print_new_uploads(config, emu, &mut seen, out),
+        }
+    };
+    let result = match result {
+        Some(r) => r,
+        None => {
+            let _ = writeln!(out, "Stopping the daemon and the emulator.");
+            match tokio::time::timeout(crate::daemon::STOP_GRACE * 2, daemon).await {
+                Ok(r) => r,
+                Err(_) => {
+                    let _ = writeln!(err, "error: the daemon did not stop in time");
+                    return ExitCode::TempFail;
+                }
+            }
+        }
+    };
+    shutdown.cancel();
+    let _ = signals.await;
+    // Uploads that landed while stopping.
+    print_new_uploads(config, emu, &mut seen, out);
+    match result {
+        Ok(Ok(())) => ExitCode::Ok,
+        Ok(Err(e)) => {
+            let _ = writeln!(err, "error: {e}");
+            ExitCode::TempFail
+        }
+        Err(e) => {
+            let _ = writeln!(err, "error: the daemon task failed: {e}");
+            ExitCode::TempFail
+        }
+    }
+}
+
+/// Prints `uploaded NAME (SIZE) -> LIBRARY/PATH, quickXorHash H` for every
+/// file of the emulator's library that is new or changed since `seen`.
+fn print_new_uploads(
+    config: &Config,
+    emu: &Handle,
+    seen: &mut HashMap<String, (u64, String)>,
+    out: &mut dyn Write,
+) {
+    for entry in emu.tree() {
+        let now = (entry.size, entry.quick_xor_hash.clone());
+        if seen.get(&entry.path) == Some(&now) {
+            continue;
+        }
+        // The name relative to the job folder it belongs to.
+        let (library, name) = config
+            .jobs
+            .iter()
+            .find_map(|j| {
+                let prefix = format!("{}/", j.folder);
+                let rel = if j.folder.is_empty() {
+                    Some(entry.path.as_str())
+                } else {
+                    entry
+                        .path
+                        .get(..prefix.len())
+                        .filter(|p| p.eq_ignore_ascii_case(&prefix))
+                        .and_then(|_| entry.path.get(prefix.len()..))
+                        .filter(|r| !r.is_empty())
+                };
+                rel.map(|r| (j.library.as_str(), r))
+            })
+            .unwrap_or(("", entry.path.as_str()));
+        let _ = writeln!(
+            out,
+            "uploaded {name} ({}) -> {}{}, quickXorHash {}",
+            crate::commands::human_bytes(entry.size),
+            if library.is_empty() {
+                String::new()
+            } else {
+                format!("{library}/")
+            },
+            entry.path,
+            entry.quick_xor_hash
+        );
+        seen.insert(entry.path, now);
+    }
+    let _ = out.flush();
 }
