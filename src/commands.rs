@@ -398,7 +398,10 @@ pub fn sync(
     let progress = std::io::stderr()
         .is_terminal()
         .then(|| std::sync::Arc::new(crate::upload::Progress::default()));
-    let ticker = progress.clone().map(|p| rt.spawn(show_progress(p)));
+    let bar = progress.clone().map(|p| {
+        let _guard = rt.enter();
+        crate::progress::Bar::start(p)
+    });
     let cancel = tokio_util::sync::CancellationToken::new();
     let stopped_by = match stop_on_signals(&rt, cancel.clone()) {
         Ok(s) => s,
@@ -413,9 +416,9 @@ pub fn sync(
         ..crate::job::SyncOptions::default()
     };
     let result = rt.block_on(crate::job::sync_jobs(&config, &selected, &options));
-    if let Some(t) = ticker {
-        t.abort();
-        eprint!("\r\x1b[2K");
+    if let Some((bar, ticker)) = bar {
+        ticker.abort();
+        bar.finish();
     }
     let signal = stopped_by.load(std::sync::atomic::Ordering::SeqCst);
     match result {
@@ -485,37 +488,6 @@ fn stop_on_signals(
         }
     });
     Ok(first)
-}
-
-/// Redraws one progress line on the terminal (stderr) twice a second:
-/// job, files, bytes, rate and time left.
-async fn show_progress(p: std::sync::Arc<crate::upload::Progress>) {
-    use std::sync::atomic::Ordering::Relaxed;
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
-    loop {
-        tick.tick().await;
-        let (total, sent) = (p.bytes_total.load(Relaxed), p.bytes_sent.load(Relaxed));
-        if p.files_total.load(Relaxed) == 0 {
-            continue;
-        }
-        let (job, elapsed) = p.job();
-        let secs = elapsed.as_secs_f64().max(0.001);
-        let rate = sent as f64 / secs;
-        let eta = if rate > 0.0 {
-            format!("{:.0}s", total.saturating_sub(sent) as f64 / rate)
-        } else {
-            "-".into()
-        };
-        eprint!(
-            "\r\x1b[2K{}: {}/{} files, {} of {}, {}/s, ETA {eta}",
-            job,
-            p.files_done.load(Relaxed),
-            p.files_total.load(Relaxed),
-            human_bytes(sent),
-            human_bytes(total),
-            human_bytes(rate as u64),
-        );
-    }
 }
 
 /// Human-readable size: `532 B`, `10.0 MiB`.

@@ -40,6 +40,7 @@ pub mod job;
 pub mod job_task;
 pub mod logging;
 pub mod plan;
+pub mod progress;
 pub mod reconcile;
 pub mod remote;
 pub mod retry;

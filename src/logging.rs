@@ -112,7 +112,7 @@ pub fn init(global: &GlobalArgs, from_config: Option<LogFormat>) {
     }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter())
-        .with_writer(std::io::stderr)
+        .with_writer(crate::progress::StderrWriter)
         // Colour codes only for a person at a terminal, never into files,
         // pipes or the journal.
         .with_ansi(std::io::stderr().is_terminal())
