@@ -15,10 +15,15 @@
 //! `getrusage(RUSAGE_CHILDREN)`: exact CPU and peak RSS of that command alone.
 //! In-process measurements (hashing) use `RUSAGE_SELF` deltas.
 //!
+//! `idle`, `latency` and `burst` run `sharepush run` as a child watching a
+//! folder, against graph-emulator in this process (see `daemon.rs`); not in
+//! the default set either (the full sizes take most of an hour).
+//!
 //! What it does not do: decide pass/fail for CI (benchmarks are not tests; the
 //! exit status is 0 unless a scenario could not run or produced wrong results).
 #![forbid(unsafe_code)]
 
+mod daemon;
 mod emulator;
 mod measure;
 mod scenarios;
@@ -32,8 +37,8 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "sharepush-bench", version)]
 pub struct Args {
-    /// Scenarios to run: scan, hash, emulator, upload-small, upload-large
-    /// (scan, hash and emulator when none given).
+    /// Scenarios to run: scan, hash, emulator, upload-small, upload-large,
+    /// idle, latency, burst (scan, hash and emulator when none given).
     #[arg(value_name = "SCENARIO")]
     scenarios: Vec<String>,
 
@@ -91,6 +96,30 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     emulator_data: Option<PathBuf>,
 
+    /// idle: files in the watched tree (uploaded by the startup run first).
+    #[arg(long, default_value_t = 100_000)]
+    idle_files: usize,
+
+    /// idle: minutes watched with no change (CPU is reported per 10 minutes).
+    #[arg(long, default_value_t = 10.0)]
+    idle_minutes: f64,
+
+    /// latency: files written, one after the other.
+    #[arg(long, default_value_t = 200)]
+    writes: usize,
+
+    /// latency: the job's `debounce` in milliseconds (config default 2000).
+    #[arg(long, default_value_t = 2000)]
+    debounce_ms: u64,
+
+    /// latency: the job's `settle` in milliseconds (config default 5000).
+    #[arg(long, default_value_t = 5000)]
+    settle_ms: u64,
+
+    /// burst: files created at once while the daemon watches.
+    #[arg(long, default_value_t = 10_000)]
+    burst_files: usize,
+
     /// The sharepush binary (default: next to this one).
     #[arg(long)]
     sharepush: Option<PathBuf>,
@@ -123,8 +152,11 @@ fn main() -> anyhow::Result<()> {
             "emulator" => rows.extend(emulator::emulator(&args)?),
             "upload-small" => rows.extend(upload::upload_small(&args)?),
             "upload-large" => rows.extend(upload::upload_large(&args)?),
+            "idle" => rows.extend(daemon::idle(&args)?),
+            "latency" => rows.extend(daemon::latency(&args)?),
+            "burst" => rows.extend(daemon::burst(&args)?),
             other => anyhow::bail!(
-                "unknown scenario {other:?}; known: scan, hash, emulator, upload-small, upload-large"
+                "unknown scenario {other:?}; known: scan, hash, emulator, upload-small, upload-large, idle, latency, burst"
             ),
         }
     }
