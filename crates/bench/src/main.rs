@@ -9,6 +9,9 @@
 //! `upload-small` and `upload-large` run `sharepush sync` and `rclone copy`
 //! against the `graph-emulator` binary (see `upload.rs`); they are not in
 //! the default set (minutes, gigabytes, root for rclone's namespace).
+//! `reconcile` (also not default) seeds the emulator with a 200,000-item
+//! library of which the job owns 20,000 and measures `sharepush sync`'s
+//! first run (adopting every file) and a run after 100 remote edits.
 //!
 //! External commands (sharepush itself, `find`, `sha1sum`) are measured in a
 //! child `sharepush-bench __measure` process that runs the command and reads
@@ -32,7 +35,7 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "sharepush-bench", version)]
 pub struct Args {
-    /// Scenarios to run: scan, hash, emulator, upload-small, upload-large
+    /// Scenarios to run: scan, hash, emulator, upload-small, upload-large, reconcile
     /// (scan, hash and emulator when none given).
     #[arg(value_name = "SCENARIO")]
     scenarios: Vec<String>,
@@ -91,6 +94,14 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     emulator_data: Option<PathBuf>,
 
+    /// reconcile: items in the large library (the job's included).
+    #[arg(long, default_value_t = 200_000)]
+    library_items: usize,
+
+    /// reconcile: files the job owns (also the small library's size).
+    #[arg(long, default_value_t = 20_000)]
+    job_items: usize,
+
     /// The sharepush binary (default: next to this one).
     #[arg(long)]
     sharepush: Option<PathBuf>,
@@ -123,8 +134,9 @@ fn main() -> anyhow::Result<()> {
             "emulator" => rows.extend(emulator::emulator(&args)?),
             "upload-small" => rows.extend(upload::upload_small(&args)?),
             "upload-large" => rows.extend(upload::upload_large(&args)?),
+            "reconcile" => rows.extend(upload::reconcile(&args)?),
             other => anyhow::bail!(
-                "unknown scenario {other:?}; known: scan, hash, emulator, upload-small, upload-large"
+                "unknown scenario {other:?}; known: scan, hash, emulator, upload-small, upload-large, reconcile"
             ),
         }
     }
