@@ -9,6 +9,9 @@
 //! `upload-small` and `upload-large` run `sharepush sync` and `rclone copy`
 //! against the `graph-emulator` binary (see `upload.rs`); they are not in
 //! the default set (minutes, gigabytes, root for rclone's namespace).
+//! `reconcile` (also not default) seeds the emulator with a 200,000-item
+//! library of which the job owns 20,000 and measures `sharepush sync`'s
+//! first run (adopting every file) and a run after 100 remote edits.
 //!
 //! External commands (sharepush itself, `find`, `sha1sum`) are measured in a
 //! child `sharepush-bench __measure` process that runs the command and reads
@@ -38,7 +41,7 @@ use clap::Parser;
 #[command(name = "sharepush-bench", version)]
 pub struct Args {
     /// Scenarios to run: scan, hash, emulator, upload-small, upload-large,
-    /// idle, latency, burst (scan, hash and emulator when none given).
+    /// idle, latency, burst, reconcile (scan, hash and emulator when none given).
     #[arg(value_name = "SCENARIO")]
     scenarios: Vec<String>,
 
@@ -120,6 +123,14 @@ pub struct Args {
     #[arg(long, default_value_t = 10_000)]
     burst_files: usize,
 
+    /// reconcile: items in the large library (the job's included).
+    #[arg(long, default_value_t = 200_000)]
+    library_items: usize,
+
+    /// reconcile: files the job owns (also the small library's size).
+    #[arg(long, default_value_t = 20_000)]
+    job_items: usize,
+
     /// The sharepush binary (default: next to this one).
     #[arg(long)]
     sharepush: Option<PathBuf>,
@@ -155,8 +166,9 @@ fn main() -> anyhow::Result<()> {
             "idle" => rows.extend(daemon::idle(&args)?),
             "latency" => rows.extend(daemon::latency(&args)?),
             "burst" => rows.extend(daemon::burst(&args)?),
+            "reconcile" => rows.extend(upload::reconcile(&args)?),
             other => anyhow::bail!(
-                "unknown scenario {other:?}; known: scan, hash, emulator, upload-small, upload-large, idle, latency, burst"
+                "unknown scenario {other:?}; known: scan, hash, emulator, upload-small, upload-large, idle, latency, burst, reconcile"
             ),
         }
     }

@@ -849,3 +849,213 @@ pub fn upload_large(args: &Args) -> anyhow::Result<Vec<Row>> {
     }
     Ok(mark_overrides(&st, rows))
 }
+
+/// Size of every file of the `reconcile` scenario (content
+/// `graph_emulator::seed_content`, written locally the same way).
+const RECONCILE_FILE_SIZE: usize = 1024;
+/// Remote edits made before the second run of `reconcile`.
+const RECONCILE_CHANGES: usize = 100;
+const RECONCILE_RSS_KIB: u64 = 64 * 1024;
+
+/// The job's local tree for `reconcile`: `dNNNNN/fNNNNNNN.bin`, 1,000 per
+/// folder, exactly what `POST /_emulator/seed` creates under the job folder.
+fn seeded_tree(root: &Path, count: usize) -> anyhow::Result<()> {
+    let marker = root.join(".complete");
+    if fs::read_to_string(&marker).ok().as_deref() == Some(&count.to_string()) {
+        return Ok(());
+    }
+    if root.exists() {
+        fs::remove_dir_all(root)?;
+    }
+    let content = graph_emulator::seed_content(RECONCILE_FILE_SIZE);
+    for i in 0..count {
+        let dir = root.join(format!("d{:05}", i / 1000));
+        if i % 1000 == 0 {
+            fs::create_dir_all(&dir)?;
+        }
+        let p = dir.join(format!("f{i:07}.bin"));
+        fs::write(&p, &content)?;
+        set_mtime(&p)?;
+    }
+    fs::write(marker, count.to_string())?;
+    Ok(())
+}
+
+/// Request log since the last clear: total and per route.
+fn request_counts(emu: &Emulator) -> anyhow::Result<(usize, String)> {
+    let log = emu.admin(reqwest::Method::GET, "requests", None)?;
+    let log = log.as_array().context("request log is not an array")?;
+    let mut by: std::collections::BTreeMap<String, usize> = Default::default();
+    for r in log {
+        *by.entry(format!(
+            "{} {}",
+            r["method"].as_str().unwrap_or("?"),
+            r["route"].as_str().unwrap_or("?")
+        ))
+        .or_default() += 1;
+    }
+    let parts: Vec<String> = by.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    Ok((log.len(), parts.join(", ")))
+}
+
+/// `reconcile`: a library of `library` items of which the job's folder owns
+/// `ours`, the job's local folder holding the same files. Measures sharepush's
+/// first `sync` (delta from `token=latest`, the walk of its own folder,
+/// adopting every file: no upload) and a `sync` after `RECONCILE_CHANGES`
+/// remote edits of our files (delta pages with those changes; the default
+/// `on_remote_change = "overwrite"` uploads ours again).
+fn reconcile_one(
+    st: &Setup,
+    source: &Path,
+    library: usize,
+    ours: usize,
+) -> anyhow::Result<Vec<Row>> {
+    let emu = Emulator::start(&st.emulator, &emu_data(&st.work), 0, Mode::Http)?;
+    let t = Instant::now();
+    emu.admin(
+        reqwest::Method::POST,
+        "seed",
+        Some(json!({"folder": FOLDER, "files": ours, "per_folder": 1000, "size": RECONCILE_FILE_SIZE})),
+    )?;
+    if library > ours {
+        emu.admin(
+            reqwest::Method::POST,
+            "seed",
+            Some(json!({"folder": "others/archive", "files": library - ours, "per_folder": 1000, "size": RECONCILE_FILE_SIZE})),
+        )?;
+    }
+    eprintln!(
+        "reconcile: seeded {library} items ({ours} ours) in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let config = prepare_sharepush(
+        &st.sharepush,
+        &st.work.join("sp"),
+        &emu,
+        source,
+        &emu.base,
+        &format!("{}/v1.0", emu.base),
+        None,
+        &st.defaults,
+    )?;
+    let args = ["--config", s(&config)?, "-q", "sync"];
+    let mut rows = Vec::new();
+    let target = "peak RSS < 64 MiB".to_string();
+
+    emu.admin(reqwest::Method::DELETE, "requests", None)?;
+    let (_, first) = run_measured(s(&st.sharepush)?, &args).context("reconcile: first sync")?;
+    let (n, detail) = request_counts(&emu)?;
+    ensure!(
+        !detail.contains("PUT") && !detail.contains("upload") && !detail.contains("session"),
+        "reconcile: the first sync uploaded although every file matched: {detail}"
+    );
+    eprintln!("reconcile {library}: first sync requests: {detail}");
+    rows.push(Row {
+        scenario: "reconcile".into(),
+        name: format!(
+            "first sync, library {library} items, job owns {ours} (all adopted), {n} requests"
+        ),
+        cost: first,
+        mb_per_s: None,
+        ratio: None,
+        target: target.clone(),
+        met: Some(first.max_rss_kib > 0 && first.max_rss_kib < RECONCILE_RSS_KIB),
+    });
+
+    // Someone else edits RECONCILE_CHANGES of our files through Graph.
+    let token = emu.login(CLIENT_ID)?["access_token"]
+        .as_str()
+        .context("emulator minted no access token")?
+        .to_string();
+    let edits = RECONCILE_CHANGES.min(ours);
+    emu.rt.block_on(async {
+        for i in 0..edits {
+            let i = i * (ours / edits.max(1));
+            let url = format!(
+                "{}/v1.0/drives/{}/root:/{FOLDER}/d{:05}/f{i:07}.bin:/content",
+                emu.base,
+                emu.drive_id,
+                i / 1000
+            );
+            let r = emu
+                .http
+                .put(&url)
+                .bearer_auth(&token)
+                .body(format!("edited elsewhere {i}"))
+                .send()
+                .await?;
+            ensure!(r.status().is_success(), "{url}: HTTP {}", r.status());
+        }
+        Ok(())
+    })?;
+    emu.admin(reqwest::Method::DELETE, "requests", None)?;
+    let (_, delta) = run_measured(s(&st.sharepush)?, &args).context("reconcile: delta sync")?;
+    let (n, detail) = request_counts(&emu)?;
+    eprintln!("reconcile {library}: sync after {edits} remote edits, requests: {detail}");
+    let restored = emu
+        .admin(reqwest::Method::GET, "tree", None)?
+        .as_array()
+        .context("tree is not an array")?
+        .iter()
+        .filter(|e| {
+            e["path"].as_str().is_some_and(|p| p.starts_with(FOLDER))
+                && e["size"].as_u64() == Some(RECONCILE_FILE_SIZE as u64)
+        })
+        .count();
+    ensure!(
+        restored == ours,
+        "reconcile: after the delta sync {restored} of {ours} files hold our content"
+    );
+    rows.push(Row {
+        scenario: "reconcile".into(),
+        name: format!(
+            "sync after {edits} remote edits (delta + {edits} overwrites), library {library}, {n} requests"
+        ),
+        cost: delta,
+        mb_per_s: None,
+        ratio: None,
+        target: "CPU < 1 s, peak RSS < 64 MiB".into(),
+        met: Some(
+            delta.cpu_s < 1.0 && delta.max_rss_kib > 0 && delta.max_rss_kib < RECONCILE_RSS_KIB,
+        ),
+    });
+    emu.stop()?;
+    Ok(rows)
+}
+
+/// `reconcile`: the same job (`--job-items` files) against a library of
+/// exactly its files and one of `--library-items` items: RSS must not grow
+/// with the library.
+pub fn reconcile(args: &Args) -> anyhow::Result<Vec<Row>> {
+    let st = setup_plain(args, "reconcile")?;
+    let ours = args.job_items;
+    ensure!(ours > 0, "--job-items must be at least 1");
+    let source = st.work.join("src");
+    seeded_tree(&source, ours)?;
+    warm(&source)?;
+    let mut rows = Vec::new();
+    let mut sizes = vec![ours, args.library_items.max(ours)];
+    sizes.dedup();
+    for library in sizes {
+        rows.extend(reconcile_one(&st, &source, library, ours)?);
+    }
+    Ok(mark_overrides(&st, rows))
+}
+
+/// `setup` without the rclone namespace.
+fn setup_plain(args: &Args, scenario: &str) -> anyhow::Result<Setup> {
+    fs::create_dir_all(&args.work_dir)?;
+    let work = fs::canonicalize(&args.work_dir)?.join(scenario);
+    fs::create_dir_all(&work)?;
+    if let Some(d) = &args.emulator_data {
+        fs::create_dir_all(d)?;
+        let _ = EMU_ROOT.set(fs::canonicalize(d)?);
+    }
+    Ok(Setup {
+        work,
+        sharepush: sibling(&args.sharepush, "sharepush")?,
+        emulator: sibling(&args.emulator, "graph-emulator")?,
+        ns: None,
+        defaults: args.sharepush_defaults.clone().unwrap_or_default(),
+    })
+}

@@ -15,6 +15,7 @@
 //! | `POST expire` | `{"tokens": true, "sessions": true}`: expire now |
 //! | `POST clock` | `{"advance_secs": N}`: move emulator time forward |
 //! | `POST reset` | empty the libraries, drop sessions, faults and the log (`{"tokens": true}` also drops tokens) |
+//! | `POST seed` | `{"drive"?, "folder", "files", "per_folder"?: 1000, "size"?: 0}`: create `folder/dNNNNN/fNNNNNNN.bin` straight in the store (benchmarks); `{"folder_id", "files"}` |
 //! | `GET info` | authority, graph_url, tenant, site and drive ids |
 //!
 //! It does not touch Graph semantics; it only reads and resets state.
@@ -172,6 +173,7 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/_emulator/clock", post(clock))
         .route("/_emulator/reset", post(reset))
         .route("/_emulator/info", get(info))
+        .route("/_emulator/seed", post(seed))
 }
 
 async fn tree(State(sh): State<Arc<Shared>>) -> Response {
@@ -324,4 +326,24 @@ async fn reset(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
 async fn info(State(sh): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     let base = sh.base_url(&headers);
     crate::server::ok_json(&sh.info(&base))
+}
+
+async fn seed(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
+    let v = body_json(&body);
+    let spec: crate::store::SeedSpec = match serde_json::from_value(v.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            return admin_error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "expected {{\"folder\": PATH, \"files\": N, \"per_folder\"?: N, \"size\"?: BYTES, \"drive\"?: ID}}: {e}"
+                ),
+            );
+        }
+    };
+    let drive = v.get("drive").and_then(Value::as_str).map(str::to_string);
+    match sh.seed(drive.as_deref(), &spec) {
+        Ok(id) => crate::server::ok_json(&json!({"folder_id": id, "files": spec.files})),
+        Err(msg) => admin_error(StatusCode::BAD_REQUEST, &msg),
+    }
 }

@@ -45,6 +45,7 @@ pub use faults::FaultSpecError;
 pub use options::{Options, SiteOptions, TlsFiles};
 pub use qxh::{QuickXor, quick_xor_hash};
 pub use server::RequestRecord;
+pub use store::seed_content;
 pub use upload::{FRAGMENT_MULTIPLE, MAX_FRAGMENT};
 
 use server::{Shared, lock};
@@ -218,6 +219,28 @@ impl Handle {
     pub fn drive_id(&self) -> String {
         let store = lock(&self.shared.store);
         store.drives[store.default_drive()].id.clone()
+    }
+
+    /// Seed a library with `files` files of `size` bytes under `folder`
+    /// (`folder/dNNNNN/fNNNNNNN.bin`, `per_folder` per subfolder, content
+    /// [`seed_content`]) straight into the store; `drive` by id, else the
+    /// default library. Returns the folder's item id. Same as
+    /// `POST /_emulator/seed`.
+    pub fn seed(
+        &self,
+        drive: Option<&str>,
+        folder: &str,
+        files: usize,
+        per_folder: usize,
+        size: u64,
+    ) -> Result<String, String> {
+        let spec = store::SeedSpec {
+            folder: folder.to_string(),
+            files,
+            per_folder,
+            size,
+        };
+        self.shared.seed(drive, &spec)
     }
 
     /// Files of the default library.

@@ -129,6 +129,28 @@ struct Snapshot {
 }
 
 impl Shared {
+    /// Seed a library (`drive` id, else the default one); see
+    /// [`crate::store::Store::seed`]. Errors as text for the admin API.
+    pub fn seed(
+        &self,
+        drive: Option<&str>,
+        spec: &crate::store::SeedSpec,
+    ) -> Result<String, String> {
+        let now = self.clock.now_ms();
+        let id = {
+            let mut store = lock(&self.store);
+            let d = match drive {
+                Some(id) => store
+                    .drive_index(id)
+                    .ok_or_else(|| format!("no drive with id {id:?}"))?,
+                None => store.default_drive(),
+            };
+            store.seed(d, spec, now).map_err(|e| format!("{e:?}"))?
+        };
+        self.changed();
+        Ok(id)
+    }
+
     /// Note that metadata changed (the snapshot task will save it).
     pub fn changed(&self) {
         if self.persist {

@@ -741,6 +741,70 @@ impl Store {
         Ok(d.insert(item))
     }
 
+    /// Seed a library with `files` files of `size` bytes straight into the
+    /// store (no HTTP, no upload sessions): `folder/dNNNNN/fNNNNNNN.bin`,
+    /// `per_folder` files per subfolder, content byte `i` = `i % 251`
+    /// ([`seed_content`]). The content is written once; every file gets its
+    /// own blob name hard-linked to it (falling back to a copy), so replacing
+    /// or deleting one leaves the others readable. Missing folders on the
+    /// way to `folder` are created. Returns the folder's item id.
+    pub fn seed(
+        &mut self,
+        drive: usize,
+        spec: &SeedSpec,
+        now_ms: i64,
+    ) -> Result<String, GraphError> {
+        if spec.per_folder == 0 {
+            return Err(GraphError::bad_request("per_folder must be at least 1"));
+        }
+        self.check_quota(drive, spec.size.saturating_mul(spec.files as u64), 0)?;
+        let content = seed_content(spec.size as usize);
+        let hash = crate::qxh::quick_xor_hash(&content);
+        let first = format!("seed-{}", new_item_id());
+        let first_path = self.blob_path(&first);
+        std::fs::write(&first_path, &content)
+            .map_err(|e| GraphError::bad_request(format!("cannot write seed content: {e}")))?;
+        let mut parent = self.drives[drive].root_id.clone();
+        for seg in spec.folder.split('/').filter(|s| !s.is_empty()) {
+            parent = self.create_folder(drive, &parent, seg, Conflict::Replace, now_ms)?;
+        }
+        let folder_id = parent.clone();
+        let mut sub = String::new();
+        for i in 0..spec.files {
+            if i % spec.per_folder == 0 {
+                let name = format!("d{:05}", i / spec.per_folder);
+                sub = self.create_folder(drive, &folder_id, &name, Conflict::Replace, now_ms)?;
+            }
+            let blob = if i == 0 {
+                first.clone()
+            } else {
+                let b = format!("seed-{}", new_item_id());
+                let path = self.blob_path(&b);
+                if std::fs::hard_link(&first_path, &path).is_err() {
+                    std::fs::copy(&first_path, &path).map_err(|e| {
+                        GraphError::bad_request(format!("cannot write seed content: {e}"))
+                    })?;
+                }
+                b
+            };
+            let content = FileContent {
+                blob,
+                size: spec.size,
+                hash: hash.clone(),
+                fs_created_ms: Some(now_ms),
+                fs_modified_ms: Some(now_ms),
+            };
+            let name = format!("f{i:07}.bin");
+            if let Some(old) = self
+                .commit_file(drive, &sub, &name, Conflict::Replace, content, now_ms)?
+                .2
+            {
+                let _ = std::fs::remove_file(self.blob_path(&old));
+            }
+        }
+        Ok(folder_id)
+    }
+
     /// Empty every library; delta tokens from before answer 410.
     pub fn reset(&mut self, opts: &Options, now_ms: i64) {
         let fresh = Store::new(self.dir.clone(), opts, now_ms);
@@ -954,4 +1018,28 @@ mod tests {
             "/sites/demo/Shared Documents/x"
         );
     }
+}
+
+/// What [`Store::seed`] creates.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SeedSpec {
+    /// Folder path from the library root (created if missing).
+    pub folder: String,
+    /// Number of files.
+    pub files: usize,
+    /// Files per generated subfolder.
+    #[serde(default = "default_per_folder")]
+    pub per_folder: usize,
+    /// Size of every file in bytes.
+    #[serde(default)]
+    pub size: u64,
+}
+
+fn default_per_folder() -> usize {
+    1000
+}
+
+/// The content of every seeded file of `size` bytes: byte `i` is `i % 251`.
+pub fn seed_content(size: usize) -> Vec<u8> {
+    (0..size).map(|i| (i % 251) as u8).collect()
 }

@@ -340,3 +340,102 @@ async fn wait_for_requests_returns_when_the_condition_holds() {
         .await;
     assert!(!never);
 }
+
+#[tokio::test]
+async fn admin_seed_creates_listable_downloadable_items_seen_by_delta() {
+    let emu = start().await;
+    let link = emu.get_json("/root/delta?token=latest").await["@odata.deltaLink"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = emu
+        .c
+        .post(emu.url("/_emulator/seed"))
+        .json(&json!({"folder": "lib/ours", "files": 25, "per_folder": 10, "size": 300}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["files"], 25);
+    // Rust handle: a second folder, other sizes.
+    emu.h.seed(None, "other", 3, 1000, 0).unwrap();
+
+    let tree = emu.h.tree();
+    let ours: Vec<_> = tree
+        .iter()
+        .filter(|e| e.path.starts_with("lib/ours/"))
+        .collect();
+    assert_eq!(ours.len(), 25);
+    assert_eq!(ours[0].path, "lib/ours/d00000/f0000000.bin");
+    assert_eq!(ours[24].path, "lib/ours/d00002/f0000024.bin");
+    let content = graph_emulator::seed_content(300);
+    let hash = graph_emulator::quick_xor_hash(&content);
+    assert!(
+        ours.iter()
+            .all(|e| e.size == 300 && e.quick_xor_hash == hash)
+    );
+    assert_eq!(
+        emu.h.read_file("lib/ours/d00001/f0000013.bin").unwrap(),
+        content
+    );
+    assert_eq!(
+        tree.iter().filter(|e| e.path.starts_with("other/")).count(),
+        3
+    );
+    // Children listing sees them under the generated subfolders.
+    let kids = emu.get_json("/root:/lib/ours/d00002:/children").await;
+    assert_eq!(kids["value"].as_array().unwrap().len(), 5);
+
+    // Replacing one seeded file leaves the others' shared content readable.
+    assert!(
+        emu.put("lib/ours/d00000/f0000001.bin", b"changed")
+            .await
+            .status()
+            .is_success()
+    );
+    assert_eq!(
+        emu.h.read_file("lib/ours/d00000/f0000002.bin").unwrap(),
+        content
+    );
+
+    // Delta since before the seed reports every new item (folders too).
+    let mut next = link;
+    let mut names = Vec::new();
+    loop {
+        let v: Value = emu
+            .c
+            .get(&next)
+            .bearer_auth(&emu.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        names.extend(
+            v["value"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|i| i["name"].as_str().map(str::to_string)),
+        );
+        match v["@odata.nextLink"].as_str() {
+            Some(n) => next = n.to_string(),
+            None => break,
+        }
+    }
+    assert!(names.contains(&"f0000024.bin".to_string()));
+    assert!(names.contains(&"d00002".to_string()));
+
+    // Bad input names what is accepted.
+    let r = emu
+        .c
+        .post(emu.url("/_emulator/seed"))
+        .json(&json!({"files": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("folder"));
+}
