@@ -41,8 +41,34 @@ pub struct StatusReport {
     /// The daemon recorded in the state; `null` when none ever ran here.
     pub daemon: Option<DaemonStatus>,
     pub auth: AuthStatus,
+    /// Every document library the state knows, with its delta link.
+    pub drives: Vec<DriveInfo>,
     /// Every job in the config, then jobs only the state remembers.
     pub jobs: Vec<JobStatus>,
+}
+
+/// One document library (drive) and what remote reconcile knows of it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DriveInfo {
+    pub site: String,
+    pub library: String,
+    pub drive_id: String,
+    /// Whether a delta link is stored (false: the next run starts over).
+    pub delta_link: bool,
+    /// Age of the stored delta link in seconds (`null` without one).
+    pub delta_link_age_s: Option<i64>,
+    /// When delta was last asked, even if nothing changed.
+    pub delta_checked_at: Option<String>,
+    /// Remote deletes and edits of our files noticed on this drive, ever.
+    pub remote_changes_seen: u64,
+}
+
+/// A file edited in SharePoint by someone else and left in place
+/// (`on_remote_change = "skip"`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Conflict {
+    pub path: String,
+    pub seen_at: String,
 }
 
 /// The daemon process as recorded.
@@ -98,6 +124,8 @@ pub struct JobStatus {
     pub failed_files: Vec<FailedFile>,
     /// How many failed files are not in `failed_files`.
     pub failed_files_more: u64,
+    /// Remote edits left in place (`on_remote_change = "skip"`).
+    pub conflicts: Vec<Conflict>,
     /// Bytes uploaded by the last run and by all recorded runs.
     pub bytes_last_run: u64,
     pub bytes_total: u64,
@@ -268,11 +296,28 @@ pub fn build(
         jobs.push(job);
     }
 
+    let drives = recorded
+        .drives
+        .iter()
+        .map(|d| DriveInfo {
+            site: d.site.clone(),
+            library: d.library.clone(),
+            drive_id: d.drive_id.clone(),
+            delta_link: d.has_delta_link,
+            delta_link_age_s: d
+                .delta_updated_at
+                .filter(|_| d.has_delta_link)
+                .map(|t| (now - t).max(0)),
+            delta_checked_at: d.delta_checked_at.map(local_time),
+            remote_changes_seen: d.changes_seen,
+        })
+        .collect();
     let mut report = StatusReport {
         state_dir: state_dir.display().to_string(),
         exit_code: 0,
         daemon,
         auth,
+        drives,
         jobs,
     };
     report.exit_code = report.exit_code().code();
@@ -285,6 +330,7 @@ struct Recorded {
     daemon: Option<crate::state::DaemonRow>,
     watches: Vec<crate::state::WatchRow>,
     auth: crate::state::AuthStateRow,
+    drives: Vec<crate::state::DriveStatus>,
     jobs: Vec<String>,
 }
 
@@ -294,6 +340,7 @@ impl Recorded {
             daemon: store.daemon()?,
             watches: store.watch_states()?,
             auth: store.auth_state()?,
+            drives: store.drive_statuses()?,
             jobs: store.jobs()?,
         })
     }
@@ -311,6 +358,7 @@ fn empty_job(name: &str) -> JobStatus {
         files: FileCounts::default(),
         failed_files: Vec::new(),
         failed_files_more: 0,
+        conflicts: Vec::new(),
         bytes_last_run: 0,
         bytes_total: 0,
         has_failures: false,
@@ -325,6 +373,14 @@ fn job_from_store(
     refusal: Option<&crate::state::Refusal>,
 ) -> Result<JobStatus, StateError> {
     let mut job = empty_job(name);
+    job.conflicts = store
+        .conflicts(Some(name))?
+        .into_iter()
+        .map(|c| Conflict {
+            path: c.path,
+            seen_at: local_time(c.seen_at),
+        })
+        .collect();
     let counts = store.counts(name)?;
     job.files = FileCounts {
         pending: counts.pending,
@@ -435,6 +491,22 @@ impl StatusReport {
                 );
             }
         }
+        for d in &self.drives {
+            let link = match d.delta_link_age_s {
+                Some(age) if d.delta_link => format!("delta link {} old", human_age(age)),
+                _ => "no delta link yet (the next run lists the job folders)".to_string(),
+            };
+            let checked = d
+                .delta_checked_at
+                .as_deref()
+                .map(|t| format!(", checked {t}"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "library {} \"{}\": {link}{checked}, {} remote change(s) to our files seen",
+                d.site, d.library, d.remote_changes_seen
+            );
+        }
         for job in &self.jobs {
             write_job_text(out, job);
         }
@@ -529,6 +601,15 @@ fn write_job_text(out: &mut dyn Write, job: &JobStatus) {
                 out,
                 "    ... and {more} more (--json lists up to {FAILED_LIST_MAX})"
             );
+        }
+    }
+    if !job.conflicts.is_empty() {
+        let _ = writeln!(
+            out,
+            "  conflicts (edited in SharePoint by someone else, left in place; on_remote_change = \"skip\"):"
+        );
+        for c in &job.conflicts {
+            let _ = writeln!(out, "    {} (seen {})", c.path, c.seen_at);
         }
     }
 }

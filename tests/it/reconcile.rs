@@ -211,6 +211,29 @@ async fn a_remote_edit_is_left_as_a_conflict_with_skip() {
     let conflicts = store(&fx).conflicts(None).unwrap();
     assert_eq!(conflicts.len(), 1);
     assert_eq!(conflicts[0].path, "one.bin");
+
+    // `status` lists the conflict and the library's delta link.
+    let st = store(&fx);
+    let report = sharepush::status::build(Some(&config), &fx.state(), Some(&st)).unwrap();
+    drop(st);
+    let paths: Vec<_> = report.jobs[0].conflicts.iter().map(|c| &c.path).collect();
+    assert_eq!(paths, ["one.bin"]);
+    assert_eq!(report.drives.len(), 1);
+    assert!(report.drives[0].delta_link, "{:?}", report.drives);
+    assert!(
+        report.drives[0].remote_changes_seen >= 1,
+        "{:?}",
+        report.drives
+    );
+    let mut text = Vec::new();
+    report.write_text(&mut text);
+    let text = String::from_utf8(text).unwrap();
+    assert!(text.contains("conflicts (edited in SharePoint"), "{text}");
+    assert!(text.contains("    one.bin (seen "), "{text}");
+    assert!(
+        text.contains("remote change(s) to our files seen"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
