@@ -73,6 +73,10 @@ pub const FALLBACK_SCAN: Duration = Duration::from_secs(5 * 60);
 pub const WATCH_FULL_SCAN: Duration = Duration::from_secs(24 * 60 * 60);
 /// First retry delay after a failed run.
 pub const RETRY_BASE: Duration = Duration::from_secs(15);
+/// How often a running daemon asks each job's library for remote changes
+/// (delta since the stored link: one request when nothing changed) between
+/// runs; a change that needs an upload (a restore, an overwrite) starts a run.
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(15 * 60);
 /// Longest retry delay after failed runs.
 pub const RETRY_CAP: Duration = Duration::from_secs(10 * 60);
 /// A path that keeps changing holds runs at most this many `settle` periods.
@@ -334,6 +338,7 @@ pub async fn run_job<R: Remote>(
         _ => None,
     };
     let mut periodic_at = periodic.map(|d| Instant::now() + d);
+    let mut reconcile_at = Some(Instant::now() + RECONCILE_EVERY);
     let mut next_cron = job
         .schedule
         .as_ref()
@@ -494,6 +499,30 @@ pub async fn run_job<R: Remote>(
                 pending.get_or_insert(RunTrigger::Schedule);
                 let every = if watch.is_some() { WATCH_FULL_SCAN } else { FALLBACK_SCAN };
                 periodic_at = Some(Instant::now() + every);
+            }
+            _ = sleep_until_opt(reconcile_at) => {
+                reconcile_at = Some(Instant::now() + RECONCILE_EVERY);
+                let jobs = [&*job];
+                let asked = tokio::select! {
+                    r = crate::reconcile::reconcile(&ctx.remote, &ctx.store, &jobs) => Some(r),
+                    _ = cancel.cancelled() => None,
+                };
+                match asked {
+                    None => break,
+                    Some(Ok(results)) => {
+                        for (_, result) in results {
+                            match result {
+                                Ok(r) if !r.resolved.is_empty() || r.adopted > 0 => {
+                                    tracing::info!(job = %job.name, remote_changes = r.remote_changes, "remote changes found; a run follows");
+                                    pending.get_or_insert(RunTrigger::Reconcile);
+                                }
+                                Ok(_) => {}
+                                Err(e) => tracing::debug!(job = %job.name, error = %e, "periodic reconcile could not ask the library; the next run does"),
+                            }
+                        }
+                    }
+                    Some(Err(e)) => tracing::warn!(job = %job.name, "periodic reconcile: {e}"),
+                }
             }
             m = manual.recv(), if manual_open => match m {
                 Some(()) => {
