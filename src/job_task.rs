@@ -18,6 +18,10 @@
 //! **Settle.** A watch batch names the paths that changed. A run waits
 //! until each of them has kept its size and mtime for `settle` (stat, wait,
 //! stat again), so a file still being written is not uploaded half-done.
+//! The window counts from the file's last change (its ctime, which every
+//! write moves and nothing can set back), not from when the batch arrived,
+//! so a write is uploaded about `max(debounce, settle)` after it, not
+//! `debounce + settle`.
 //! A path that never settles (a log appended to every second) holds the job
 //! at most [`MAX_SETTLE_HOLD`] times `settle`; the uploader then still
 //! notices a change during the upload and sends the file again next run.
@@ -187,13 +191,24 @@ impl Settle {
         }
     }
 
-    fn add(&mut self, rel: PathBuf, now: Instant) {
+    /// Watches `rel`, changed as of `now` (monotonic) / `wall_now`.
+    fn add(&mut self, rel: PathBuf, now: Instant, wall_now: std::time::SystemTime) {
         if self.window.is_zero() {
             return;
         }
         self.holding_since.get_or_insert(now);
-        if let Some(fp) = stat(&self.root.join(&rel)) {
-            self.seen.entry(rel).or_insert((fp.0, fp.1, now));
+        let path = self.root.join(&rel);
+        if let Some(fp) = stat(&path) {
+            // The file has been still since its last change (ctime: any
+            // write, truncate or mtime reset moves it, and nothing can set
+            // it back), so that time already counts towards the window: the
+            // debounce delay is not added on top of `settle`.
+            let still_for = last_change(&path)
+                .and_then(|t| wall_now.duration_since(t).ok())
+                .unwrap_or_default()
+                .min(self.window);
+            let since = now.checked_sub(still_for).unwrap_or(now);
+            self.seen.entry(rel).or_insert((fp.0, fp.1, since));
         }
     }
 
@@ -240,6 +255,17 @@ fn stat(path: &std::path::Path) -> Option<(u64, i64)> {
             meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
         )
     })
+}
+
+/// When a file last changed: the later of its mtime and ctime.
+fn last_change(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    let ctime = std::time::UNIX_EPOCH
+        + Duration::new(
+            u64::try_from(meta.ctime()).ok()?,
+            u32::try_from(meta.ctime_nsec()).ok()?,
+        );
+    Some(meta.modified().ok()?.max(ctime))
 }
 
 /// Sleeps until the wall clock reaches `next` (forever when `None`), in
@@ -484,9 +510,9 @@ pub async fn run_job<R: Remote>(
                     periodic_at = Some(Instant::now() + FALLBACK_SCAN);
                 }
                 if !dirty.is_empty() {
-                    let now = Instant::now();
+                    let (now, wall_now) = (Instant::now(), std::time::SystemTime::now());
                     for rel in dirty.paths {
-                        settle.add(rel, now);
+                        settle.add(rel, now, wall_now);
                     }
                     pending.get_or_insert(RunTrigger::Watch);
                 }
@@ -582,7 +608,8 @@ mod tests {
         let root = dir.path().to_path_buf();
         std::fs::write(root.join("f"), b"a").unwrap();
         let mut settle = Settle::new(root.clone(), Duration::from_secs(5));
-        settle.add("f".into(), Instant::now());
+        let written = last_change(&root.join("f")).unwrap();
+        settle.add("f".into(), Instant::now(), written);
         assert_eq!(
             settle.remaining(Instant::now()),
             Some(Duration::from_secs(5))
@@ -601,7 +628,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(settle.remaining(Instant::now()), None);
         // A deleted path needs no settling.
-        settle.add("gone".into(), Instant::now());
+        settle.add("gone".into(), Instant::now(), written);
         std::fs::remove_file(root.join("f")).unwrap();
         assert_eq!(settle.remaining(Instant::now()), None);
     }
@@ -612,7 +639,8 @@ mod tests {
         let root = dir.path().to_path_buf();
         let mut settle = Settle::new(root.clone(), Duration::from_secs(1));
         std::fs::write(root.join("log"), b"a").unwrap();
-        settle.add("log".into(), Instant::now());
+        let written = last_change(&root.join("log")).unwrap();
+        settle.add("log".into(), Instant::now(), written);
         let mut held = 0;
         for i in 0..(MAX_SETTLE_HOLD * 2) {
             std::fs::write(root.join("log"), vec![b'a'; i as usize + 2]).unwrap();
@@ -623,5 +651,34 @@ mod tests {
             tokio::time::advance(Duration::from_secs(1)).await;
         }
         assert_eq!(held, MAX_SETTLE_HOLD);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_settle_window_counts_from_the_files_last_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        std::fs::write(root.join("f"), b"a").unwrap();
+        let written = last_change(&root.join("f")).unwrap();
+        let mut settle = Settle::new(root.clone(), Duration::from_secs(5));
+        // The batch arrives 3 s after the write (the debounce): 2 s to go.
+        settle.add("f".into(), Instant::now(), written + Duration::from_secs(3));
+        assert_eq!(
+            settle.remaining(Instant::now()),
+            Some(Duration::from_secs(2))
+        );
+        // A file still for longer than the window runs at once.
+        std::fs::write(root.join("g"), b"g").unwrap();
+        let mut old = Settle::new(root.clone(), Duration::from_secs(5));
+        let g_written = last_change(&root.join("g")).unwrap();
+        old.add("g".into(), Instant::now(), g_written + Duration::from_secs(60));
+        assert_eq!(old.remaining(Instant::now()), None);
+        // A clock that went backwards (change "in the future") waits the
+        // whole window.
+        let mut back = Settle::new(root.clone(), Duration::from_secs(5));
+        back.add("g".into(), Instant::now(), g_written - Duration::from_secs(60));
+        assert_eq!(
+            back.remaining(Instant::now()),
+            Some(Duration::from_secs(5))
+        );
     }
 }
