@@ -588,10 +588,20 @@ impl<'a, R: Remote> Uploader<'a, R> {
 
         let mut verify_retry = false;
         loop {
+            // Content read from now on is as of now: a file changed less
+            // than the racy margin before is recorded racy (see the scan).
+            let racy_cutoff_ns = crate::scan::racy_cutoff_now();
             match self.transfer(entry, &remote_path).await {
                 Ok((item, sent)) => {
                     match self
-                        .finish(entry, &remote_path, item, &sent, verify_retry)
+                        .finish(
+                            entry,
+                            &remote_path,
+                            item,
+                            &sent,
+                            verify_retry,
+                            racy_cutoff_ns,
+                        )
                         .await?
                     {
                         Some(mut outcome) => {
@@ -694,6 +704,7 @@ impl<'a, R: Remote> Uploader<'a, R> {
         mut item: RemoteItem,
         sent: &Hashes,
         second_try: bool,
+        racy_cutoff_ns: i64,
     ) -> Result<Option<FileOutcome>, StateError> {
         let name = remote_path
             .split_last()
@@ -731,7 +742,7 @@ impl<'a, R: Remote> Uploader<'a, R> {
             let (job, path, h) = (self.job.name.clone(), entry.path.clone(), sent.clone());
             let fp = (entry.size, entry.mtime_ns, entry.inode);
             self.store
-                .call(move |s| s.record_hashes(&job, &path, fp, &h))
+                .call(move |s| s.record_hashes(&job, &path, fp, &h, racy_cutoff_ns))
                 .await?;
         }
         let info = SyncedInfo {

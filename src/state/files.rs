@@ -693,19 +693,23 @@ impl Store {
     /// [`Store::mark_synced`] can compare them. Writes only when the row has
     /// no hashes yet and still has the fingerprint `fp` the upload read
     /// (size, mtime ns, inode): a row a newer scan moved on is left alone,
-    /// and `mark_synced` then keeps the file pending. Returns whether it
-    /// wrote.
+    /// and `mark_synced` then keeps the file pending. A file whose mtime is
+    /// at or after `racy_cutoff_ns` (the upload started reading it less
+    /// than [`crate::scan::RACY_MARGIN_NS`] after its last change) is
+    /// recorded racy, as a scan would, so the next scan hashes it again.
+    /// Returns whether it wrote.
     pub fn record_hashes(
         &mut self,
         job: &str,
         path: &str,
         fp: (u64, i64, u64),
         hashes: &Hashes,
+        racy_cutoff_ns: i64,
     ) -> Result<bool, StateError> {
         let n = self
             .conn
             .prepare_cached(
-                "UPDATE files SET sha1 = ?6, quick_xor = ?7, updated_at = ?8
+                "UPDATE files SET sha1 = ?6, quick_xor = ?7, updated_at = ?8, racy = ?9
                  WHERE job = ?1 AND path = ?2 AND sha1 IS NULL
                      AND size = ?3 AND mtime_ns = ?4 AND inode = ?5",
             )
@@ -718,7 +722,8 @@ impl Store {
                     u64_to_sql(fp.2),
                     hashes.sha1,
                     hashes.quick_xor,
-                    unix_now()
+                    unix_now(),
+                    fp.1 >= racy_cutoff_ns
                 ])
             })
             .map_err(self.sql("recording the hashes of an uploaded file"))?;

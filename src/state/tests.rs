@@ -310,6 +310,10 @@ fn touch_without_edit_keeps_synced_and_updates_fingerprint() {
         "{record:?}"
     );
     assert!(store.known_files(JOB).unwrap()["a"].synced);
+    assert!(
+        !store.known_files(JOB).unwrap()["a"].racy,
+        "changed long before the upload read it: trusted"
+    );
 }
 
 #[test]
@@ -328,12 +332,12 @@ fn an_unhashed_new_file_gets_the_uploaders_hashes_only_while_its_fingerprint_hol
     let fp = (a.size, a.mtime_ns, a.inode);
     assert!(
         store
-            .record_hashes(JOB, "a", fp, &hash_bytes(b"content"))
+            .record_hashes(JOB, "a", fp, &hash_bytes(b"content"), i64::MAX)
             .unwrap()
     );
     assert!(
         !store
-            .record_hashes(JOB, "a", fp, &hash_bytes(b"x"))
+            .record_hashes(JOB, "a", fp, &hash_bytes(b"x"), i64::MAX)
             .unwrap(),
         "recorded hashes are never overwritten"
     );
@@ -353,13 +357,33 @@ fn an_unhashed_new_file_gets_the_uploaders_hashes_only_while_its_fingerprint_hol
     let old = (b.size, b.mtime_ns, b.inode);
     assert!(
         !store
-            .record_hashes(JOB, "b", old, &hash_bytes(b"other"))
+            .record_hashes(JOB, "b", old, &hash_bytes(b"other"), i64::MAX)
             .unwrap()
     );
     assert_eq!(
         store.mark_synced(JOB, "b", &synced_info(b"other")).unwrap(),
         FileState::Pending
     );
+}
+
+#[test]
+fn a_file_the_uploader_read_right_after_its_last_change_is_recorded_racy() {
+    let (_tmp, mut store) = open_temp();
+    let mut c = entry("c", b"fresh", 1_000, Change::New);
+    c.hashes = None;
+    store.record_scanned(JOB, &[c.clone()]).unwrap();
+    let fp = (c.size, c.mtime_ns, c.inode);
+    // The upload started reading within the racy margin of the mtime: the
+    // same size and mtime later cannot prove the content is unchanged.
+    assert!(
+        store
+            .record_hashes(JOB, "c", fp, &hash_bytes(b"fresh"), 500)
+            .unwrap()
+    );
+    store.mark_synced(JOB, "c", &synced_info(b"fresh")).unwrap();
+    let known = store.known_files(JOB).unwrap();
+    assert!(known["c"].synced);
+    assert!(known["c"].racy, "the next scan must hash it again");
 }
 
 #[test]

@@ -860,13 +860,15 @@ const RECONCILE_RSS_KIB: u64 = 64 * 1024;
 /// The job's local tree for `reconcile`: `dNNNNN/fNNNNNNN.bin`, 1,000 per
 /// folder, exactly what `POST /_emulator/seed` creates under the job folder.
 fn seeded_tree(root: &Path, count: usize) -> anyhow::Result<()> {
-    let marker = root.join(".complete");
+    // Beside the tree, not in it: the job would upload it.
+    let marker = root.with_extension("complete");
     if fs::read_to_string(&marker).ok().as_deref() == Some(&count.to_string()) {
         return Ok(());
     }
     if root.exists() {
         fs::remove_dir_all(root)?;
     }
+    let _ = fs::remove_file(&marker);
     let content = graph_emulator::seed_content(RECONCILE_FILE_SIZE);
     for i in 0..count {
         let dir = root.join(format!("d{:05}", i / 1000));
