@@ -155,6 +155,9 @@ pub struct Drive {
     pub seq: u64,
     /// Delta tokens older than this answer 410 (after a reset).
     pub min_valid_seq: u64,
+    /// Bytes held by files; derived, kept by `insert`/`remove`/`commit_file`
+    /// and rebuilt on load, so the quota check costs nothing per upload.
+    used_bytes: u64,
 }
 
 /// Where a path lookup ended.
@@ -209,6 +212,7 @@ impl Drive {
             tombstones: Vec::new(),
             seq: 1,
             min_valid_seq: 0,
+            used_bytes: 0,
         };
         d.children.insert(root_id.clone(), BTreeMap::new());
         d.items.insert(root_id, root);
@@ -322,11 +326,7 @@ impl Drive {
 
     /// Bytes of content in the library.
     pub fn used(&self) -> u64 {
-        self.items
-            .values()
-            .filter(|i| !i.folder)
-            .map(|i| i.size)
-            .sum()
+        self.used_bytes
     }
 
     fn next_seq(&mut self) -> u64 {
@@ -359,6 +359,8 @@ impl Drive {
         }
         if item.folder {
             self.children.entry(id.clone()).or_default();
+        } else {
+            self.used_bytes += item.size;
         }
         self.items.insert(id.clone(), item);
         id
@@ -395,6 +397,9 @@ impl Drive {
         let seq = self.next_seq();
         self.children.remove(id);
         if let Some(item) = self.items.remove(id) {
+            if !item.folder {
+                self.used_bytes = self.used_bytes.saturating_sub(item.size);
+            }
             if let Some(b) = item.blob {
                 blobs.push(b);
             }
@@ -442,8 +447,15 @@ impl Drive {
             .unwrap_or_else(|| name.to_string())
     }
 
+    /// Rebuilds the derived indexes (children, bytes used) after a load.
     fn rebuild_children(&mut self) {
         self.children.clear();
+        self.used_bytes = self
+            .items
+            .values()
+            .filter(|i| !i.folder)
+            .map(|i| i.size)
+            .sum();
         let ids: Vec<(String, Option<String>, String, bool)> = self
             .items
             .values()
@@ -662,6 +674,7 @@ impl Store {
             Some((id, false, _)) if conflict == Conflict::Replace => {
                 let item = d.items.get_mut(&id).expect("child index points to an item");
                 let old_blob = item.blob.replace(content.blob);
+                d.used_bytes = d.used_bytes.saturating_sub(item.size) + content.size;
                 item.size = content.size;
                 item.hash = Some(content.hash);
                 item.fs_modified_ms = content.fs_modified_ms.unwrap_or(now_ms);

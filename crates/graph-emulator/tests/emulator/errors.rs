@@ -109,6 +109,19 @@ async fn quota_exhausted_is_507_quota_limit_reached() {
     assert_eq!((status, code.as_str()), (507, "quotaLimitReached"));
     // Replacing within the quota is fine.
     assert_eq!(emu.put("a.bin", &[0; 900]).await.status(), 200);
+    let quota = emu.get_json("").await["quota"].clone();
+    assert_eq!(quota["used"], 900, "{quota}");
+    // Deleting gives the space back.
+    let r = emu
+        .c
+        .delete(emu.drive_path("/root:/a.bin"))
+        .bearer_auth(&emu.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(emu.get_json("").await["quota"]["used"], 0);
+    assert_eq!(emu.put("b.bin", &[0; 600]).await.status(), 201);
 }
 
 #[tokio::test]
