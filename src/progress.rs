@@ -38,14 +38,10 @@ impl Bar {
     /// Starts drawing `progress` on stderr (call only when stderr is a
     /// terminal); from now on log lines are printed above the bar.
     pub fn start(progress: Arc<Progress>) -> (Bar, tokio::task::JoinHandle<()>) {
-        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(4));
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{msg} [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
+        // Hidden until a job has something to upload: no empty bar while
+        // the scan runs or when nothing changed.
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden());
+        bar.set_style(style(false));
         *ACTIVE.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar.clone());
         let ticker = tokio::spawn(feed(bar.clone(), progress));
         (Bar { bar }, ticker)
@@ -62,25 +58,53 @@ impl Drop for Bar {
     }
 }
 
+/// How long a job uploads before the bar shows a rate and ETA: earlier,
+/// the estimate is a few fragments over a few milliseconds (GiB/s).
+const RATE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The bar's look: with the rate and ETA once they mean something.
+fn style(with_rate: bool) -> ProgressStyle {
+    let template = if with_rate {
+        "{msg} [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}"
+    } else {
+        "{msg} [{wide_bar}] {bytes}/{total_bytes}"
+    };
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
+}
+
 /// Copies the upload counters into the bar a few times a second. A new job
 /// resets the bar (its counters start again from zero).
 async fn feed(bar: ProgressBar, p: Arc<Progress>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
     let mut shown_job = String::new();
+    let mut with_rate = false;
     loop {
         tick.tick().await;
         let files_total = p.files_total.load(Relaxed);
         if files_total == 0 {
             continue;
         }
-        let (job, _) = p.job();
+        let (job, running) = p.job();
+        let first = shown_job.is_empty();
         if job != shown_job {
             bar.reset();
+            bar.set_style(style(false));
+            with_rate = false;
             shown_job = job.clone();
+        }
+        if !with_rate && running >= RATE_AFTER {
+            bar.set_style(style(true));
+            with_rate = true;
         }
         bar.set_length(p.bytes_total.load(Relaxed));
         bar.set_position(p.bytes_sent.load(Relaxed));
         bar.set_message(message(&job, p.files_done.load(Relaxed), files_total));
+        if first {
+            // Shown once it holds the first job's figures.
+            bar.set_draw_target(ProgressDrawTarget::stderr_with_hz(4));
+        }
     }
 }
 
