@@ -405,6 +405,16 @@ async fn run_stages<R: Remote>(
             cancel,
         )
         .await?;
+        // Our own uploads come back as delta entries, one per file: take
+        // them in now, as part of this run, not at the next run or in the
+        // daemon's periodic reconcile while idle (100,000 uploads are 500
+        // delta pages).
+        let changed_remote = report.uploaded > 0 || !moves.is_empty() || !deletes.is_empty();
+        if changed_remote && !cancel.is_cancelled() {
+            if let Err(e) = crate::reconcile::absorb_own_changes(remote, store, job).await? {
+                tracing::debug!(job = %job.name, error = %e, "could not follow the library's changes after uploading; the next run does");
+            }
+        }
     }
 
     report.elapsed = started.elapsed();

@@ -493,6 +493,30 @@ async fn resolve_one<R: Remote>(
     }))
 }
 
+/// After a run that changed the library (uploads, moves, deletes): follows
+/// the drive's delta so the echo of our own changes is absorbed as part of
+/// that run. Entries that are ours match what was recorded and cost one
+/// lookup each; changes by others found on the way are recorded and
+/// resolved by the next run or periodic reconcile, as always.
+pub async fn absorb_own_changes<R: Remote>(
+    remote: &R,
+    store: &SharedStore,
+    job: &JobSpec,
+) -> Result<JobReconcile, StateError> {
+    let mut report = ReconcileReport::default();
+    let result = async {
+        let drive = crate::job::drive_id(remote, store, job).await??;
+        sync_delta(remote, store, job, &drive, &mut report).await?;
+        Ok::<(), ReconcileFail>(())
+    }
+    .await;
+    match result {
+        Ok(()) => Ok(Ok(report)),
+        Err(ReconcileFail::State(e)) => Err(e),
+        Err(ReconcileFail::Remote(e)) => Ok(Err(e)),
+    }
+}
+
 /// `name (sharepush conflict YYYY-MM-DD).ext`: a name beside `name`.
 pub fn conflict_name(name: &str, date: chrono::NaiveDate) -> String {
     let (stem, ext) = match name.rfind('.') {

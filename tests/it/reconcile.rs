@@ -322,6 +322,33 @@ async fn a_delta_broken_between_pages_is_repeated_from_the_stored_link() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_takes_in_the_echo_of_its_own_uploads_so_the_next_delta_is_one_request() {
+    let (emu, fx, config) = setup(
+        Options {
+            page_size: 2,
+            ..Options::default()
+        },
+        "",
+    )
+    .await;
+    let files = emu::acceptance_tree(&fx, false);
+    let first = sync(&config).await;
+    assert_eq!(first.uploaded, files.len() as u64);
+    // The next run (or the daemon's idle reconcile) finds nothing to page
+    // through: the uploads' own delta entries were taken in by the first.
+    let before = emu.requests().len();
+    let second = sync(&config).await;
+    let deltas = emu.requests()[before..]
+        .iter()
+        .filter(|r| r.path.contains("delta"))
+        .count();
+    let r = second.reconcile.expect("reconciled");
+    assert_eq!((deltas, r.delta_items), (1, 0), "{r:?}");
+    assert_eq!(r.remote_changes, 0);
+    assert!(store(&fx).remote_changes("docs").unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renaming_a_large_file_is_one_move_and_no_upload() {
     let (emu, fx, config) = setup(Options::default(), "").await;
     let bytes = emu::content(50 * MIB, 7);
