@@ -410,10 +410,11 @@ async fn run_stages<R: Remote>(
         // daemon's periodic reconcile while idle (100,000 uploads are 500
         // delta pages).
         let changed_remote = report.uploaded > 0 || !moves.is_empty() || !deletes.is_empty();
-        if changed_remote && !cancel.is_cancelled() {
-            if let Err(e) = crate::reconcile::absorb_own_changes(remote, store, job).await? {
-                tracing::debug!(job = %job.name, error = %e, "could not follow the library's changes after uploading; the next run does");
-            }
+        if changed_remote
+            && !cancel.is_cancelled()
+            && let Err(e) = crate::reconcile::absorb_own_changes(remote, store, job).await?
+        {
+            tracing::debug!(job = %job.name, error = %e, "could not follow the library's changes after uploading; the next run does");
         }
     }
 
