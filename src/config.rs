@@ -60,6 +60,11 @@ pub const CONCURRENCY_MAX: usize = 64;
 pub const DEBOUNCE_MAX: Duration = Duration::from_secs(10 * 60);
 /// Upper bound of `settle`.
 pub const SETTLE_MAX: Duration = Duration::from_secs(60 * 60);
+/// Shortest `reconcile_interval` (other than off): each one is at least
+/// one delta request per library.
+pub const RECONCILE_INTERVAL_MIN: Duration = Duration::from_secs(1);
+/// Default `reconcile_interval`.
+pub const RECONCILE_INTERVAL_DEFAULT: Duration = Duration::from_secs(15 * 60);
 /// Smallest non-zero `bandwidth_limit`; anything lower is surely a missing unit.
 pub const BANDWIDTH_MIN: u64 = 1024;
 
@@ -146,6 +151,9 @@ pub struct Settings {
     pub max_file_size: Option<u64>,
     /// What to do with names SharePoint refuses (`: ? |`, trailing dots...).
     pub invalid_names: InvalidNames,
+    /// How often the running daemon asks the job's library for remote
+    /// changes between runs; `None` = never (runs still ask first).
+    pub reconcile_interval: Option<Duration>,
 }
 
 /// What the uploader does with a file or folder name SharePoint refuses
@@ -172,6 +180,7 @@ impl Default for Settings {
             bandwidth_limit: None,
             max_file_size: None,
             invalid_names: InvalidNames::Encode,
+            reconcile_interval: Some(RECONCILE_INTERVAL_DEFAULT),
         }
     }
 }
@@ -589,6 +598,12 @@ const SETTINGS_KEYS: &[KeySpec] = &[
         Kind::Str,
         "\"encode\" (default: map characters SharePoint refuses to full-width look-alikes) \
          or \"skip\" (leave such files out and report them)",
+    ),
+    spec(
+        "reconcile_interval",
+        Kind::Str,
+        "a duration of at least 1s, e.g. \"15m\" (default), \"1h\", \"30s\"; \
+         \"0\" or \"off\" turns the daemon's periodic remote check off",
     ),
 ];
 
@@ -1401,6 +1416,29 @@ fn compile_settings(
                 &key("invalid_names"),
                 format!("unknown value {text:?}"),
             ),
+        }
+    }
+    if let Some((text, span)) = t.str("reconcile_interval") {
+        match text.trim() {
+            "off" | "0" => s.reconcile_interval = None,
+            _ => match parse_duration(text) {
+                Ok(d) if d >= RECONCILE_INTERVAL_MIN => s.reconcile_interval = Some(d),
+                Ok(_) => ctx.bad(
+                    Some(span),
+                    job,
+                    &key("reconcile_interval"),
+                    format!(
+                        "{text:?} is shorter than {}",
+                        format_duration(RECONCILE_INTERVAL_MIN)
+                    ),
+                ),
+                Err(e) => ctx.bad(
+                    Some(span),
+                    job,
+                    &key("reconcile_interval"),
+                    format!("invalid duration {text:?}: {e}"),
+                ),
+            },
         }
     }
     if let Some((n, span)) = size_of(ctx, "max_file_size") {
@@ -2826,6 +2864,21 @@ mod tests {
                 "would skip every file",
             ),
             ("max_file_size = -5", "max_file_size", "-5 is negative"),
+            (
+                "reconcile_interval = \"500ms\"",
+                "reconcile_interval",
+                "\"500ms\" is shorter than 1s",
+            ),
+            (
+                "reconcile_interval = \"never\"",
+                "reconcile_interval",
+                "invalid duration \"never\"",
+            ),
+            (
+                "reconcile_interval = \"15\"",
+                "reconcile_interval",
+                "has no unit",
+            ),
         ] {
             let text = format!("{AUTH}[defaults]\n{line}\n{}", job("a", "A"));
             let e = one_error(&text);
@@ -2854,6 +2907,25 @@ mod tests {
         ))
         .defaults;
         assert_eq!(s.bandwidth_limit, None);
+        assert_eq!(s.reconcile_interval, Some(RECONCILE_INTERVAL_DEFAULT));
+        for (text, want) in [
+            ("\"off\"", None),
+            ("\"0\"", None),
+            ("\"1s\"", Some(Duration::from_secs(1))),
+            ("\"1h30m\"", Some(Duration::from_secs(5400))),
+        ] {
+            let c = ok(&format!(
+                "{AUTH}[defaults]\nreconcile_interval = {text}\n{}{}reconcile_interval = \"2m\"\n",
+                job("a", "A"),
+                job("b", "B")
+            ));
+            assert_eq!(c.jobs[0].settings.reconcile_interval, want, "{text}");
+            assert_eq!(
+                c.jobs[1].settings.reconcile_interval,
+                Some(Duration::from_secs(120)),
+                "a job's own value wins"
+            );
+        }
     }
 
     #[test]

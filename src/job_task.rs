@@ -77,10 +77,6 @@ pub const FALLBACK_SCAN: Duration = Duration::from_secs(5 * 60);
 pub const WATCH_FULL_SCAN: Duration = Duration::from_secs(24 * 60 * 60);
 /// First retry delay after a failed run.
 pub const RETRY_BASE: Duration = Duration::from_secs(15);
-/// How often a running daemon asks each job's library for remote changes
-/// (delta since the stored link: one request when nothing changed) between
-/// runs; a change that needs an upload (a restore, an overwrite) starts a run.
-pub const RECONCILE_EVERY: Duration = Duration::from_secs(15 * 60);
 /// Longest retry delay after failed runs.
 pub const RETRY_CAP: Duration = Duration::from_secs(10 * 60);
 /// A path that keeps changing holds runs at most this many `settle` periods.
@@ -364,7 +360,12 @@ pub async fn run_job<R: Remote>(
         _ => None,
     };
     let mut periodic_at = periodic.map(|d| Instant::now() + d);
-    let mut reconcile_at = Some(Instant::now() + RECONCILE_EVERY);
+    // Between runs the job asks its library for remote changes every
+    // `reconcile_interval` (delta since the stored link: one request when
+    // nothing changed); a change that needs an upload (a restore, an
+    // overwrite, a keep-both copy) starts a run. `None`: only runs ask.
+    let reconcile_every = job.settings.reconcile_interval;
+    let mut reconcile_at = reconcile_every.map(|d| Instant::now() + d);
     let mut next_cron = job
         .schedule
         .as_ref()
@@ -527,7 +528,7 @@ pub async fn run_job<R: Remote>(
                 periodic_at = Some(Instant::now() + every);
             }
             _ = sleep_until_opt(reconcile_at) => {
-                reconcile_at = Some(Instant::now() + RECONCILE_EVERY);
+                reconcile_at = reconcile_every.map(|d| Instant::now() + d);
                 let jobs = [&*job];
                 let asked = tokio::select! {
                     r = crate::reconcile::reconcile(&ctx.remote, &ctx.store, &jobs) => Some(r),

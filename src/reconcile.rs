@@ -26,11 +26,27 @@
 //! and then resolved by the job's `on_remote_delete` (`restore`: upload
 //! again; `forget`) and `on_remote_change` (`overwrite`: ours goes up again,
 //! SharePoint keeps theirs in version history; `skip`: a conflict, uploads
-//! of that path are held; `keep-both`: theirs is moved aside under
-//! `name (sharepush conflict YYYY-MM-DD).ext`, ours goes up at the path).
+//! of that path are held; `keep-both`: see below).
 //! Our own uploads never count as edits: an item whose eTag is the one we
 //! recorded, or whose hash is the one we uploaded or SharePoint's rewrite we
 //! recorded, is ours, so nothing loops.
+//!
+//! **Keep-both.** Their edit stays at its path untouched (same item, name,
+//! links and history). [`keep_both`] picks a free name beside it,
+//! [`conflict_name`] (`name (sharepush conflict YYYY-MM-DD host).ext`, with a
+//! counter when SharePoint or the local folder already has that name), and
+//! records in one transaction: their item, eTag, hash and size as the row's
+//! new baseline, and the file queued with that copy path. The run's upload
+//! stage then sends the local file there (sessions, resume, throttle and
+//! verification as for any upload) and records the copy in
+//! `conflict_copies`; the row becomes synced against *their* version. So
+//! the next delta sees their eTag/hash as known (no new conflict) and the
+//! scan sees the local file unchanged (no upload). A later local edit is a
+//! normal upload to the path, over theirs (SharePoint keeps theirs in the
+//! version history): the path keeps backing up the local file, and the copy
+//! stays a one-off snapshot, neither updated nor deleted by `mirror` (it has
+//! no `files` row). When the local file is gone there is nothing to copy:
+//! theirs just becomes the baseline.
 //!
 //! Local renames and moves within a job ([`detect_moves`], [`apply_moves`])
 //! become one server-side PATCH instead of an upload.
@@ -438,16 +454,12 @@ async fn resolve_changes<R: Remote>(
         let Some(outcome) = resolve_one(remote, store, job, &change).await? else {
             continue;
         };
-        let c = change.clone();
-        store
-            .call(move |s| s.resolve_remote_change(&c, outcome))
-            .await?;
         report.resolved.push((change.path, outcome));
     }
     Ok(())
 }
 
-/// The outcome for one change, after any remote step it needs; `None`
+/// Applies the job's policy to one change and records the outcome; `None`
 /// leaves it as it is (a conflict still skipped, or a failed step).
 async fn resolve_one<R: Remote>(
     remote: &R,
@@ -456,7 +468,7 @@ async fn resolve_one<R: Remote>(
     change: &RemoteChange,
 ) -> Result<Option<RemoteChangeOutcome>, StateError> {
     let path = change.path.as_str();
-    Ok(Some(match change.kind {
+    let outcome = match change.kind {
         RemoteChangeKind::Deleted => match job.on_remote_delete {
             OnRemoteDelete::Restore => {
                 tracing::warn!(job = %job.name, path, "deleted in SharePoint; uploading it again (on_remote_delete = \"restore\")");
@@ -480,8 +492,13 @@ async fn resolve_one<R: Remote>(
                 RemoteChangeOutcome::Skipped
             }
             OnRemoteChange::KeepBoth => match keep_both(remote, store, job, change).await? {
-                Ok(aside) => {
-                    tracing::warn!(job = %job.name, path, moved_to = %aside, "edited in SharePoint by someone else; their version was kept as {aside:?} and the local copy goes up at the original path (on_remote_change = \"keep-both\")");
+                Ok(Some(copy)) => {
+                    tracing::warn!(job = %job.name, path, copy = %copy, "edited in SharePoint by someone else; their version stays at the path and the local copy goes up beside it as {copy:?} (on_remote_change = \"keep-both\"); later local edits go to the path as usual");
+                    // Recorded with the copy's path by `keep_both`.
+                    return Ok(Some(RemoteChangeOutcome::KeptBoth));
+                }
+                Ok(None) => {
+                    tracing::warn!(job = %job.name, path, "edited in SharePoint by someone else; the local file is gone, so their version stays and nothing is copied beside it (on_remote_change = \"keep-both\")");
                     RemoteChangeOutcome::KeptBoth
                 }
                 Err(e) => {
@@ -490,7 +507,12 @@ async fn resolve_one<R: Remote>(
                 }
             },
         },
-    }))
+    };
+    let c = change.clone();
+    store
+        .call(move |s| s.resolve_remote_change(&c, outcome))
+        .await?;
+    Ok(Some(outcome))
 }
 
 /// After a run that changed the library (uploads, moves, deletes): follows
@@ -517,57 +539,126 @@ pub async fn absorb_own_changes<R: Remote>(
     }
 }
 
-/// `name (sharepush conflict YYYY-MM-DD).ext`: a name beside `name`.
-pub fn conflict_name(name: &str, date: chrono::NaiveDate) -> String {
+/// The name of our copy beside someone else's edit of `name`:
+/// `name (sharepush conflict YYYY-MM-DD host).ext`, the date of the copy and
+/// the short host name of the server it came from (left out when unknown),
+/// with ` n` added for the n-th name tried (`n >= 2`) when one is taken.
+pub fn conflict_name(name: &str, date: chrono::NaiveDate, host: Option<&str>, n: u32) -> String {
     let (stem, ext) = match name.rfind('.') {
         Some(i) if i > 0 => (&name[..i], &name[i..]),
         _ => (name, ""),
     };
-    format!("{stem} (sharepush conflict {date}){ext}")
+    let mut tag = format!("sharepush conflict {date}");
+    if let Some(host) = host {
+        tag.push(' ');
+        tag.push_str(host);
+    }
+    if n >= 2 {
+        tag.push_str(&format!(" {n}"));
+    }
+    format!("{stem} ({tag}){ext}")
 }
 
-/// Moves the other edit aside (server-side, its content and history kept)
-/// so the local copy goes up at the original path. Returns the new name.
+/// This server's short host name for conflict names: letters, digits and
+/// `-` only (valid in any SharePoint name), at most 32 characters.
+fn conflict_host() -> Option<&'static str> {
+    static HOST: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        let text = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+        let short: String = text
+            .trim()
+            .split('.')
+            .next()?
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .take(32)
+            .collect();
+        (!short.is_empty()).then_some(short)
+    })
+    .as_deref()
+}
+
+/// Conflict names tried before giving up (each costs one `stat`).
+const CONFLICT_NAME_TRIES: u32 = 20;
+
+/// Why keep-both could not queue our copy this time.
+#[derive(Debug, thiserror::Error)]
+enum KeepBothError {
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    #[error("the conflict copy {path:?} cannot be stored in SharePoint: {why}")]
+    Name { path: String, why: String },
+    #[error("{tries} conflict names beside {path:?} are all taken")]
+    Taken { path: String, tries: u32 },
+}
+
+/// Keep-both for one edited file: their edit stays at the path, untouched
+/// (same item, same name, its version history). Picks a free name beside
+/// it (not taken remotely nor by a local file) and records the change
+/// resolved with our copy queued for that path
+/// ([`crate::state::Store::resolve_keep_both`]); the run's upload stage sends
+/// it. `Ok(None)` when the local file is gone: nothing to copy.
 async fn keep_both<R: Remote>(
     remote: &R,
     store: &SharedStore,
     job: &JobSpec,
     change: &RemoteChange,
-) -> Result<Result<String, RemoteError>, StateError> {
+) -> Result<Result<Option<String>, KeepBothError>, StateError> {
+    let local = job.source.join(&change.path);
+    if !std::fs::symlink_metadata(&local).is_ok_and(|m| m.is_file()) {
+        return Ok(Ok(None));
+    }
     let drive = match crate::job::drive_id(remote, store, job).await? {
         Ok(d) => d,
-        Err(e) => return Ok(Err(e)),
+        Err(e) => return Ok(Err(e.into())),
     };
-    let Some(item_id) = &change.item_id else {
-        return Ok(Err(RemoteError::Protocol {
-            what: "keep-both",
-            detail: "no item id recorded".into(),
-        }));
+    let root = RemotePath::parse(&job.folder);
+    let (dir, file) = match change.path.rsplit_once('/') {
+        Some((d, f)) => (Some(d), f),
+        None => (None, change.path.as_str()),
     };
-    let mapped = match names::map_path(
-        &change.path,
-        job.settings.invalid_names,
-        job.folder.is_empty(),
-    ) {
-        Ok(m) => RemotePath::parse(&job.folder).join(&m.remote),
-        Err(p) => {
-            return Ok(Err(RemoteError::Permanent {
-                status: 400,
-                code: p.to_string(),
+    let date = chrono::Local::now().date_naive();
+    for n in 1..=CONFLICT_NAME_TRIES {
+        let name = conflict_name(file, date, conflict_host(), n);
+        let copy = match dir {
+            Some(d) => format!("{d}/{name}"),
+            None => name,
+        };
+        let mapped = match names::map_path(&copy, job.settings.invalid_names, root.is_root()) {
+            Ok(m) => root.join(&m.remote),
+            Err(p) => {
+                return Ok(Err(KeepBothError::Name {
+                    path: copy,
+                    why: p.to_string(),
+                }));
+            }
+        };
+        let length = names::server_relative_len(&job.site.path, &job.library, &mapped);
+        if length >= names::MAX_PATH_CHARS {
+            return Ok(Err(KeepBothError::Name {
+                path: copy,
+                why: format!(
+                    "{length} characters with site and library (limit {})",
+                    names::MAX_PATH_CHARS - 1
+                ),
             }));
         }
-    };
-    let Some((parent, name)) = mapped.split_last() else {
-        return Ok(Err(RemoteError::Protocol {
-            what: "keep-both",
-            detail: "empty path".into(),
-        }));
-    };
-    let aside = conflict_name(name, chrono::Utc::now().date_naive());
-    match remote.move_item(&drive, item_id, &parent, &aside).await {
-        Ok(_) => Ok(Ok(aside)),
-        Err(e) => Ok(Err(e)),
+        if std::fs::symlink_metadata(job.source.join(&copy)).is_ok() {
+            continue;
+        }
+        match remote.stat(&drive, &mapped).await {
+            Ok(Some(_)) => continue,
+            Ok(None) => {}
+            Err(e) => return Ok(Err(e.into())),
+        }
+        let (c, to) = (change.clone(), copy.clone());
+        store.call(move |s| s.resolve_keep_both(&c, &to)).await?;
+        return Ok(Ok(Some(copy)));
     }
+    Ok(Err(KeepBothError::Taken {
+        path: change.path.clone(),
+        tries: CONFLICT_NAME_TRIES,
+    }))
 }
 
 /// A local rename or move that can be done on the server.
@@ -697,21 +788,46 @@ mod tests {
     use crate::hash::hash_bytes;
     use crate::scan::Change;
 
-    #[test]
-    fn conflict_names_keep_the_extension() {
+    #[rstest::rstest]
+    #[case(
+        "report.xlsx",
+        Some("srv1"),
+        1,
+        "report (sharepush conflict 2026-11-24 srv1).xlsx"
+    )]
+    #[case(
+        "report.xlsx",
+        Some("srv1"),
+        2,
+        "report (sharepush conflict 2026-11-24 srv1 2).xlsx"
+    )]
+    #[case("a.tar.gz", None, 1, "a.tar (sharepush conflict 2026-11-24).gz")]
+    #[case(
+        "README",
+        Some("srv1"),
+        1,
+        "README (sharepush conflict 2026-11-24 srv1)"
+    )]
+    #[case(".env", None, 3, ".env (sharepush conflict 2026-11-24 3)")]
+    fn conflict_names_keep_the_extension(
+        #[case] name: &str,
+        #[case] host: Option<&str>,
+        #[case] n: u32,
+        #[case] expected: &str,
+    ) {
         let d = chrono::NaiveDate::from_ymd_opt(2026, 11, 24).unwrap();
-        assert_eq!(
-            conflict_name("report.xlsx", d),
-            "report (sharepush conflict 2026-11-24).xlsx"
-        );
-        assert_eq!(
-            conflict_name("README", d),
-            "README (sharepush conflict 2026-11-24)"
-        );
-        assert_eq!(
-            conflict_name(".env", d),
-            ".env (sharepush conflict 2026-11-24)"
-        );
+        assert_eq!(conflict_name(name, d, host, n), expected);
+    }
+
+    #[test]
+    fn the_conflict_host_is_a_safe_short_name() {
+        if let Some(host) = conflict_host() {
+            assert!(!host.is_empty() && host.len() <= 32, "{host}");
+            assert!(
+                host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
+                "{host}"
+            );
+        }
     }
 
     fn synced(path: &str, inode: u64, content: &[u8], item: Option<&str>) -> (String, FileRecord) {

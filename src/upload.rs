@@ -550,7 +550,7 @@ impl<'a, R: Remote> Uploader<'a, R> {
             Ok(m) => m,
             Err(problem) => return self.skip(entry, problem.to_string()).await,
         };
-        let remote_path = self.root.join(&mapped.remote);
+        let mut remote_path = self.root.join(&mapped.remote);
         let length =
             names::server_relative_len(&self.job.site.path, &self.job.library, &remote_path);
         if length >= MAX_PATH_CHARS {
@@ -571,12 +571,17 @@ impl<'a, R: Remote> Uploader<'a, R> {
         if mapped.encoded {
             tracing::info!(job = %job, path = %entry.path, remote = %mapped.remote, "name encoded for SharePoint");
         }
-        match self
+        // Ours goes beside someone else's edit instead of over it
+        // (`on_remote_change = "keep-both"`, chosen and checked by reconcile).
+        let copy = match self
             .store
-            .call(move |s| s.mark_uploading(&job, &path))
+            .call(move |s| {
+                s.mark_uploading(&job, &path)?;
+                s.copy_target(&job, &path)
+            })
             .await
         {
-            Ok(()) => {}
+            Ok(copy) => copy,
             // Recorded as skipped meanwhile: that decision stands.
             Err(StateError::InvalidTransition { from, .. }) => {
                 return Ok(FileOutcome::Skipped {
@@ -584,6 +589,15 @@ impl<'a, R: Remote> Uploader<'a, R> {
                 });
             }
             Err(e) => return Err(e),
+        };
+        if let Some(copy) = &copy {
+            match names::map_path(copy, self.job.settings.invalid_names, self.root.is_root()) {
+                Ok(m) => remote_path = self.root.join(&m.remote),
+                Err(problem) => {
+                    let why = format!("the conflict copy {copy:?} cannot be stored: {problem}");
+                    return self.fail(entry, why, ErrorClass::Permanent).await;
+                }
+            }
         }
 
         let mut verify_retry = false;
@@ -601,6 +615,7 @@ impl<'a, R: Remote> Uploader<'a, R> {
                             &sent,
                             verify_retry,
                             racy_cutoff_ns,
+                            copy.is_some(),
                         )
                         .await?
                     {
@@ -697,6 +712,7 @@ impl<'a, R: Remote> Uploader<'a, R> {
 
     /// Records a finished upload after checking its hash. `None` asks the
     /// caller to upload once more (a mismatch on a file nobody rewrites).
+    /// `copy`: it went up beside someone else's edit, not to its own path.
     async fn finish(
         &self,
         entry: &LocalEntry,
@@ -705,6 +721,7 @@ impl<'a, R: Remote> Uploader<'a, R> {
         sent: &Hashes,
         second_try: bool,
         racy_cutoff_ns: i64,
+        copy: bool,
     ) -> Result<Option<FileOutcome>, StateError> {
         let name = remote_path
             .split_last()
@@ -753,11 +770,21 @@ impl<'a, R: Remote> Uploader<'a, R> {
             remote_size: Some(item.size),
         };
         let (job, path) = (self.job.name.clone(), entry.path.clone());
-        let state = self
-            .store
-            .call(move |s| s.mark_synced(&job, &path, &info))
-            .await?;
-        if state.kind() == FileStateKind::Pending {
+        let state = if copy {
+            let (size, fp) = (item.size, (entry.size, entry.mtime_ns, entry.inode));
+            let state = self
+                .store
+                .call(move |s| s.record_conflict_copy(&job, &path, fp, &info, size))
+                .await?;
+            tracing::info!(job = %self.job.name, path = %entry.path, copy = %remote_path, "local copy uploaded beside the version edited in SharePoint");
+            state
+        } else {
+            self.store
+                .call(move |s| s.mark_synced(&job, &path, &info))
+                .await?
+                .kind()
+        };
+        if state == FileStateKind::Pending {
             tracing::info!(job = %self.job.name, path = %entry.path, "changed since it was scanned; it goes up again next run");
         }
         Ok(Some(FileOutcome::Uploaded {

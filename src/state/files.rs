@@ -26,6 +26,12 @@
 //! edit meanwhile) records the remote item but leaves the file `Pending`, so
 //! the newer edit is uploaded too: a change is never marked as sent when it
 //! was not.
+//!
+//! Keep-both (`on_remote_change`, see `remote.rs`): a row with `copy_to`
+//! set is uploaded to that path instead of its own ([`Store::copy_target`]),
+//! and [`Store::record_conflict_copy`] takes the place of `mark_synced` (same
+//! transitions) while keeping the row's remote side pointing at the other
+//! person's version.
 
 use std::collections::HashMap;
 
@@ -783,6 +789,95 @@ impl Store {
             } else {
                 FileState::Pending
             })
+        })
+    }
+
+    /// Where the next upload of `path` goes when it is not `path` itself: the
+    /// path of our copy beside someone else's edit (`on_remote_change =
+    /// "keep-both"`, see [`Store::resolve_keep_both`]); `None` normally.
+    pub fn copy_target(&self, job: &str, path: &str) -> Result<Option<String>, StateError> {
+        self.conn
+            .prepare_cached("SELECT copy_to FROM files WHERE job = ?1 AND path = ?2")
+            .and_then(|mut s| {
+                s.query_row([job, path], |r| r.get::<_, Option<String>>(0))
+                    .optional()
+            })
+            .map(Option::flatten)
+            .map_err(self.sql("reading a file's copy target"))
+    }
+
+    /// Our copy of `path` went up beside someone else's edit as `info`'s item
+    /// (at the row's `copy_to`), in one transaction: the copy is recorded in
+    /// `conflict_copies` (a one-off snapshot: not a local file, never
+    /// mirrored), and the row stops pointing at it. The row keeps *their*
+    /// item, eTag and hashes as its remote side, so the same remote edit is
+    /// neither uploaded over nor reported again; a later local edit of the
+    /// file is a normal upload to its own path. `fp` is the fingerprint
+    /// (size, mtime ns, inode) the upload read, held still: while the row
+    /// still has it, what was sent *is* the file's content and is recorded
+    /// as such (an edit the scan could not see, same size and mtime, must
+    /// not later go over theirs as if it were new). Returns `Synced`, or
+    /// `Pending` when a scan recorded a newer edit meanwhile (that one goes
+    /// to the path). Refused for a skipped file.
+    pub fn record_conflict_copy(
+        &mut self,
+        job: &str,
+        path: &str,
+        fp: (u64, i64, u64),
+        info: &SyncedInfo,
+        copy_size: u64,
+    ) -> Result<FileStateKind, StateError> {
+        self.transition(job, path, "recording a conflict copy", |tx, current| {
+            current.refuse_if_skipped(job, path, "synced")?;
+            let (copy, same_fp): (Option<String>, bool) = tx
+                .prepare_cached(
+                    "SELECT copy_to, size = ?3 AND mtime_ns = ?4 AND inode = ?5
+                     FROM files WHERE job = ?1 AND path = ?2",
+                )?
+                .query_row(
+                    params![job, path, u64_to_sql(fp.0), fp.1, u64_to_sql(fp.2)],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+            let now = unix_now();
+            if let (Some(copy), Some(item_id)) = (copy, &info.item_id) {
+                tx.prepare_cached(
+                    "INSERT INTO conflict_copies (job, path, source_path, item_id, etag, size,
+                         created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (job, path) DO UPDATE SET source_path = excluded.source_path,
+                         item_id = excluded.item_id, etag = excluded.etag,
+                         size = excluded.size, created_at = excluded.created_at",
+                )?
+                .execute(params![
+                    job,
+                    copy,
+                    path,
+                    item_id,
+                    info.etag,
+                    u64_to_sql(copy_size),
+                    now
+                ])?;
+            }
+            let same = same_fp || current.hashes.as_ref() == Some(&info.content);
+            let state = if same {
+                FileStateKind::Synced
+            } else {
+                FileStateKind::Pending
+            };
+            // A row a newer scan moved on keeps what that scan recorded.
+            let hashes = if same_fp {
+                Some(&info.content)
+            } else {
+                current.hashes.as_ref()
+            };
+            let (sha1, quick_xor) = (hashes.map(|h| &h.sha1), hashes.map(|h| &h.quick_xor));
+            tx.prepare_cached(
+                "UPDATE files SET state = ?3, copy_to = NULL, sha1 = ?5, quick_xor = ?6,
+                     attempts = 0, next_attempt = NULL, last_error = NULL, updated_at = ?4
+                 WHERE job = ?1 AND path = ?2",
+            )?
+            .execute(params![job, path, state.as_str(), now, sha1, quick_xor])?;
+            Ok(state)
         })
     }
 

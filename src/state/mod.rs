@@ -12,9 +12,10 @@
 //!   restarted process resumes instead of re-sending;
 //! - `drives`: site URL + library name -> drive id and the drive's delta link;
 //! - `runs`: one row per job run (trigger, times, counts, bytes, outcome);
-//! - `remote_walks`, `remote_changes`: remote reconcile (issue 6, `remote.rs`):
-//!   which job folders were enumerated, and remote deletes and edits of our
-//!   files with what the job's policy did about them.
+//! - `remote_walks`, `remote_changes`, `conflict_copies`: remote reconcile
+//!   (issue 6, `remote.rs`): which job folders were enumerated, remote deletes
+//!   and edits of our files with what the job's policy did about them, and
+//!   the copies uploaded beside someone else's edit (`keep-both`).
 //! - `daemon`, `watches`, `auth_state`: the running daemon, each job's watch
 //!   state and whether a person must sign in again, for `status` (`health.rs`).
 //!
@@ -69,7 +70,8 @@ pub use drives::DriveRow;
 pub use files::{FileRecord, FileState, FileStateKind, StateCounts, SyncedInfo};
 pub use health::{AuthStateRow, DaemonRow, Refusal, WatchRow, WatchState};
 pub use remote::{
-    DeltaPageStats, DriveStatus, RemoteChange, RemoteChangeKind, RemoteChangeOutcome, WalkAction,
+    ConflictCopy, DeltaPageStats, DriveStatus, RemoteChange, RemoteChangeKind, RemoteChangeOutcome,
+    WalkAction,
 };
 pub use runs::{RunCounts, RunId, RunOutcome, RunRow, RunSummary, RunTrigger};
 pub use schema::SCHEMA_VERSION;

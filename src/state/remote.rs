@@ -47,7 +47,8 @@ pub enum RemoteChangeOutcome {
     Overwritten,
     /// Edited remotely; left alone, an open conflict.
     Skipped,
-    /// Edited remotely; theirs was moved aside under a conflict name, ours goes up.
+    /// Edited remotely; theirs stays at the path (the new baseline), ours
+    /// goes up once beside it under a conflict name.
     KeptBoth,
 }
 
@@ -80,6 +81,22 @@ pub struct RemoteChange {
     pub seen_at: i64,
     /// `None` while open; `Some("skipped")` for a conflict left in place.
     pub outcome: Option<String>,
+}
+
+/// Our copy of a file, uploaded beside someone else's edit of it
+/// (`on_remote_change = "keep-both"`); a row of `conflict_copies`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConflictCopy {
+    pub job: String,
+    /// The copy, relative to the job folder (local names, `/`-separated).
+    pub path: String,
+    /// The file it is a copy of.
+    pub source_path: String,
+    pub item_id: String,
+    pub etag: Option<String>,
+    pub size: u64,
+    /// When it was uploaded (Unix seconds).
+    pub created_at: i64,
 }
 
 /// Per-drive facts for `sharepush status`.
@@ -423,7 +440,7 @@ impl Store {
                              item_id = excluded.item_id, etag = excluded.etag,
                              remote_quick_xor = excluded.remote_quick_xor,
                              remote_size = excluded.remote_size, state = 'synced',
-                             attempts = 0, next_attempt = NULL, last_error = NULL,
+                             copy_to = NULL, attempts = 0, next_attempt = NULL, last_error = NULL,
                              skip_reason = NULL, updated_at = excluded.updated_at",
                     )
                     .and_then(|mut s| {
@@ -533,7 +550,10 @@ impl Store {
     /// - `Overwritten`: pending, same item (replaced by path next upload);
     /// - `Skipped`: the row takes the other edit's eTag and hash, so the
     ///   same edit is not reported again;
-    /// - `KeptBoth`: pending with no remote item (theirs was moved aside).
+    /// - `KeptBoth`: their edit becomes the row's remote side (item, eTag,
+    ///   hash, size), the state is kept: theirs is accepted with nothing
+    ///   copied (the local file is gone). [`Store::resolve_keep_both`] also
+    ///   queues our copy beside it.
     pub fn resolve_remote_change(
         &mut self,
         change: &RemoteChange,
@@ -545,9 +565,9 @@ impl Store {
         let (job, path) = (&change.job, &change.path);
         let now = unix_now();
         let sql = match outcome {
-            RemoteChangeOutcome::Restored | RemoteChangeOutcome::KeptBoth => {
+            RemoteChangeOutcome::Restored => {
                 "UPDATE files SET state = 'pending', item_id = NULL, etag = NULL,
-                     remote_quick_xor = NULL, remote_size = NULL, attempts = 0,
+                     remote_quick_xor = NULL, remote_size = NULL, copy_to = NULL, attempts = 0,
                      next_attempt = NULL, last_error = NULL, updated_at = ?3
                  WHERE job = ?1 AND path = ?2"
             }
@@ -556,13 +576,18 @@ impl Store {
                  WHERE job = ?1 AND path = ?2"
             }
             RemoteChangeOutcome::Overwritten => {
-                "UPDATE files SET state = 'pending', attempts = 0, next_attempt = NULL,
-                     last_error = NULL, updated_at = ?3
+                "UPDATE files SET state = 'pending', copy_to = NULL, attempts = 0,
+                     next_attempt = NULL, last_error = NULL, updated_at = ?3
                  WHERE job = ?1 AND path = ?2 AND state <> 'skipped'"
             }
             RemoteChangeOutcome::Skipped => {
                 "UPDATE files SET etag = ?4, remote_quick_xor = ?5, remote_size = ?6,
                      updated_at = ?3
+                 WHERE job = ?1 AND path = ?2"
+            }
+            RemoteChangeOutcome::KeptBoth => {
+                "UPDATE files SET item_id = coalesce(?7, item_id), etag = ?4,
+                     remote_quick_xor = ?5, remote_size = ?6, updated_at = ?3
                  WHERE job = ?1 AND path = ?2"
             }
         };
@@ -577,6 +602,16 @@ impl Store {
                         change.remote_quick_xor,
                         change.remote_size.map(u64_to_sql)
                     ])
+                } else if outcome == RemoteChangeOutcome::KeptBoth {
+                    s.execute(params![
+                        job,
+                        path,
+                        now,
+                        change.etag,
+                        change.remote_quick_xor,
+                        change.remote_size.map(u64_to_sql),
+                        change.item_id
+                    ])
                 } else {
                     s.execute(params![job, path, now])
                 }
@@ -588,6 +623,87 @@ impl Store {
         .and_then(|mut s| s.execute(params![job, path, outcome.as_str(), now]))
         .map_err(err)?;
         tx.commit().map_err(err)
+    }
+
+    /// `on_remote_change = "keep-both"` for an edited file, in one
+    /// transaction: their edit becomes the row's remote side (item, eTag,
+    /// hash, size: the baseline the next delta compares against, so the
+    /// same edit is never reported again), and the file is queued with
+    /// `copy_to`, so its next upload goes to that path beside theirs
+    /// instead of over it ([`Store::copy_target`],
+    /// [`Store::record_conflict_copy`]). A saved upload session of the path
+    /// is dropped: it targets the path itself and must never commit over
+    /// theirs. The change is closed as `kept-both`.
+    pub fn resolve_keep_both(
+        &mut self,
+        change: &RemoteChange,
+        copy_to: &str,
+    ) -> Result<(), StateError> {
+        let context = "keeping both versions";
+        let err = |e| sql_err(&self.db_path, context)(e);
+        let tx = self.conn.transaction().map_err(err)?;
+        let (job, path) = (&change.job, &change.path);
+        let now = unix_now();
+        tx.prepare_cached(
+            "UPDATE files SET state = 'pending', copy_to = ?4, item_id = coalesce(?5, item_id),
+                 etag = ?6, remote_quick_xor = ?7, remote_size = ?8, attempts = 0,
+                 next_attempt = NULL, last_error = NULL, updated_at = ?3
+             WHERE job = ?1 AND path = ?2 AND state <> 'skipped'",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                job,
+                path,
+                now,
+                copy_to,
+                change.item_id,
+                change.etag,
+                change.remote_quick_xor,
+                change.remote_size.map(u64_to_sql)
+            ])
+        })
+        .map_err(err)?;
+        tx.prepare_cached("DELETE FROM sessions WHERE job = ?1 AND path = ?2")
+            .and_then(|mut s| s.execute(params![job, path]))
+            .map_err(err)?;
+        tx.prepare_cached(
+            "UPDATE remote_changes SET outcome = ?3, applied_at = ?4 WHERE job = ?1 AND path = ?2",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                job,
+                path,
+                RemoteChangeOutcome::KeptBoth.as_str(),
+                now
+            ])
+        })
+        .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    /// The copies `job` uploaded beside someone else's edits, by path.
+    pub fn conflict_copies(&self, job: &str) -> Result<Vec<ConflictCopy>, StateError> {
+        let context = "listing conflict copies";
+        self.conn
+            .prepare_cached(
+                "SELECT job, path, source_path, item_id, etag, size, created_at
+                 FROM conflict_copies WHERE job = ?1 ORDER BY path",
+            )
+            .and_then(|mut s| {
+                s.query_map([job], |r| {
+                    Ok(ConflictCopy {
+                        job: r.get(0)?,
+                        path: r.get(1)?,
+                        source_path: r.get(2)?,
+                        item_id: r.get(3)?,
+                        etag: r.get(4)?,
+                        size: u64_from_sql(r.get(5)?),
+                        created_at: r.get(6)?,
+                    })
+                })
+                .and_then(|rows| rows.collect())
+            })
+            .map_err(self.sql(context))
     }
 
     /// Conflicts left in place (`on_remote_change = "skip"`), sorted by job

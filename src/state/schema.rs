@@ -182,8 +182,31 @@ const RACY_FILES: &str = r#"
 ALTER TABLE files ADD COLUMN racy INTEGER NOT NULL DEFAULT 0;  -- 1: re-hash on next scan
 "#;
 
+/// `on_remote_change = "keep-both"` (issue 6): their edit stays at the
+/// file's path; our copy goes up once beside it under a conflict name.
+const CONFLICT_COPIES: &str = r#"
+-- Set while our copy of a file edited remotely waits to go up beside
+-- theirs: the copy's path (relative to the job source, like `path`). The
+-- row's item_id/etag/remote_* are then *their* item, the new baseline.
+ALTER TABLE files ADD COLUMN copy_to TEXT;
+
+-- Copies uploaded beside someone else's edit: one-off snapshots that are
+-- neither local files nor mirrored (`delete = "mirror"` never deletes them).
+CREATE TABLE conflict_copies (
+    job         TEXT NOT NULL,
+    path        TEXT NOT NULL,           -- the copy, relative to the job folder ('/'-separated, local names)
+    source_path TEXT NOT NULL,           -- the file it is a copy of
+    item_id     TEXT NOT NULL,
+    etag        TEXT,
+    size        INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (job, path)
+) WITHOUT ROWID;
+CREATE INDEX conflict_copies_by_item ON conflict_copies (item_id);
+"#;
+
 /// Every migration, in order; see the module doc before changing anything.
-const MIGRATIONS: &[&str] = &[V1, V2_REMOTE, STATUS_FACTS, RACY_FILES];
+const MIGRATIONS: &[&str] = &[V1, V2_REMOTE, STATUS_FACTS, RACY_FILES, CONFLICT_COPIES];
 
 /// The schema version this binary writes and fully understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

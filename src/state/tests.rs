@@ -1199,3 +1199,92 @@ fn delta_pages_record_changes_once_and_store_the_link_with_the_last_page() {
             .is_none()
     );
 }
+
+#[test]
+fn keep_both_makes_their_edit_the_baseline_and_records_our_copy_once() {
+    let (_dir, mut store) = open_temp();
+    let (site, lib) = ("https://h/sites/s", "Documents");
+    store.save_drive_id(site, lib, "D").unwrap();
+    for p in ["a.txt", "b.txt"] {
+        store
+            .record_scanned(JOB, &[entry(p, b"ours", 1, Change::New)])
+            .unwrap();
+        let mut info = synced_info(b"ours");
+        info.item_id = Some(format!("ITEM-{p}"));
+        store.mark_synced(JOB, p, &info).unwrap();
+    }
+    let mut theirs = [
+        delta_item("ITEM-a.txt", false, "\"{A},5\"", b"theirs"),
+        delta_item("ITEM-b.txt", false, "\"{B},5\"", b"theirs"),
+    ];
+    theirs[1].name = "b.txt".into();
+    store
+        .record_delta_page(site, lib, &theirs, Some("L1"))
+        .unwrap();
+    let changes = store.pending_remote_changes(JOB).unwrap();
+    assert_eq!(changes.len(), 2);
+    for c in &changes {
+        let copy = c.path.replace(".txt", " (sharepush conflict).txt");
+        store.resolve_keep_both(c, &copy).unwrap();
+    }
+    assert!(store.pending_remote_changes(JOB).unwrap().is_empty());
+    assert_eq!(
+        store.copy_target(JOB, "a.txt").unwrap().as_deref(),
+        Some("a (sharepush conflict).txt")
+    );
+    let a = store.file(JOB, "a.txt").unwrap().unwrap();
+    assert_eq!(a.state, FileState::Pending);
+    assert_eq!(a.etag.as_deref(), Some("\"{A},5\""));
+
+    // a.txt: the copy read the recorded fingerprint; what it sent (an edit
+    // the scan could not see) becomes the content, synced against theirs.
+    let sent = SyncedInfo {
+        item_id: Some("COPY-A".into()),
+        ..synced_info(b"edit")
+    };
+    let fp = (4, 1, 1000 + "a.txt".len() as u64);
+    let kind = store
+        .record_conflict_copy(JOB, "a.txt", fp, &sent, 4)
+        .unwrap();
+    assert_eq!(kind, FileStateKind::Synced);
+    let a = store.file(JOB, "a.txt").unwrap().unwrap();
+    assert_eq!(a.hashes, Some(hash_bytes(b"edit")));
+    assert!(
+        matches!(&a.state, FileState::Synced { item_id: Some(id), etag: Some(e), remote_quick_xor: Some(q), .. }
+            if id == "ITEM-a.txt" && e == "\"{A},5\"" && *q == hash_bytes(b"theirs").quick_xor),
+        "{:?}",
+        a.state
+    );
+    assert_eq!(store.copy_target(JOB, "a.txt").unwrap(), None);
+
+    // b.txt: a scan recorded a newer edit meanwhile; that one goes to the path.
+    store
+        .record_scanned(JOB, &[entry("b.txt", b"newer!", 2, Change::Changed)])
+        .unwrap();
+    let fp = (4, 1, 1000 + "b.txt".len() as u64);
+    let kind = store
+        .record_conflict_copy(JOB, "b.txt", fp, &synced_info(b"ours"), 4)
+        .unwrap();
+    assert_eq!(kind, FileStateKind::Pending);
+    let b = store.file(JOB, "b.txt").unwrap().unwrap();
+    assert_eq!(b.hashes, Some(hash_bytes(b"newer!")));
+    assert_eq!(store.copy_target(JOB, "b.txt").unwrap(), None);
+
+    let copies = store.conflict_copies(JOB).unwrap();
+    let paths: Vec<_> = copies
+        .iter()
+        .map(|c| (c.path.as_str(), c.source_path.as_str()))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            ("a (sharepush conflict).txt", "a.txt"),
+            ("b (sharepush conflict).txt", "b.txt")
+        ]
+    );
+    // The same remote edit seen again is ours now: no new conflict.
+    let stats = store
+        .record_delta_page(site, lib, &theirs[..1], Some("L2"))
+        .unwrap();
+    assert_eq!(stats.changes, 0);
+}

@@ -658,3 +658,68 @@ async fn mirror_deletes_and_renames_remotely_but_never_for_an_emptied_source() {
     );
     drop(d);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_periodic_reconcile_restores_a_remote_delete_without_a_local_change() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    // No watch and a cron tick once a year: only the periodic reconcile
+    // (every second here) can notice the remote delete.
+    let job = JobToml {
+        name: "docs",
+        source: fx.source(),
+        folder: "backup",
+        extra: "schedule = \"0 0 1 1 *\"\nwatch = false\nreconcile_interval = \"1s\"",
+    };
+    let config = write_config(&fx, &emu, FAST, &[job]);
+    fs::write(fx.source().join("keep.txt"), b"backed up").unwrap();
+    let d = Daemon::start(&fx, &config, &[]);
+    wait_remote(
+        &emu,
+        "backup/keep.txt",
+        b"backed up",
+        Duration::from_secs(30),
+    )
+    .await;
+    d.wait_log("trigger=\"startup\"", 1, Duration::from_secs(30))
+        .await;
+
+    // Someone deletes it in SharePoint (Graph, another user's token).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let token =
+        emu.user_tokens(CLIENT_ID, "Files.ReadWrite.All Sites.ReadWrite.All")["access_token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    let url = format!(
+        "{}/drives/{}/root:/backup/keep.txt:",
+        emu.graph_url(),
+        emu.drive_id()
+    );
+    let r = reqwest::Client::new()
+        .delete(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(emu.read_file("backup/keep.txt"), None);
+
+    // The daemon notices and uploads it again (on_remote_delete = "restore").
+    wait_remote(
+        &emu,
+        "backup/keep.txt",
+        b"backed up",
+        Duration::from_secs(30),
+    )
+    .await;
+    d.wait_log("trigger=\"reconcile\"", 1, Duration::from_secs(10))
+        .await;
+    let log = d.log();
+    assert!(
+        log.contains("deleted in SharePoint; uploading it again"),
+        "{log}"
+    );
+    assert_eq!(log.matches("trigger=\"schedule\"").count(), 0, "{log}");
+    drop(d);
+}

@@ -237,26 +237,139 @@ async fn a_remote_edit_is_left_as_a_conflict_with_skip() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_remote_edit_is_kept_beside_ours_with_keep_both() {
+async fn a_remote_edit_stays_and_ours_goes_beside_it_with_keep_both() {
+    // Mirroring too: the copy is not a local file, and must survive it.
+    let (emu, fx, config) = setup(
+        Options::default(),
+        "on_remote_change = \"keep-both\"\ndelete = \"mirror\"",
+    )
+    .await;
+    emu::acceptance_tree(&fx, false);
+    sync(&config).await;
+    let item = |path: &str| emu.tree().into_iter().find(|e| e.path == path);
+    let original = format!("{FOLDER}/nested/ten.bin");
+    let their_id = item(&original).unwrap().id;
+    let ours = std::fs::read(fx.source().join("nested/ten.bin")).unwrap();
+    remote_edit(&emu, "nested/ten.bin", b"their edit").await;
+
+    let before = emu.requests().len();
+    let report = sync(&config).await;
+    assert_eq!(report.uploaded, 1, "{report:?}");
+    assert_eq!(uploads_since(&emu, before).len(), 1, "exactly one upload");
+    // Theirs is untouched: same item, same path, their bytes.
+    let theirs = item(&original).expect("their version stays at its path");
+    assert_eq!(theirs.id, their_id);
+    assert_eq!(emu.read_file(&original).unwrap(), b"their edit");
+    // Ours is beside it under a conflict name, in the same folder.
+    let copies: Vec<_> = emu
+        .tree()
+        .into_iter()
+        .filter(|e| e.path.contains("(sharepush conflict "))
+        .collect();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    let copy = &copies[0];
+    assert!(
+        copy.path
+            .starts_with(&format!("{FOLDER}/nested/ten (sharepush conflict "))
+            && copy.path.ends_with(").bin"),
+        "{}",
+        copy.path
+    );
+    assert_eq!(emu.read_file(&copy.path).unwrap(), ours);
+    let s = store(&fx);
+    let recorded = s.conflict_copies("docs").unwrap();
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(format!("{FOLDER}/{}", recorded[0].path), copy.path);
+    assert_eq!(recorded[0].source_path, "nested/ten.bin");
+    assert_eq!(recorded[0].item_id, copy.id);
+    // The path's row now refers to their item as its baseline.
+    let row = s.file("docs", "nested/ten.bin").unwrap().unwrap();
+    assert!(
+        matches!(&row.state, FileState::Synced { item_id: Some(id), .. } if *id == their_id),
+        "{:?}",
+        row.state
+    );
+    let changes = s.remote_changes("docs").unwrap();
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0].outcome.as_deref(), Some("kept-both"));
+    drop(s);
+
+    // Nothing loops: no upload, no new conflict, the copy is not mirrored away.
+    for _ in 0..2 {
+        let before = emu.requests().len();
+        let again = sync(&config).await;
+        assert_eq!(again.uploaded, 0, "{again:?}");
+        assert_eq!(again.deleted, 0, "{again:?}");
+        assert_eq!(uploads_since(&emu, before), Vec::<String>::new());
+        assert_eq!(again.reconcile.expect("reconciled").remote_changes, 0);
+        assert_eq!(store(&fx).remote_changes("docs").unwrap().len(), 1);
+        assert_eq!(emu.read_file(&copy.path).unwrap(), ours);
+        assert_eq!(emu.read_file(&original).unwrap(), b"their edit");
+    }
+
+    // A later local edit goes to the path as a normal upload (a new version
+    // of their item; SharePoint keeps theirs in its history), no new copy.
+    emu::put(&fx, "nested/ten.bin", b"ours, edited later");
+    let before = emu.requests().len();
+    let report = sync(&config).await;
+    assert_eq!(report.uploaded, 1, "{report:?}");
+    assert_eq!(uploads_since(&emu, before).len(), 1);
+    assert_eq!(
+        emu.read_file(&original).unwrap(),
+        b"ours, edited later".to_vec()
+    );
+    assert_eq!(item(&original).unwrap().id, their_id);
+    assert_eq!(
+        emu.tree()
+            .iter()
+            .filter(|e| e.path.contains("(sharepush conflict "))
+            .count(),
+        1
+    );
+    let again = sync(&config).await;
+    assert_eq!(again.uploaded, 0, "{again:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_both_picks_a_free_name_when_the_conflict_name_is_taken() {
     let (emu, fx, config) = setup(Options::default(), "on_remote_change = \"keep-both\"").await;
     emu::acceptance_tree(&fx, false);
     sync(&config).await;
-    remote_edit(&emu, "one.bin", b"theirs").await;
-    let report = sync(&config).await;
-    assert_eq!(report.uploaded, 1, "{report:?}");
-    assert_eq!(remote_content(&emu, "one.bin").unwrap(), vec![0x4a]);
-    let aside = emu
+    // Two remote edits of the same file on the same day: two copies.
+    for (round, theirs) in [b"theirs 1".as_slice(), b"theirs 2"]
+        .into_iter()
+        .enumerate()
+    {
+        emu::put(&fx, "one.bin", format!("ours {round}").as_bytes());
+        remote_edit(&emu, "one.bin", theirs).await;
+        let report = sync(&config).await;
+        assert_eq!(report.uploaded, 1, "{report:?}");
+        assert_eq!(remote_content(&emu, "one.bin").unwrap(), theirs);
+    }
+    let copies: Vec<_> = emu
         .tree()
         .into_iter()
-        .find(|e| {
+        .filter(|e| {
             e.path
                 .starts_with(&format!("{FOLDER}/one (sharepush conflict "))
         })
-        .expect("their version kept");
-    assert!(aside.path.ends_with(").bin"), "{}", aside.path);
-    assert_eq!(emu.read_file(&aside.path).unwrap(), b"theirs");
+        .map(|e| e.path)
+        .collect();
+    assert_eq!(copies.len(), 2, "{copies:?}");
+    let (second, first): (Vec<_>, Vec<_>) = copies.iter().partition(|p| p.ends_with(" 2).bin"));
+    assert_eq!((first.len(), second.len()), (1, 1), "{copies:?}");
+    assert_eq!(emu.read_file(first[0]).unwrap(), b"ours 0");
+    assert_eq!(emu.read_file(second[0]).unwrap(), b"ours 1");
+    assert_eq!(store(&fx).conflict_copies("docs").unwrap().len(), 2);
+    let row = store(&fx).file("docs", "one.bin").unwrap();
+    let before = emu.requests().len();
     let again = sync(&config).await;
-    assert_eq!(again.uploaded, 0);
+    assert_eq!(
+        again.uploaded,
+        0,
+        "{again:?} {row:?} {:?}",
+        &emu.requests()[before..]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
