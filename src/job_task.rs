@@ -538,7 +538,7 @@ pub async fn run_job<R: Remote>(
                     Some(Ok(results)) => {
                         for (_, result) in results {
                             match result {
-                                Ok(r) if !r.resolved.is_empty() || r.adopted > 0 => {
+                                Ok(r) if !r.resolved.is_empty() || r.adopted > 0 || r.library_replaced => {
                                     tracing::info!(job = %job.name, remote_changes = r.remote_changes, "remote changes found; a run follows");
                                     pending.get_or_insert(RunTrigger::Reconcile);
                                 }
@@ -670,15 +670,20 @@ mod tests {
         std::fs::write(root.join("g"), b"g").unwrap();
         let mut old = Settle::new(root.clone(), Duration::from_secs(5));
         let g_written = last_change(&root.join("g")).unwrap();
-        old.add("g".into(), Instant::now(), g_written + Duration::from_secs(60));
+        old.add(
+            "g".into(),
+            Instant::now(),
+            g_written + Duration::from_secs(60),
+        );
         assert_eq!(old.remaining(Instant::now()), None);
         // A clock that went backwards (change "in the future") waits the
         // whole window.
         let mut back = Settle::new(root.clone(), Duration::from_secs(5));
-        back.add("g".into(), Instant::now(), g_written - Duration::from_secs(60));
-        assert_eq!(
-            back.remaining(Instant::now()),
-            Some(Duration::from_secs(5))
+        back.add(
+            "g".into(),
+            Instant::now(),
+            g_written - Duration::from_secs(60),
         );
+        assert_eq!(back.remaining(Instant::now()), Some(Duration::from_secs(5)));
     }
 }
