@@ -15,6 +15,12 @@
 //! mount point) or when it would delete more than the job's `max_delete`;
 //! the deletes are then held (counted, logged once per run) and decided
 //! again next run. A missing source never gets this far: the scan fails.
+//!
+//! The library's drive id is resolved once and cached (`drive_id`); a
+//! `404` from the drive makes reconcile ask again (`recheck_drive`): a
+//! recreated library (new id) requeues every job on it, a library that no
+//! longer resolves fails the run with "library X not found on site Y"
+//! (the daemon retries it with backoff; other jobs go on).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -476,5 +476,24 @@ mod tests {
         });
         assert_eq!(login.class(), ErrorClass::Reauth);
         assert!(login.to_string().contains("sharepush login"));
+
+        // A 404 may be the drive itself: the caller checks the library.
+        let missing = RemoteError::Permanent {
+            status: 404,
+            code: "itemNotFound".into(),
+        };
+        assert!(missing.is_not_found() && !missing.is_library_gone());
+        let gone = RemoteError::LibraryNotFound {
+            site: "https://contoso.sharepoint.com/sites/demo".into(),
+            library: "Documents".into(),
+            available: vec!["Archive".into(), "Site Assets".into()],
+        };
+        assert!(gone.is_library_gone() && !gone.is_not_found());
+        assert_eq!(gone.class(), ErrorClass::Permanent);
+        assert_eq!(
+            gone.to_string(),
+            "library \"Documents\" not found on site https://contoso.sharepoint.com/sites/demo \
+             (libraries there: Archive, Site Assets)"
+        );
     }
 }
