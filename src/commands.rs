@@ -545,6 +545,15 @@ pub fn report_sync(
             );
         }
         if let Some(rc) = &r.reconcile
+            && rc.library_replaced
+        {
+            let _ = writeln!(
+                out,
+                "  library  was deleted and recreated in SharePoint (new drive id); \
+                 every file is uploaded again into the new library"
+            );
+        }
+        if let Some(rc) = &r.reconcile
             && rc.adopted > 0
         {
             let _ = writeln!(

@@ -15,6 +15,12 @@
 //! mount point) or when it would delete more than the job's `max_delete`;
 //! the deletes are then held (counted, logged once per run) and decided
 //! again next run. A missing source never gets this far: the scan fails.
+//!
+//! The library's drive id is resolved once and cached (`drive_id`); a
+//! `404` from the drive makes reconcile ask again (`recheck_drive`): a
+//! recreated library (new id) requeues every job on it, a library that no
+//! longer resolves fails the run with "library X not found on site Y"
+//! (the daemon retries it with backoff; other jobs go on).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -126,14 +132,20 @@ fn unix(t: SystemTime) -> i64 {
 }
 
 /// The drive id of the job's library: from the state, or resolved once and
-/// recorded.
+/// recorded. Also records which library the job uses, so a recreated
+/// library requeues every job on it ([`recheck_drive`]).
 pub(crate) async fn drive_id<R: Remote>(
     remote: &R,
     store: &SharedStore,
     job: &JobSpec,
 ) -> Result<Result<String, RemoteError>, StateError> {
-    let (site, library) = (job.site.to_string(), job.library.clone());
-    let cached = store.call(move |s| s.drive(&site, &library)).await?;
+    let (name, site, library) = (job.name.clone(), job.site.to_string(), job.library.clone());
+    let cached = store
+        .call(move |s| {
+            s.note_job_library(&name, &site, &library)?;
+            s.drive(&site, &library)
+        })
+        .await?;
     if let Some(row) = cached {
         return Ok(Ok(row.drive_id));
     }
@@ -147,6 +159,71 @@ pub(crate) async fn drive_id<R: Remote>(
         .await?;
     tracing::info!(job = %job.name, site = %job.site, library = %job.library, "library resolved");
     Ok(Ok(id))
+}
+
+/// What [`recheck_drive`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DriveCheck {
+    /// The library still has the drive id we used: the 404 was about an
+    /// item, parent or session inside it, and normal handling applies.
+    Unchanged,
+    /// The library was deleted and recreated: it now has this drive id,
+    /// recorded, and every job on it has its files queued to upload again.
+    Replaced(String),
+}
+
+/// After a `404` from drive `stale` (the job's cached drive id): resolves
+/// the job's site and library once more and compares. Graph answers
+/// `itemNotFound` alike for a missing item and for a drive whose library
+/// was deleted, so only the library's current id tells the two apart.
+///
+/// A new id means an administrator deleted and recreated the library (or
+/// replaced it under the same name): [`Store::replace_drive`] records it
+/// and, in the same transaction, requeues every synced file of every job
+/// on that library, whose remote copies went with the old drive; one
+/// warning names the job, site, library and both ids. A library that no
+/// longer resolves is `RemoteError::LibraryNotFound` (or `SiteNotFound`):
+/// the cached id is kept, so the files are requeued once it is back.
+pub(crate) async fn recheck_drive<R: Remote>(
+    remote: &R,
+    store: &SharedStore,
+    job: &JobSpec,
+    stale: &str,
+) -> Result<Result<DriveCheck, RemoteError>, StateError> {
+    let fresh = match remote.resolve_drive(&job.site, &job.library).await {
+        Ok(id) => id,
+        Err(e) => return Ok(Err(e)),
+    };
+    if fresh == stale {
+        return Ok(Ok(DriveCheck::Unchanged));
+    }
+    let (site, library, old, new) = (
+        job.site.to_string(),
+        job.library.clone(),
+        stale.to_string(),
+        fresh.clone(),
+    );
+    let replaced = store
+        .call(move |s| s.replace_drive(&site, &library, &old, &new))
+        .await?;
+    // `None`: another job on the same library recorded the new id first
+    // (and requeued this job's files with its own).
+    if let Some(r) = replaced {
+        tracing::warn!(
+            job = %job.name,
+            site = %job.site,
+            library = %job.library,
+            old_drive = stale,
+            new_drive = %fresh,
+            jobs = %r.jobs.join(","),
+            requeued = r.requeued,
+            "library {:?} on {} was deleted and recreated (drive id {stale} is now {fresh}); \
+             its files are gone, so every file of the jobs on it is uploaded again",
+            job.library,
+            job.site,
+        );
+    }
+    Ok(Ok(DriveCheck::Replaced(fresh)))
 }
 
 /// Scans, plans, uploads and records one job once. Per-file problems are in
@@ -193,8 +270,14 @@ async fn run_stages<R: Remote>(
     // Remote changes first: a remote delete or edit turns a synced file
     // pending before the scan looks at it, and adopted files are synced
     // before the scan, so neither needs a second pass.
-    if let Ok(r) = crate::reconcile::prepare_job(remote, store, job).await? {
-        report.reconcile = Some(r);
+    // A library that no longer resolves fails the run (after the scan is
+    // recorded, so changes are remembered); any other remote failure here
+    // is left to the upload stage to meet or not.
+    let mut library_gone = None;
+    match crate::reconcile::prepare_job(remote, store, job).await? {
+        Ok(r) => report.reconcile = Some(r),
+        Err(e) if e.is_library_gone() => library_gone = Some(e),
+        Err(_) => {}
     }
 
     let name = job.name.clone();
@@ -384,7 +467,10 @@ async fn run_stages<R: Remote>(
         || !deletes.is_empty()
         || unconfirmed
         || !moves.is_empty();
-    if cancel.is_cancelled() {
+    if let Some(e) = library_gone {
+        tracing::error!(job = %job.name, site = %job.site, library = %job.library, error = %e, "the job's library is gone; changes are recorded and sent once it exists again");
+        report.error = Some(e.to_string());
+    } else if cancel.is_cancelled() {
         report.cancelled = true;
         report.interrupted = uploads.len() as u64;
     } else if contacted {

@@ -539,7 +539,7 @@ pub async fn run_job<R: Remote>(
                     Some(Ok(results)) => {
                         for (_, result) in results {
                             match result {
-                                Ok(r) if !r.resolved.is_empty() || r.adopted > 0 => {
+                                Ok(r) if !r.resolved.is_empty() || r.adopted > 0 || r.library_replaced => {
                                     tracing::info!(job = %job.name, remote_changes = r.remote_changes, "remote changes found; a run follows");
                                     pending.get_or_insert(RunTrigger::Reconcile);
                                 }

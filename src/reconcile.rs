@@ -48,6 +48,17 @@
 //! no `files` row). When the local file is gone there is nothing to copy:
 //! theirs just becomes the baseline.
 //!
+//! A library deleted and recreated by an administrator keeps its name but
+//! gets a new drive id, and every request to the old id answers `404`. A
+//! 404 from the drive during reconcile (its first request of every run)
+//! resolves the library again (`job::recheck_drive`): the same id means an
+//! item was missing and the error stands; a new id is recorded and every
+//! job on the library has its files requeued in one transaction, and the
+//! job is reconciled once more against the new drive (delta from
+//! `token=latest`, a walk that adopts whatever an administrator restored).
+//! A library that no longer resolves at all fails the run with
+//! "library X not found on site Y".
+//!
 //! Local renames and moves within a job ([`detect_moves`], [`apply_moves`])
 //! become one server-side PATCH instead of an upload.
 //!
@@ -58,6 +69,7 @@ use std::path::Path;
 
 use crate::config::{InvalidNames, JobSpec, OnRemoteChange, OnRemoteDelete};
 use crate::hash::Hashes;
+use crate::job::DriveCheck;
 use crate::remote::names;
 use crate::remote::{DeltaNext, Remote, RemoteError, RemoteItem, RemotePath};
 use crate::scan::{Fingerprint, LocalEntry};
@@ -84,6 +96,9 @@ pub struct ReconcileReport {
     pub adopted: u64,
     /// Remote changes resolved this time: (path, outcome).
     pub resolved: Vec<(String, RemoteChangeOutcome)>,
+    /// The library had been deleted and recreated (a new drive id): the
+    /// files of every job on it were queued to upload again.
+    pub library_replaced: bool,
 }
 
 /// The result of [`reconcile`] for one job: its report, or why the remote
@@ -132,21 +147,28 @@ async fn reconcile_job<R: Remote>(
     fetch_delta: bool,
 ) -> Result<JobReconcile, StateError> {
     let mut report = ReconcileReport::default();
-    let result = async {
-        let drive = crate::job::drive_id(remote, store, job).await??;
-        if fetch_delta {
-            sync_delta(remote, store, job, &drive, &mut report).await?;
+    let result = match crate::job::drive_id(remote, store, job).await? {
+        Err(e) => Err(ReconcileFail::Remote(e)),
+        Ok(drive) => {
+            match reconcile_drive(remote, store, job, &drive, fetch_delta, &mut report).await {
+                // The first request of every run goes to the drive (delta), so
+                // this is where a deleted or recreated library shows, once per
+                // run or periodic reconcile: the library is resolved again and,
+                // if it has a new drive id, reconciled once more from scratch.
+                Err(ReconcileFail::Remote(e)) if e.is_not_found() => {
+                    match crate::job::recheck_drive(remote, store, job, &drive).await? {
+                        Ok(DriveCheck::Unchanged) => Err(ReconcileFail::Remote(e)),
+                        Ok(DriveCheck::Replaced(new)) => {
+                            report.library_replaced = true;
+                            reconcile_drive(remote, store, job, &new, true, &mut report).await
+                        }
+                        Err(gone) => Err(ReconcileFail::Remote(gone)),
+                    }
+                }
+                other => other,
+            }
         }
-        let (site, library, name) = (job.site.to_string(), job.library.clone(), job.name.clone());
-        if store
-            .call(move |s| s.walk_needed(&name, &site, &library))
-            .await?
-        {
-            walk_job(remote, store, job, &drive, &mut report).await?;
-        }
-        Ok::<(), ReconcileFail>(())
-    }
-    .await;
+    };
     let outcome = match result {
         Ok(()) => Ok(()),
         Err(ReconcileFail::State(e)) => return Err(e),
@@ -169,6 +191,28 @@ async fn reconcile_job<R: Remote>(
         );
     }
     Ok(Ok(report))
+}
+
+/// Delta (when `fetch_delta`) and, when needed, the walk of one job on `drive`.
+async fn reconcile_drive<R: Remote>(
+    remote: &R,
+    store: &SharedStore,
+    job: &JobSpec,
+    drive: &str,
+    fetch_delta: bool,
+    report: &mut ReconcileReport,
+) -> Result<(), ReconcileFail> {
+    if fetch_delta {
+        sync_delta(remote, store, job, drive, report).await?;
+    }
+    let (site, library, name) = (job.site.to_string(), job.library.clone(), job.name.clone());
+    if store
+        .call(move |s| s.walk_needed(&name, &site, &library))
+        .await?
+    {
+        walk_job(remote, store, job, drive, report).await?;
+    }
+    Ok(())
 }
 
 /// Both failure layers of a reconcile step, so `?` works on either.

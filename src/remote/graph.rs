@@ -533,9 +533,8 @@ impl Remote for GraphRemote {
         {
             Ok(r) => r.json("find site")?,
             Err(RemoteError::Permanent { status: 404, .. }) => {
-                return Err(RemoteError::Permanent {
-                    status: 404,
-                    code: format!("siteNotFound ({site})"),
+                return Err(RemoteError::SiteNotFound {
+                    site: site.to_string(),
                 });
             }
             Err(e) => return Err(e),
@@ -555,16 +554,11 @@ impl Remote for GraphRemote {
             });
         match found {
             Some(d) => Ok(d.id.clone()),
-            None => {
-                let names: Vec<&str> = libraries.iter().map(|d| d.name.as_str()).collect();
-                Err(RemoteError::Permanent {
-                    status: 404,
-                    code: format!(
-                        "libraryNotFound ({library:?} on {site}; libraries: {})",
-                        names.join(", ")
-                    ),
-                })
-            }
+            None => Err(RemoteError::LibraryNotFound {
+                site: site.to_string(),
+                library: library.to_string(),
+                available: libraries.iter().map(|d| d.name.clone()).collect(),
+            }),
         }
     }
 

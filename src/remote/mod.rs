@@ -254,6 +254,26 @@ pub enum RemoteError {
     /// The reply did not have the shape graph-api.md documents.
     #[error("unexpected reply to {what}: {detail}")]
     Protocol { what: &'static str, detail: String },
+    /// The site URL does not resolve (404 on `/sites/{host}:/{path}`).
+    #[error("site {site} not found (404)")]
+    SiteNotFound { site: String },
+    /// The site has no document library of that name (deleted, renamed, or
+    /// never created): the job cannot run until it exists again.
+    #[error("library {library:?} not found on site {site} (libraries there: {})", list_or_none(.available))]
+    LibraryNotFound {
+        site: String,
+        library: String,
+        /// The names of the site's document libraries, to spot a typo or a rename.
+        available: Vec<String>,
+    },
+}
+
+fn list_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
 }
 
 impl RemoteError {
@@ -262,7 +282,9 @@ impl RemoteError {
         match self {
             RemoteError::Permanent { .. }
             | RemoteError::Protocol { .. }
-            | RemoteError::ResyncRequired => ErrorClass::Permanent,
+            | RemoteError::ResyncRequired
+            | RemoteError::SiteNotFound { .. }
+            | RemoteError::LibraryNotFound { .. } => ErrorClass::Permanent,
             RemoteError::RetryAfter(d) => ErrorClass::RetryAfter(*d),
             RemoteError::Backoff { .. } => ErrorClass::Backoff,
             RemoteError::Auth(e) if e.needs_person() => ErrorClass::Reauth,
@@ -276,8 +298,28 @@ impl RemoteError {
     pub fn code(&self) -> Option<(u16, &str)> {
         match self {
             RemoteError::Permanent { status, code } => Some((*status, code)),
+            RemoteError::SiteNotFound { .. } => Some((404, "siteNotFound")),
+            RemoteError::LibraryNotFound { .. } => Some((404, "libraryNotFound")),
             _ => None,
         }
+    }
+
+    /// A `404` on a drive-scoped request. Graph answers `itemNotFound` both
+    /// for a missing item (or parent, or session) in a live library and for
+    /// a drive id whose library was deleted, and the two must not be told
+    /// apart by the message: the caller resolves the library again and
+    /// compares drive ids (`job::recheck_drive`).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, RemoteError::Permanent { status: 404, .. })
+    }
+
+    /// The site or the library itself does not resolve: the whole job must
+    /// wait until an administrator brings it back (or fixes the config).
+    pub fn is_library_gone(&self) -> bool {
+        matches!(
+            self,
+            RemoteError::SiteNotFound { .. } | RemoteError::LibraryNotFound { .. }
+        )
     }
 }
 
@@ -434,5 +476,24 @@ mod tests {
         });
         assert_eq!(login.class(), ErrorClass::Reauth);
         assert!(login.to_string().contains("sharepush login"));
+
+        // A 404 may be the drive itself: the caller checks the library.
+        let missing = RemoteError::Permanent {
+            status: 404,
+            code: "itemNotFound".into(),
+        };
+        assert!(missing.is_not_found() && !missing.is_library_gone());
+        let gone = RemoteError::LibraryNotFound {
+            site: "https://contoso.sharepoint.com/sites/demo".into(),
+            library: "Documents".into(),
+            available: vec!["Archive".into(), "Site Assets".into()],
+        };
+        assert!(gone.is_library_gone() && !gone.is_not_found());
+        assert_eq!(gone.class(), ErrorClass::Permanent);
+        assert_eq!(
+            gone.to_string(),
+            "library \"Documents\" not found on site https://contoso.sharepoint.com/sites/demo \
+             (libraries there: Archive, Site Assets)"
+        );
     }
 }

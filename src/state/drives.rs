@@ -10,7 +10,18 @@ use std::collections::HashSet;
 use rusqlite::{OptionalExtension, params};
 
 use super::StateError;
-use super::store::{Store, unix_now};
+use super::store::{Store, sql_err, unix_now};
+
+/// What [`Store::replace_drive`] changed when a library turned out to have
+/// been deleted and recreated (same site and name, new drive id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriveReplaced {
+    /// The jobs recorded on that site and library (sorted).
+    pub jobs: Vec<String>,
+    /// Files of those jobs queued to upload again (synced, uploading or
+    /// failed before; their remote copies were in the old library).
+    pub requeued: u64,
+}
 
 /// A resolved document library.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +79,103 @@ impl Store {
             .and_then(|mut stmt| stmt.execute([site, library, drive_id]))
             .map_err(self.sql("saving a drive id"))?;
         Ok(())
+    }
+
+    /// Records that `job` uploads to `library` on `site` (as configured
+    /// now), so [`Store::replace_drive`] finds every job of a recreated
+    /// library. Writes nothing when the record is already this.
+    pub fn note_job_library(
+        &mut self,
+        job: &str,
+        site: &str,
+        library: &str,
+    ) -> Result<(), StateError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO job_libraries (job, site, library) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (job) DO UPDATE SET site = excluded.site, library = excluded.library
+                 WHERE job_libraries.site <> excluded.site
+                    OR job_libraries.library <> excluded.library",
+            )
+            .and_then(|mut stmt| stmt.execute([job, site, library]))
+            .map_err(self.sql("recording a job's library"))?;
+        Ok(())
+    }
+
+    /// The library `site`/`library` answered with a new drive id: it was
+    /// deleted and recreated, and everything we knew about the old drive
+    /// describes items that no longer exist. In one transaction, only if
+    /// the recorded id is still `old` (another job may have done it first;
+    /// then `None`): records `new`, drops the delta link (and bumps the
+    /// epoch, so every job walks again), and for every job recorded on that
+    /// library ([`Store::note_job_library`]) forgets its remote folder ids,
+    /// open upload sessions and open remote changes, and queues its synced,
+    /// uploading and failed files as pending with no remote item, so the
+    /// next run uploads them into the new library.
+    pub fn replace_drive(
+        &mut self,
+        site: &str,
+        library: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<Option<DriveReplaced>, StateError> {
+        let context = "replacing a recreated library's drive id";
+        let err = |e| sql_err(&self.db_path, context)(e);
+        let tx = self.conn.transaction().map_err(err)?;
+        let changed = tx
+            .prepare_cached(
+                "UPDATE drives SET drive_id = ?4, delta_link = NULL, delta_updated_at = NULL,
+                     delta_checked_at = NULL, epoch = epoch + 1
+                 WHERE site = ?1 AND library = ?2 AND drive_id = ?3",
+            )
+            .and_then(|mut s| s.execute([site, library, old, new]))
+            .map_err(err)?;
+        if changed == 0 {
+            return Ok(None);
+        }
+        let jobs: Vec<String> = tx
+            .prepare_cached(
+                "SELECT job FROM job_libraries WHERE site = ?1 AND library = ?2 ORDER BY job",
+            )
+            .and_then(|mut s| {
+                s.query_map([site, library], |r| r.get(0))
+                    .and_then(|rows| rows.collect())
+            })
+            .map_err(err)?;
+        let now = unix_now();
+        let mut requeued = 0u64;
+        for job in &jobs {
+            for sql in [
+                "DELETE FROM folders WHERE job = ?1",
+                "DELETE FROM sessions WHERE job = ?1",
+                "DELETE FROM remote_changes WHERE job = ?1
+                     AND (outcome IS NULL OR outcome = 'skipped')",
+            ] {
+                tx.prepare_cached(sql)
+                    .and_then(|mut s| s.execute([job]))
+                    .map_err(err)?;
+            }
+            requeued += tx
+                .prepare_cached(
+                    "UPDATE files SET state = 'pending', item_id = NULL, etag = NULL,
+                         remote_quick_xor = NULL, remote_size = NULL, attempts = 0,
+                         next_attempt = NULL, last_error = NULL, updated_at = ?2
+                     WHERE job = ?1 AND state IN ('synced', 'uploading', 'failed')",
+                )
+                .and_then(|mut s| s.execute(params![job, now]))
+                .map_err(err)? as u64;
+            // Already pending (changed locally): their item ids name items
+            // of the old drive too.
+            tx.prepare_cached(
+                "UPDATE files SET item_id = NULL, etag = NULL, remote_quick_xor = NULL,
+                     remote_size = NULL
+                 WHERE job = ?1 AND state = 'pending' AND item_id IS NOT NULL",
+            )
+            .and_then(|mut s| s.execute([job]))
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
+        Ok(Some(DriveReplaced { jobs, requeued }))
     }
 
     /// Stores the delta link to continue from. Store it only after every page

@@ -205,8 +205,27 @@ CREATE TABLE conflict_copies (
 CREATE INDEX conflict_copies_by_item ON conflict_copies (item_id);
 "#;
 
+/// Which library each job uploads to, as configured when it last ran: when
+/// a library is deleted and recreated under the same name (a new drive id),
+/// every job on it is requeued in the same transaction that records the
+/// new id (`Store::replace_drive`), including jobs that are not running.
+const JOB_LIBRARIES: &str = r#"
+CREATE TABLE job_libraries (
+    job     TEXT PRIMARY KEY,
+    site    TEXT NOT NULL,               -- as in `drives`
+    library TEXT NOT NULL
+) WITHOUT ROWID;
+"#;
+
 /// Every migration, in order; see the module doc before changing anything.
-const MIGRATIONS: &[&str] = &[V1, V2_REMOTE, STATUS_FACTS, RACY_FILES, CONFLICT_COPIES];
+const MIGRATIONS: &[&str] = &[
+    V1,
+    V2_REMOTE,
+    STATUS_FACTS,
+    RACY_FILES,
+    CONFLICT_COPIES,
+    JOB_LIBRARIES,
+];
 
 /// The schema version this binary writes and fully understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -862,6 +862,108 @@ fn drives_and_delta_links() {
 }
 
 #[test]
+fn a_recreated_library_requeues_every_job_on_it_in_one_step() {
+    let (_tmp, mut store) = open_temp();
+    let site = "https://contoso.sharepoint.com/sites/Finance";
+    store.save_drive_id(site, "Documents", "b!old").unwrap();
+    store.save_drive_id(site, "Archive", "b!arch").unwrap();
+    store.set_delta_link(site, "Documents", "L").unwrap();
+    // Two jobs on the library, one on another library of the same site.
+    store.note_job_library(JOB, site, "Documents").unwrap();
+    store.note_job_library("second", site, "Documents").unwrap();
+    store
+        .note_job_library("elsewhere", site, "Archive")
+        .unwrap();
+    for job in [JOB, "second", "elsewhere"] {
+        store
+            .record_scanned(
+                job,
+                &[
+                    entry("a.txt", b"a", 1, Change::New),
+                    entry("big.iso", b"big", 5, Change::New),
+                    entry("bad.txt", b"bad", 7, Change::New),
+                    entry("new.txt", b"new", 9, Change::New),
+                ],
+            )
+            .unwrap();
+        store.mark_synced(job, "a.txt", &synced_info(b"a")).unwrap();
+        store
+            .mark_failed(job, "bad.txt", "400 invalidRequest", Some(i64::MAX))
+            .unwrap();
+        store.record_folder(job, "", "ROOT").unwrap();
+        store.record_folder(job, "sub", "SUB").unwrap();
+    }
+    store.mark_uploading(JOB, "big.iso").unwrap();
+    store.save_session(&session_row("big.iso")).unwrap();
+
+    // Only while the recorded id is still the old one.
+    assert_eq!(
+        store
+            .replace_drive(site, "Documents", "b!other", "b!new")
+            .unwrap(),
+        None
+    );
+    let replaced = store
+        .replace_drive(site, "Documents", "b!old", "b!new")
+        .unwrap()
+        .unwrap();
+    assert_eq!(replaced.jobs, ["reports", "second"]);
+    // a.txt and bad.txt of both jobs, and the upload in flight.
+    assert_eq!(replaced.requeued, 5);
+    let drive = store.drive(site, "Documents").unwrap().unwrap();
+    assert_eq!((drive.drive_id.as_str(), drive.delta_link), ("b!new", None));
+    assert!(store.walk_needed(JOB, site, "Documents").unwrap());
+    for job in [JOB, "second"] {
+        for path in ["a.txt", "big.iso", "bad.txt", "new.txt"] {
+            let r = store.file(job, path).unwrap().unwrap();
+            assert_eq!(r.state, FileState::Pending, "{job}/{path}");
+            assert_eq!(r.item_id, None, "{job}/{path}: an item of the old drive");
+        }
+        assert!(store.known_folders(job).unwrap().is_empty(), "{job}");
+    }
+    assert_eq!(store.session(JOB, "big.iso").unwrap(), None);
+    // The other library's job is untouched.
+    assert!(matches!(
+        store.file("elsewhere", "a.txt").unwrap().unwrap().state,
+        FileState::Synced { .. }
+    ));
+    assert_eq!(store.known_folders("elsewhere").unwrap().len(), 2);
+    assert_eq!(
+        store.drive(site, "Archive").unwrap().unwrap().drive_id,
+        "b!arch"
+    );
+    // Done once: a second job finding the same new id changes nothing.
+    assert_eq!(
+        store
+            .replace_drive(site, "Documents", "b!old", "b!new")
+            .unwrap(),
+        None
+    );
+}
+
+#[test]
+fn a_job_moved_to_another_library_is_recorded_there() {
+    let (_tmp, mut store) = open_temp();
+    let site = "https://contoso.sharepoint.com/sites/Finance";
+    store.save_drive_id(site, "Documents", "b!old").unwrap();
+    store.note_job_library(JOB, site, "Documents").unwrap();
+    store.note_job_library(JOB, site, "Archive").unwrap();
+    store
+        .record_scanned(JOB, &[entry("a.txt", b"a", 1, Change::New)])
+        .unwrap();
+    store.mark_synced(JOB, "a.txt", &synced_info(b"a")).unwrap();
+    let replaced = store
+        .replace_drive(site, "Documents", "b!old", "b!new")
+        .unwrap()
+        .unwrap();
+    assert!(replaced.jobs.is_empty());
+    assert!(matches!(
+        state_of(&store, "a.txt"),
+        FileState::Synced { .. }
+    ));
+}
+
+#[test]
 fn folders_round_trip() {
     let (_tmp, mut store) = open_temp();
     assert_eq!(store.folder_item(JOB, "a/b").unwrap(), None);

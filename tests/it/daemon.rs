@@ -723,3 +723,62 @@ async fn the_periodic_reconcile_restores_a_remote_delete_without_a_local_change(
     assert_eq!(log.matches("trigger=\"schedule\"").count(), 0, "{log}");
     drop(d);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_library_is_deleted_fails_naming_it_while_the_others_go_on() {
+    let emu = emu::start(Options {
+        sites: vec![graph_emulator::SiteOptions {
+            path: "/sites/demo".into(),
+            libraries: vec!["Documents".into(), "Archive".into()],
+        }],
+        ..Options::default()
+    })
+    .await;
+    let fx = Fixture::new();
+    let archive = fx.path("archive");
+    let config = write_config(
+        &fx,
+        &emu,
+        FAST,
+        &[
+            watched(&fx),
+            JobToml {
+                name: "arch",
+                source: archive.clone(),
+                folder: "arch",
+                extra: "watch = true",
+            },
+        ],
+    );
+    // The second job's library is "Archive" (the helper writes Documents).
+    let text = fs::read_to_string(&config).unwrap();
+    let at = text.find("name = \"arch\"").unwrap();
+    let (head, tail) = text.split_at(at);
+    fs::write(
+        &config,
+        format!("{head}{}", tail.replacen("\"Documents\"", "\"Archive\"", 1)),
+    )
+    .unwrap();
+    let d = Daemon::start(&fx, &config, &[]);
+    d.wait_log("job run done", 2, Duration::from_secs(30)).await;
+
+    emu.delete_library(Some("/sites/demo"), "Archive").unwrap();
+    fs::write(archive.join("a.txt"), b"archive").unwrap();
+    d.wait_log(
+        "library \"Archive\" not found on site https://contoso.sharepoint.com/sites/demo",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(d.log().contains("retrying with backoff"), "{}", d.log());
+    // The other job goes on uploading into its own library.
+    fs::write(fx.source().join("doc.txt"), b"docs job").unwrap();
+    wait_remote(&emu, "backup/doc.txt", b"docs job", Duration::from_secs(30)).await;
+    // The archive change is recorded, waiting for the library.
+    let store = sharepush::state::Store::open_read_only(&fx.state()).unwrap();
+    assert_eq!(
+        store.file("arch", "a.txt").unwrap().unwrap().state,
+        sharepush::state::FileState::Pending
+    );
+    drop(d);
+}

@@ -9,6 +9,7 @@ mod daemon;
 #[cfg(feature = "demo")]
 mod demo;
 mod emu;
+mod library;
 mod logging;
 mod reconcile;
 mod status;

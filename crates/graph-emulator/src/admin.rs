@@ -16,6 +16,8 @@
 //! | `POST clock` | `{"advance_secs": N}`: move emulator time forward |
 //! | `POST reset` | empty the libraries, drop sessions, faults and the log (`{"tokens": true}` also drops tokens) |
 //! | `POST seed` | `{"drive"?, "folder", "files", "per_folder"?: 1000, "size"?: 0}`: create `folder/dNNNNN/fNNNNNNN.bin` straight in the store (benchmarks); `{"folder_id", "files"}` |
+//! | `POST delete-library` | `{"site"?, "library"?}`: delete a library (its id then answers 404); `{"drive_id"}` |
+//! | `POST recreate-library` | `{"site"?, "library"?}`: delete it and create it again, empty, with a new drive id; `{"old_drive_id", "drive_id"}` |
 //! | `GET info` | authority, graph_url, tenant, site and drive ids |
 //!
 //! It does not touch Graph semantics; it only reads and resets state.
@@ -118,6 +120,39 @@ impl Shared {
         self.changed();
     }
 
+    /// Delete a library (see [`crate::store::Store::delete_library`]);
+    /// returns its id, or why no such library exists.
+    pub fn delete_library(
+        &self,
+        site: Option<&str>,
+        library: Option<&str>,
+    ) -> Result<String, String> {
+        let id = {
+            let mut store = lock(&self.store);
+            let d = find_library(&store, site, library)?;
+            store.delete_library(d)
+        };
+        self.changed();
+        Ok(id)
+    }
+
+    /// Delete a library and create it again under a new drive id (see
+    /// [`crate::store::Store::recreate_library`]); returns (old, new) ids.
+    pub fn recreate_library(
+        &self,
+        site: Option<&str>,
+        library: Option<&str>,
+    ) -> Result<(String, String), String> {
+        let now = self.clock.now_ms();
+        let ids = {
+            let mut store = lock(&self.store);
+            let d = find_library(&store, site, library)?;
+            store.recreate_library(d, now)
+        };
+        self.changed();
+        Ok(ids)
+    }
+
     /// Facts a client needs to be configured against this emulator.
     pub fn info(&self, base: &str) -> Value {
         let store = lock(&self.store);
@@ -137,6 +172,21 @@ impl Shared {
             "root_id": drive.root_id,
         })
     }
+}
+
+/// A library by site and name, or a message naming what was not found.
+fn find_library(
+    store: &crate::store::Store,
+    site: Option<&str>,
+    library: Option<&str>,
+) -> Result<usize, String> {
+    store.find_library(site, library).ok_or_else(|| {
+        format!(
+            "no library {:?} on site {:?}",
+            library.unwrap_or("(default)"),
+            site.unwrap_or("(default)")
+        )
+    })
 }
 
 fn admin_error(status: StatusCode, msg: &str) -> Response {
@@ -174,6 +224,8 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/_emulator/reset", post(reset))
         .route("/_emulator/info", get(info))
         .route("/_emulator/seed", post(seed))
+        .route("/_emulator/delete-library", post(delete_library))
+        .route("/_emulator/recreate-library", post(recreate_library))
 }
 
 async fn tree(State(sh): State<Arc<Shared>>) -> Response {
@@ -344,6 +396,63 @@ async fn seed(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
     let drive = v.get("drive").and_then(Value::as_str).map(str::to_string);
     match sh.seed(drive.as_deref(), &spec) {
         Ok(id) => crate::server::ok_json(&json!({"folder_id": id, "files": spec.files})),
-        Err(msg) => admin_error(StatusCode::BAD_REQUEST, &msg),
+        // The caller's input (no such drive, a refused name): 400; the
+        // emulator's own failure (writing content, the quota): 500.
+        Err(e) if e.status.is_client_error() => admin_error(
+            StatusCode::BAD_REQUEST,
+            &format!("{}: {}", e.code, e.message),
+        ),
+        Err(e) => admin_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("{}: {}", e.code, e.message),
+        ),
+    }
+}
+
+/// `{"site"?, "library"?}` of the library routes, or a 400 reply.
+#[allow(clippy::result_large_err)]
+fn library_of(body: &Bytes) -> Result<(Option<String>, Option<String>), Response> {
+    let v: Value = if body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(body).map_err(|e| {
+            admin_error(
+                StatusCode::BAD_REQUEST,
+                &format!("expected {{\"site\"?: PATH_OR_URL, \"library\"?: NAME}}: {e}"),
+            )
+        })?
+    };
+    let field = |k: &str| -> Result<Option<String>, Response> {
+        match v.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(admin_error(
+                StatusCode::BAD_REQUEST,
+                &format!("{k:?} must be a string"),
+            )),
+        }
+    };
+    Ok((field("site")?, field("library")?))
+}
+
+async fn delete_library(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
+    let (site, library) = match library_of(&body) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    match sh.delete_library(site.as_deref(), library.as_deref()) {
+        Ok(id) => crate::server::ok_json(&json!({"drive_id": id})),
+        Err(msg) => admin_error(StatusCode::NOT_FOUND, &msg),
+    }
+}
+
+async fn recreate_library(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
+    let (site, library) = match library_of(&body) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    match sh.recreate_library(site.as_deref(), library.as_deref()) {
+        Ok((old, new)) => crate::server::ok_json(&json!({"old_drive_id": old, "drive_id": new})),
+        Err(msg) => admin_error(StatusCode::NOT_FOUND, &msg),
     }
 }

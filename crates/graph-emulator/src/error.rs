@@ -107,6 +107,15 @@ impl GraphError {
         Self::new(StatusCode::NOT_FOUND, "itemNotFound", message)
     }
 
+    /// 500 generalException: the emulator itself failed (disk, I/O).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "generalException",
+            message,
+        )
+    }
+
     /// 400 invalidRequest.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalidRequest", message)

@@ -386,15 +386,14 @@ fn site_route(store: &Store, ctx: &Ctx, rest: &str) -> Result<SiteRoute, GraphEr
     match tail.as_str() {
         "" => Ok(SiteRoute::Reply(site_json(store, ctx, site))),
         "/drives" => {
-            let value: Vec<Value> = store.sites[site]
-                .drives
-                .iter()
-                .map(|&d| drive_json(store, ctx, d))
+            let value: Vec<Value> = store
+                .site_drives(site)
+                .map(|d| drive_json(store, ctx, d))
                 .collect();
             Ok(SiteRoute::Reply(json!({"value": value})))
         }
         t => {
-            let first_drive = store.sites[site].drives.first().copied();
+            let first_drive = store.site_drives(site).next();
             if let Some(after) = t.strip_prefix("/drive")
                 && (after.is_empty() || after.starts_with('/'))
             {
@@ -405,10 +404,8 @@ fn site_route(store: &Store, ctx: &Ctx, rest: &str) -> Result<SiteRoute, GraphEr
             if let Some(after) = t.strip_prefix("/drives/") {
                 let (id, tail) = after.split_at(after.find('/').unwrap_or(after.len()));
                 let id = percent_decode_str(id).decode_utf8_lossy();
-                let d = store.sites[site]
-                    .drives
-                    .iter()
-                    .copied()
+                let d = store
+                    .site_drives(site)
                     .find(|&d| store.drives[d].id == id)
                     .ok_or_else(|| GraphError::not_found("The drive could not be found"))?;
                 return Ok(SiteRoute::Drive(d, tail.to_string()));

@@ -240,7 +240,28 @@ impl Handle {
             per_folder,
             size,
         };
-        self.shared.seed(drive, &spec)
+        self.shared
+            .seed(drive, &spec)
+            .map_err(|e| format!("{} {}: {}", e.status.as_u16(), e.code, e.message))
+    }
+
+    /// Delete a library as an administrator would: its content is gone,
+    /// its drive id answers `404 itemNotFound`, its site no longer lists it.
+    /// `site`: a server-relative path (`/sites/demo`) or site URL, `None`
+    /// for the default library's site; `library` by name. Returns its id.
+    /// Same as `POST /_emulator/delete-library`.
+    pub fn delete_library(&self, site: Option<&str>, library: &str) -> Result<String, String> {
+        self.shared.delete_library(site, Some(library))
+    }
+
+    /// Delete a library and create it again, empty, under the same name
+    /// with a new drive id (what SharePoint does when an administrator
+    /// deletes a library and makes a new one). Returns the new drive id.
+    /// Same as `POST /_emulator/recreate-library`.
+    pub fn recreate_library(&self, site: Option<&str>, library: &str) -> Result<String, String> {
+        self.shared
+            .recreate_library(site, Some(library))
+            .map(|(_, new)| new)
     }
 
     /// Files of the default library.

@@ -130,22 +130,24 @@ struct Snapshot {
 
 impl Shared {
     /// Seed a library (`drive` id, else the default one); see
-    /// [`crate::store::Store::seed`]. Errors as text for the admin API.
+    /// [`crate::store::Store::seed`]. A 4xx error is the caller's input (no
+    /// such drive, a bad folder name, `per_folder` 0); a 5xx one is the
+    /// emulator's own failure (writing content, the quota).
     pub fn seed(
         &self,
         drive: Option<&str>,
         spec: &crate::store::SeedSpec,
-    ) -> Result<String, String> {
+    ) -> Result<String, crate::error::GraphError> {
         let now = self.clock.now_ms();
         let id = {
             let mut store = lock(&self.store);
             let d = match drive {
-                Some(id) => store
-                    .drive_index(id)
-                    .ok_or_else(|| format!("no drive with id {id:?}"))?,
+                Some(id) => store.drive_index(id).ok_or_else(|| {
+                    crate::error::GraphError::bad_request(format!("no drive with id {id:?}"))
+                })?,
                 None => store.default_drive(),
             };
-            store.seed(d, spec, now).map_err(|e| format!("{e:?}"))?
+            store.seed(d, spec, now)?
         };
         self.changed();
         Ok(id)

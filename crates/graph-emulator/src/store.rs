@@ -158,6 +158,9 @@ pub struct Drive {
     /// Bytes held by files; derived, kept by `insert`/`remove`/`commit_file`
     /// and rebuilt on load, so the quota check costs nothing per upload.
     used_bytes: u64,
+    /// Deleted by an administrator (`POST /_emulator/delete-library`): its
+    /// id answers `404 itemNotFound` and the site no longer lists it.
+    pub deleted: bool,
 }
 
 /// Where a path lookup ended.
@@ -213,6 +216,7 @@ impl Drive {
             seq: 1,
             min_valid_seq: 0,
             used_bytes: 0,
+            deleted: false,
         };
         d.children.insert(root_id.clone(), BTreeMap::new());
         d.items.insert(root_id, root);
@@ -590,9 +594,91 @@ impl Store {
             .unwrap_or(0)
     }
 
-    /// Drive index by id.
+    /// Drive index by id (deleted libraries are not found).
     pub fn drive_index(&self, id: &str) -> Option<usize> {
-        self.drives.iter().position(|d| d.id == id)
+        self.drives.iter().position(|d| d.id == id && !d.deleted)
+    }
+
+    /// The live libraries of site `site`, in configured order.
+    pub fn site_drives(&self, site: usize) -> impl Iterator<Item = usize> + '_ {
+        self.sites[site]
+            .drives
+            .iter()
+            .copied()
+            .filter(|&d| !self.drives[d].deleted)
+    }
+
+    /// A library by site (server-relative path such as `/sites/demo`, or a
+    /// site URL `https://host/sites/demo`; `None`: the default library's
+    /// site) and name (case-insensitive; `None`: the default library),
+    /// deleted or not.
+    pub fn find_library(&self, site: Option<&str>, library: Option<&str>) -> Option<usize> {
+        let site = match site {
+            None => self.drives[self.default_drive()].site,
+            Some(s) => {
+                let path = match s.split_once("://") {
+                    Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
+                    None => s,
+                };
+                let want = normalize_site_path(path).to_lowercase();
+                self.sites
+                    .iter()
+                    .position(|x| x.path.to_lowercase() == want)?
+            }
+        };
+        match library {
+            None if site == self.drives[self.default_drive()].site => Some(self.default_drive()),
+            None => self.sites[site].drives.first().copied(),
+            Some(name) => self.sites[site]
+                .drives
+                .iter()
+                .copied()
+                .find(|&d| self.drives[d].name.eq_ignore_ascii_case(name)),
+        }
+    }
+
+    /// Deletes library `drive` (as an administrator would): its content and
+    /// open sessions are gone, its id answers 404, its site no longer lists
+    /// it. Returns its id.
+    pub fn delete_library(&mut self, drive: usize) -> String {
+        let d = &self.drives[drive];
+        let (id, site, name) = (d.id.clone(), d.site, d.name.clone());
+        self.drop_library_content(drive);
+        self.drives[drive] = Drive::new(id.clone(), site, name, 0);
+        self.drives[drive].deleted = true;
+        id
+    }
+
+    /// Deletes library `drive` (if it is not already) and creates it again
+    /// under the same name with a new drive id, empty, as SharePoint does
+    /// when an administrator deletes a library and makes a new one. Returns
+    /// (old id, new id).
+    pub fn recreate_library(&mut self, drive: usize, now_ms: i64) -> (String, String) {
+        let d = &self.drives[drive];
+        let (old, site, name) = (d.id.clone(), d.site, d.name.clone());
+        self.drop_library_content(drive);
+        let new = new_drive_id();
+        self.drives[drive] = Drive::new(new.clone(), site, name, now_ms);
+        (old, new)
+    }
+
+    /// Removes a library's blobs and upload sessions.
+    fn drop_library_content(&mut self, drive: usize) {
+        for item in self.drives[drive].items.values() {
+            if let Some(b) = &item.blob {
+                let _ = std::fs::remove_file(self.blob_path(b));
+            }
+        }
+        let gone: Vec<String> = self
+            .sessions
+            .values()
+            .filter(|s| s.drive == drive)
+            .map(|s| s.id.clone())
+            .collect();
+        for id in gone {
+            self.sessions.remove(&id);
+            let _ = std::fs::remove_file(self.session_path(&id));
+        }
     }
 
     /// Decoded server-relative path of `name` inside folder `parent`.
@@ -776,7 +862,7 @@ impl Store {
         let first = format!("seed-{}", new_item_id());
         let first_path = self.blob_path(&first);
         std::fs::write(&first_path, &content)
-            .map_err(|e| GraphError::bad_request(format!("cannot write seed content: {e}")))?;
+            .map_err(|e| GraphError::internal(format!("cannot write seed content: {e}")))?;
         let mut parent = self.drives[drive].root_id.clone();
         for seg in spec.folder.split('/').filter(|s| !s.is_empty()) {
             parent = self.create_folder(drive, &parent, seg, Conflict::Replace, now_ms)?;
@@ -795,7 +881,7 @@ impl Store {
                 let path = self.blob_path(&b);
                 if std::fs::hard_link(&first_path, &path).is_err() {
                     std::fs::copy(&first_path, &path).map_err(|e| {
-                        GraphError::bad_request(format!("cannot write seed content: {e}"))
+                        GraphError::internal(format!("cannot write seed content: {e}"))
                     })?;
                 }
                 b
@@ -846,6 +932,9 @@ impl Store {
                 .iter()
                 .map(|d| DriveSnapshot {
                     id: d.id.clone(),
+                    site: Some(self.sites[d.site].path.clone()),
+                    name: Some(d.name.clone()),
+                    deleted: d.deleted,
                     items: d.items.values().cloned().collect(),
                     tombstones: d.tombstones.clone(),
                     seq: d.seq,
@@ -857,12 +946,21 @@ impl Store {
     }
 
     /// Load metadata saved by `snapshot` (drives no longer configured are
-    /// ignored).
+    /// ignored). A library recreated under a new id is matched by its site
+    /// and name and keeps the new id.
     pub fn restore(&mut self, snap: StoreSnapshot) {
         for ds in snap.drives {
-            let Some(d) = self.drives.iter_mut().find(|d| d.id == ds.id) else {
+            let idx = self.drives.iter().position(|d| d.id == ds.id).or_else(|| {
+                let (site, name) = (ds.site.as_deref()?, ds.name.as_deref()?);
+                let idx = self.find_library(Some(site), Some(name))?;
+                let d = &self.drives[idx];
+                self.drives[idx] = Drive::new(ds.id.clone(), d.site, d.name.clone(), 0);
+                Some(idx)
+            });
+            let Some(d) = idx.map(|i| &mut self.drives[i]) else {
                 continue;
             };
+            d.deleted = ds.deleted;
             d.items = ds.items.into_iter().map(|i| (i.id.clone(), i)).collect();
             if !d.items.contains_key(&d.root_id) {
                 continue;
@@ -900,6 +998,13 @@ pub struct FileContent {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct DriveSnapshot {
     id: String,
+    /// Site path and library name, to find a recreated library (new id).
+    #[serde(default)]
+    site: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    deleted: bool,
     items: Vec<Item>,
     tombstones: Vec<Tombstone>,
     seq: u64,
@@ -958,6 +1063,19 @@ pub fn new_item_id() -> String {
     let mut bytes = a.as_bytes().to_vec();
     bytes.extend_from_slice(b.as_bytes());
     base32_id(&bytes)
+}
+
+/// A fresh drive id shaped like SharePoint's (`b!` + 64 base64url
+/// characters), for a recreated library.
+pub fn new_drive_id() -> String {
+    let mut raw = Vec::with_capacity(48);
+    for _ in 0..3 {
+        raw.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+    }
+    format!(
+        "b!{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    )
 }
 
 fn item_id_from(seed: &str) -> String {

@@ -439,3 +439,188 @@ async fn admin_seed_creates_listable_downloadable_items_seen_by_delta() {
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("folder"));
 }
+
+#[tokio::test]
+async fn admin_recreate_library_gives_an_empty_library_under_a_new_drive_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = || Options {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..opts()
+    };
+    let emu = start_with(o()).await;
+    let old = emu.drive.clone();
+    emu.mkdir("", "d").await;
+    emu.put("d/x.txt", b"before").await;
+    let open_session = emu.session("half.bin").await;
+    let old_link = emu.get_json("/root/delta?token=latest").await["@odata.deltaLink"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let r = emu
+        .c
+        .post(emu.url("/_emulator/recreate-library"))
+        .json(&json!({"site": "https://contoso.sharepoint.com/sites/demo", "library": "documents"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let new = v["drive_id"].as_str().unwrap().to_string();
+    assert_eq!(v["old_drive_id"], old.as_str());
+    assert!(new.starts_with("b!") && new != old, "{new}");
+    assert_eq!(emu.h.drive_id(), new);
+    assert_eq!(emu.h.info()["drive_id"], new.as_str());
+
+    // Everything addressed through the old id is gone: 404 itemNotFound,
+    // the same answer as for a missing item.
+    for path in ["", "/root", "/root:/d/x.txt:"] {
+        let (status, code, _) = graph_err(emu.get(path).await).await;
+        assert_eq!((status, code.as_str()), (404, "itemNotFound"), "{path}");
+    }
+    let r = emu
+        .c
+        .get(&old_link)
+        .bearer_auth(&emu.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "delta link of the old drive");
+    assert_eq!(emu.c.get(&open_session).send().await.unwrap().status(), 404);
+
+    // The site lists the new library under the same name, empty.
+    let site = emu.graph("/sites/contoso.sharepoint.com:/sites/demo");
+    let v: Value = emu
+        .c
+        .get(format!("{site}:/drives"))
+        .bearer_auth(&emu.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let libs: Vec<(&str, &str)> = v["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["name"].as_str().unwrap(), d["id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(libs, [("Documents", new.as_str())]);
+    assert!(emu.h.tree().is_empty());
+    let fresh = Emu {
+        drive: new.clone(),
+        ..emu
+    };
+    assert_eq!(fresh.put("y.txt", b"after").await.status(), 201);
+    assert_eq!(fresh.h.read_file("y.txt").unwrap(), b"after");
+
+    // The new id survives a restart with the data dir.
+    fresh.h.shutdown().await.unwrap();
+    let emu2 = start_with(o()).await;
+    assert_eq!(emu2.h.drive_id(), new);
+    assert_eq!(emu2.h.read_file("y.txt").unwrap(), b"after");
+
+    // Rust handle, and an unknown library is named in a 404.
+    let third = emu2
+        .h
+        .recreate_library(Some("/sites/demo"), "Documents")
+        .unwrap();
+    assert_ne!(third, new);
+    let r = emu2
+        .c
+        .post(emu2.url("/_emulator/recreate-library"))
+        .json(&json!({"site": "/sites/demo", "library": "Nope"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("Nope"));
+    let r = emu2
+        .c
+        .post(emu2.url("/_emulator/recreate-library"))
+        .json(&json!({"library": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn admin_delete_library_makes_its_id_and_name_unknown_until_recreated() {
+    let emu = start().await;
+    emu.put("x.txt", b"before").await;
+    let r = emu
+        .c
+        .post(emu.url("/_emulator/delete-library"))
+        .json(&json!({"library": "Documents"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["drive_id"], emu.drive.as_str());
+    let (status, code, _) = graph_err(emu.get("/root").await).await;
+    assert_eq!((status, code.as_str()), (404, "itemNotFound"));
+    let site = emu.graph("/sites/contoso.sharepoint.com:/sites/demo");
+    let v: Value = emu
+        .c
+        .get(format!("{site}:/drives"))
+        .bearer_auth(&emu.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["value"], json!([]), "the site no longer lists it");
+    assert!(emu.h.tree().is_empty());
+
+    let new = emu.h.recreate_library(None, "Documents").unwrap();
+    assert_ne!(new, emu.drive);
+    let fresh = Emu { drive: new, ..emu };
+    assert_eq!(fresh.get("/root").await.status(), 200);
+    assert!(fresh.h.read_file("x.txt").is_none(), "recreated empty");
+}
+
+#[tokio::test]
+async fn admin_seed_answers_500_when_the_emulator_cannot_write_and_400_for_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start_with(Options {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..opts()
+    })
+    .await;
+    let seed = |body: Value| emu.c.post(emu.url("/_emulator/seed")).json(&body).send();
+    // The caller's mistakes: 400.
+    let r = seed(json!({"folder": "a", "files": 1, "drive": "b!nope"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("b!nope"));
+    let r = seed(json!({"folder": "a", "files": 1, "per_folder": 0}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // The emulator's own failure (content cannot be written: `blobs` is
+    // a file, which stops root as well): 500.
+    let blobs = dir.path().join("blobs");
+    std::fs::remove_dir_all(&blobs).unwrap();
+    std::fs::write(&blobs, b"not a directory").unwrap();
+    let r = seed(json!({"folder": "a", "files": 1, "size": 10}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("cannot write seed content")
+    );
+    assert!(
+        emu.h
+            .seed(None, "a", 1, 1, 10)
+            .unwrap_err()
+            .starts_with("500 ")
+    );
+}
