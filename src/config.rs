@@ -2878,17 +2878,17 @@ mod tests {
             job("b", "B"),
             job("c", "C"),
         ));
-        assert_eq!(
-            c.defaults.timezone,
-            Zone::Named(chrono_tz::Europe::Berlin)
-        );
+        assert_eq!(c.defaults.timezone, Zone::Named(chrono_tz::Europe::Berlin));
         let zones: Vec<&str> = c.jobs.iter().map(|j| j.settings.timezone.name()).collect();
         assert_eq!(zones, ["Europe/Berlin", "UTC", "local"]);
     }
 
     #[test]
     fn a_bad_timezone_names_the_file_key_and_what_is_accepted() {
-        let text = format!("{AUTH}[defaults]\ntimezone = \"Mars/Olympus\"\n{}", job("a", "A"));
+        let text = format!(
+            "{AUTH}[defaults]\ntimezone = \"Mars/Olympus\"\n{}",
+            job("a", "A")
+        );
         let e = one_error(&text);
         assert_eq!(e.key.as_deref(), Some("defaults.timezone"));
         assert_eq!(e.line, Some(line_of(&text, "timezone")));

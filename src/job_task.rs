@@ -658,15 +658,20 @@ mod tests {
         std::fs::write(root.join("g"), b"g").unwrap();
         let mut old = Settle::new(root.clone(), Duration::from_secs(5));
         let g_written = last_change(&root.join("g")).unwrap();
-        old.add("g".into(), Instant::now(), g_written + Duration::from_secs(60));
+        old.add(
+            "g".into(),
+            Instant::now(),
+            g_written + Duration::from_secs(60),
+        );
         assert_eq!(old.remaining(Instant::now()), None);
         // A clock that went backwards (change "in the future") waits the
         // whole window.
         let mut back = Settle::new(root.clone(), Duration::from_secs(5));
-        back.add("g".into(), Instant::now(), g_written - Duration::from_secs(60));
-        assert_eq!(
-            back.remaining(Instant::now()),
-            Some(Duration::from_secs(5))
+        back.add(
+            "g".into(),
+            Instant::now(),
+            g_written - Duration::from_secs(60),
         );
+        assert_eq!(back.remaining(Instant::now()), Some(Duration::from_secs(5)));
     }
 }

@@ -605,15 +605,31 @@ mod tests {
             ]
         );
         // Asked from the second pass: the end of the repeated hour.
-        for from in ["2026-10-25T01:00:00Z", "2026-10-25T01:05:00Z", "2026-10-25T01:59:59Z"] {
+        for from in [
+            "2026-10-25T01:00:00Z",
+            "2026-10-25T01:05:00Z",
+            "2026-10-25T01:59:59Z",
+        ] {
             let next = s.next_in(BERLIN, at(from)).unwrap();
-            assert_eq!(next.to_rfc3339(), "2026-10-25T03:00:00+01:00", "from {from}");
+            assert_eq!(
+                next.to_rfc3339(),
+                "2026-10-25T03:00:00+01:00",
+                "from {from}"
+            );
         }
         // From anywhere in the second pass a fixed 02:30 is tomorrow's.
         let s = Schedule::parse("30 2 * * *").unwrap();
-        for from in ["2026-10-25T01:00:00Z", "2026-10-25T01:29:00Z", "2026-10-25T01:45:00Z"] {
+        for from in [
+            "2026-10-25T01:00:00Z",
+            "2026-10-25T01:29:00Z",
+            "2026-10-25T01:45:00Z",
+        ] {
             let next = s.next_in(BERLIN, at(from)).unwrap();
-            assert_eq!(next.to_rfc3339(), "2026-10-26T02:30:00+01:00", "from {from}");
+            assert_eq!(
+                next.to_rfc3339(),
+                "2026-10-26T02:30:00+01:00",
+                "from {from}"
+            );
         }
         // Fractions of a second do not leak into the answer.
         let s = Schedule::parse("*/15 * * * *").unwrap();

@@ -127,7 +127,12 @@ impl Scheduler {
 
     /// When the scheduler will next fire `id`.
     async fn next_tick(&self, id: Uuid) -> Option<chrono::DateTime<chrono::Utc>> {
-        self.inner.clone().next_tick_for_job(id).await.ok().flatten()
+        self.inner
+            .clone()
+            .next_tick_for_job(id)
+            .await
+            .ok()
+            .flatten()
     }
 }
 
@@ -167,7 +172,9 @@ impl Registration {
                 tracing::debug!(%fixed, "cron scheduler: moving a tick it put in the past");
                 let storage = self.scheduler.inner.context().metadata_storage.clone();
                 let mut storage = storage.write().await;
-                storage.set_next_and_last_tick(id, Some(fixed), None).await?;
+                storage
+                    .set_next_and_last_tick(id, Some(fixed), None)
+                    .await?;
             }
         }
         Ok(())
@@ -354,7 +361,10 @@ mod tests {
                 assert!(next - Utc::now() <= chrono::Duration::minutes(15), "{next}");
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "next tick stayed at {next}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "next tick stayed at {next}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         reg.remove().await;
@@ -380,7 +390,10 @@ mod tests {
         let old = reg.ids.clone();
         reg.renew().await.unwrap();
         assert_ne!(reg.ids, old);
-        assert!(scheduler.next_tick(old[0]).await.is_none(), "the old job is gone");
+        assert!(
+            scheduler.next_tick(old[0]).await.is_none(),
+            "the old job is gone"
+        );
         while rx.try_recv().is_ok() {}
         tick_within(&mut rx, Duration::from_secs(5)).await;
         let ids = reg.ids.clone();

@@ -561,7 +561,10 @@ fn write_job_text(out: &mut dyn Write, job: &JobStatus) {
     match (&job.next_run, &job.schedule) {
         (Some(next), Some(expr)) => {
             let zone = job.timezone.as_deref().unwrap_or("local");
-            let _ = writeln!(out, "  next run: {next} (schedule {expr}, time zone {zone})");
+            let _ = writeln!(
+                out,
+                "  next run: {next} (schedule {expr}, time zone {zone})"
+            );
         }
         _ => {
             let _ = writeln!(out, "  next run: no schedule");

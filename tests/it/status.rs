@@ -124,10 +124,15 @@ async fn status_shows_the_next_run_in_the_jobs_time_zone() {
     assert_eq!(job["timezone"], "Asia/Kolkata");
     let next = job["next_run"].as_str().expect("next_run");
     assert!(next.ends_with(":00:00+05:30"), "{next}");
-    let next = chrono::DateTime::parse_from_rfc3339(next).unwrap();
+    let next = chrono::DateTime::parse_from_rfc3339(next)
+        .unwrap()
+        .with_timezone(&chrono::Utc);
     let now = chrono::Utc::now();
-    assert!(next > now && next - now <= chrono::Duration::hours(1), "{next}");
-    assert_eq!(chrono::Timelike::minute(&next.with_timezone(&chrono::Utc)), 30);
+    assert!(
+        next > now && next - now <= chrono::Duration::hours(1),
+        "{next}"
+    );
+    assert_eq!(chrono::Timelike::minute(&next), 30);
 
     let out = sharepush(&config, &["status"]).await;
     let (stdout, stderr) = text(&out);
@@ -138,7 +143,8 @@ async fn status_shows_the_next_run_in_the_jobs_time_zone() {
     );
 }
 
-
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_file_makes_status_exit_1_and_list_it_with_its_error() {
     let emu = emu::start(Options {
         quota_bytes: MIB as u64,
         ..Options::default()
