@@ -255,7 +255,7 @@ impl Schedule {
                 // Already run in the first pass: search on from its second.
                 LocalResult::Ambiguous(_, later) if later > from => from = later,
                 // Not an overlap: step on in real time.
-                _ => from = from + chrono::Duration::minutes(1),
+                _ => from += chrono::Duration::minutes(1),
             }
         }
         None
