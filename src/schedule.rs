@@ -11,7 +11,20 @@
 //! Each field is validated here (so the error can say "minute must be 0-59"),
 //! then evaluated by `croner`, the parser tokio-cron-scheduler itself uses.
 //! Time is always passed in, never read here, so tests need no clock. This
-//! module does not run anything: the job task owns the timers.
+//! module does not run anything: the daemon's ticks come from
+//! [`crate::scheduler`], and the job task decides what a tick does.
+//!
+//! **Time zones.** A job's `timezone` is a [`Zone`]: an IANA name from the
+//! database compiled in by chrono-tz, or the server's local zone (default).
+//! [`Schedule::next_in`] answers in that zone with its offset, which is what
+//! `check` and `status` print. Daylight saving time follows croner's rules
+//! (tested for Europe/Berlin): a fixed time that the spring change skips
+//! (`30 2 * * *` on 2026-03-29) runs once, at the first instant after the
+//! gap (03:00 CEST); a wall-clock time the autumn change repeats runs once,
+//! in its first pass (02:30 CEST on 2026-10-25); interval schedules have no
+//! ticks in the skipped hour and tick through the repeated hour once.
+//! [`Schedule::next_after`] guards croner where it answers a time in the
+//! past from inside the repeated hour.
 
 use std::fmt;
 use std::str::FromStr;
