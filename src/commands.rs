@@ -43,7 +43,7 @@ pub fn check(global: &GlobalArgs, out: &mut dyn Write, err: &mut dyn Write) -> E
         Ok(c) => c,
         Err(code) => return code,
     };
-    let now = Local::now();
+    let now = chrono::Utc::now();
     for warning in &config.warnings {
         let _ = writeln!(out, "warning: {warning}");
     }
@@ -72,14 +72,15 @@ pub fn check(global: &GlobalArgs, out: &mut dyn Write, err: &mut dyn Write) -> E
         );
         match &job.schedule {
             Some(schedule) => {
+                let zone = job.settings.timezone;
                 let next: Vec<String> = schedule
-                    .next_n(now, 3)
+                    .next_n_in(zone, now, 3)
                     .iter()
                     .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, false))
                     .collect();
                 let _ = writeln!(
                     out,
-                    "  schedule {}: next {}",
+                    "  schedule {} (time zone {zone}): next {}",
                     schedule.expr,
                     next.join(", ")
                 );

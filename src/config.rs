@@ -35,7 +35,7 @@ use std::time::Duration;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::schedule::Schedule;
+use crate::schedule::{Schedule, Zone};
 
 /// Default location of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/sharepush/config.toml";
@@ -154,6 +154,8 @@ pub struct Settings {
     /// How often the running daemon asks the job's library for remote
     /// changes between runs; `None` = never (runs still ask first).
     pub reconcile_interval: Option<Duration>,
+    /// The time zone `schedule` is read in (default: the server's).
+    pub timezone: Zone,
 }
 
 /// What the uploader does with a file or folder name SharePoint refuses
@@ -181,6 +183,7 @@ impl Default for Settings {
             max_file_size: None,
             invalid_names: InvalidNames::Encode,
             reconcile_interval: Some(RECONCILE_INTERVAL_DEFAULT),
+            timezone: Zone::Local,
         }
     }
 }
@@ -605,6 +608,7 @@ const SETTINGS_KEYS: &[KeySpec] = &[
         "a duration of at least 1s, e.g. \"15m\" (default), \"1h\", \"30s\"; \
          \"0\" or \"off\" turns the daemon's periodic remote check off",
     ),
+    spec("timezone", Kind::Str, crate::schedule::ZONE_ACCEPTED),
 ];
 
 const DAEMON_KEYS: &[KeySpec] = &[
@@ -1439,6 +1443,12 @@ fn compile_settings(
                     format!("invalid duration {text:?}: {e}"),
                 ),
             },
+        }
+    }
+    if let Some((text, span)) = t.str("timezone") {
+        match Zone::parse(text) {
+            Ok(zone) => s.timezone = zone,
+            Err(e) => ctx.bad(Some(span), job, &key("timezone"), e),
         }
     }
     if let Some((n, span)) = size_of(ctx, "max_file_size") {
@@ -2929,6 +2939,55 @@ mod tests {
     }
 
     #[test]
+    fn timezone_defaults_to_local_and_jobs_override_it() {
+        let c = ok(&with_job_lines("schedule = \"30 2 * * *\""));
+        assert_eq!(c.defaults.timezone, Zone::Local);
+        assert_eq!(c.jobs[0].settings.timezone, Zone::Local);
+
+        let c = ok(&format!(
+            "{AUTH}[defaults]\ntimezone = \"Europe/Berlin\"\n{}\n{}timezone = \"UTC\"\n{}timezone = \"local\"\n",
+            job("a", "A"),
+            job("b", "B"),
+            job("c", "C"),
+        ));
+        assert_eq!(c.defaults.timezone, Zone::Named(chrono_tz::Europe::Berlin));
+        let zones: Vec<&str> = c.jobs.iter().map(|j| j.settings.timezone.name()).collect();
+        assert_eq!(zones, ["Europe/Berlin", "UTC", "local"]);
+    }
+
+    #[test]
+    fn a_bad_timezone_names_the_file_key_and_what_is_accepted() {
+        let text = format!(
+            "{AUTH}[defaults]\ntimezone = \"Mars/Olympus\"\n{}",
+            job("a", "A")
+        );
+        let e = one_error(&text);
+        assert_eq!(e.key.as_deref(), Some("defaults.timezone"));
+        assert_eq!(e.line, Some(line_of(&text, "timezone")));
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "config.toml:{}:12: key `defaults.timezone`: unknown time zone \"Mars/Olympus\"; \
+                 accepted: an IANA time zone name like \"Europe/Berlin\" or \"UTC\", or \"local\" \
+                 (the default: the server's time zone, from TZ or /etc/localtime)",
+                line_of(&text, "timezone")
+            )
+        );
+        // Wrong case gets a suggestion; inside a job the job is named.
+        let e = one_error(&with_job_lines("timezone = \"europe/berlin\""));
+        assert_eq!(e.key.as_deref(), Some("job.timezone"));
+        assert!(
+            e.message
+                .contains("unknown time zone \"europe/berlin\" (did you mean \"Europe/Berlin\"?)"),
+            "{}",
+            e.message
+        );
+        assert!(e.to_string().contains("job \"a\""), "{e}");
+        let e = one_error(&with_job_lines("timezone = 1"));
+        assert_eq!(e.key.as_deref(), Some("job.timezone"));
+    }
+
+    #[test]
     fn jobs_override_defaults_key_by_key() {
         let text = format!(
             "{AUTH}[defaults]\nconcurrency = 8\nsettle = \"30s\"\n{}{}concurrency = 1\n\
@@ -3559,6 +3618,7 @@ schedule = \"61 * * * *\"
         let s = &c.jobs[1];
         assert_eq!(s.name, "scans-archive");
         assert_eq!(s.schedule.as_ref().unwrap().six_field, "0 30 2 * * 1-5");
+        assert_eq!(s.settings.timezone, Zone::Named(chrono_tz::Europe::Berlin));
         assert!(!s.watch, "cron-only");
         assert_eq!(s.delete, DeleteMode::Mirror);
         assert_eq!((s.library.as_str(), s.folder.as_str()), ("Scans", ""));

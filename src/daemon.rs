@@ -26,7 +26,14 @@
 //! Shutdown: `STOPPING=1`, every job task is cancelled (no new run starts;
 //! a run in flight is dropped: upload session offsets are recorded after
 //! every fragment, so the next start resumes the file where it stopped),
-//! and the supervisor waits at most [`STOP_GRACE`] for the tasks.
+//! and the supervisor waits at most [`STOP_GRACE`] for the tasks, then
+//! stops the cron scheduler.
+//!
+//! Cron: the daemon starts one [`crate::scheduler::Scheduler`] before the
+//! jobs; each job task registers its own schedule and removes it when it
+//! stops, so reload needs no cron bookkeeping here: stopping a removed or
+//! changed job (its `timezone` included) removes its ticks, starting it
+//! registers them again.
 //!
 //! What it does not do: decide when a job runs (`job_task`), run it
 //! (`job::run_once`), or print anything but log lines.
@@ -67,6 +74,9 @@ pub enum DaemonError {
     /// The HTTP client could not be built.
     #[error(transparent)]
     Remote(#[from] crate::remote::RemoteError),
+    /// The cron scheduler could not start.
+    #[error(transparent)]
+    Scheduler(#[from] crate::scheduler::SchedulerError),
 }
 
 /// Knobs the tests turn; production uses the defaults.
@@ -344,12 +354,15 @@ pub async fn serve(
         },
     };
 
+    // One cron scheduler for every job (see `scheduler`).
+    let scheduler = crate::scheduler::Scheduler::start().await?;
     let mut sup = Supervisor {
         options,
         ctx: Arc::new(JobContext {
             remote,
             store: store.clone(),
             throttle,
+            scheduler: scheduler.clone(),
         }),
         jobs: HashMap::new(),
         tracker: TaskTracker::new(),
@@ -422,6 +435,7 @@ pub async fn serve(
     {
         tracing::warn!("some jobs did not stop within {}s", STOP_GRACE.as_secs());
     }
+    scheduler.shutdown().await;
     let now = chrono::Utc::now().timestamp();
     if let Err(e) = stop_store.call(move |s| s.record_daemon_stopped(now)).await {
         tracing::warn!("could not record the stop: {e}");

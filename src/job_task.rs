@@ -7,7 +7,7 @@
 //! [`JobStatus`] the supervisor reads for systemd's `STATUS=` line.
 //!
 //! The loop `select!`s over, in this order: cancellation, watch batches
-//! ([`crate::watch`]), the cron deadline, the periodic full scan, manual
+//! ([`crate::watch`]), cron ticks, the periodic full scan, manual
 //! triggers and its own timers (settle, retry). At most one run per job is
 //! in flight: triggers that arrive during a run only mark the job pending,
 //! so any number of them merge into one follow-up run. The first run after
@@ -26,17 +26,18 @@
 //! at most [`MAX_SETTLE_HOLD`] times `settle`; the uploader then still
 //! notices a change during the upload and sends the file again next run.
 //!
-//! **Schedules.** The task does not use tokio-cron-scheduler: it sleeps
-//! until croner's next time in wall-clock terms, in slices of at most
-//! [`CRON_SLICE`], checking the wall clock after each slice. tokio's timers
-//! run on the monotonic clock, which stops while the machine is suspended,
-//! so a single long sleep would fire late after a resume; the slices notice
-//! a resume within a minute. When the deadline has passed the job runs
-//! *once* and the next deadline is computed from now, so ticks missed while
-//! the machine slept (or while a long run was in flight) collapse into one
-//! run. A scheduler library would add its own job store, its own threads
-//! and its own missed-tick policy for what is a single deadline per job.
-//! Times are in the server's local time zone (`TZ` sets it, as for cron).
+//! **Schedules.** A job with a `schedule` registers it, in the job's
+//! `timezone`, with the daemon's one tokio-cron-scheduler
+//! ([`crate::scheduler`]) before it reports ready, and removes it when the
+//! task ends (stop, or a reload that removed or changed the job). A tick
+//! arrives on the task's tick channel and only marks the job pending (trigger
+//! `schedule`), so ticks during a run, or several at once, make one
+//! follow-up run. After each tick the task renews the registration, so the
+//! next tick is computed in the zone's real DST rules (the scheduler itself
+//! freezes the UTC offset after a job's first tick). The scheduler compares
+//! ticks with the wall clock and computes the next one from now, so ticks
+//! missed while the machine was suspended make one run at the resume, not
+//! one per missed tick.
 //!
 //! **Failures.** A run that fails as a whole (source missing or unmounted,
 //! library gone, sign-in needed) is retried after a capped exponential
@@ -56,7 +57,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use chrono::Local;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -65,12 +65,11 @@ use crate::config::JobSpec;
 use crate::filter::Filter;
 use crate::remote::Remote;
 use crate::retry::Throttle;
+use crate::scheduler::{Registration, Scheduler};
 use crate::state::RunTrigger;
 use crate::upload::SharedStore;
 use crate::watch::Watch;
 
-/// Longest single sleep while waiting for a cron deadline.
-pub const CRON_SLICE: Duration = Duration::from_secs(30);
 /// Full-scan interval of a job whose watch does not work.
 pub const FALLBACK_SCAN: Duration = Duration::from_secs(5 * 60);
 /// Full-scan interval of a watch-only job (no schedule).
@@ -83,12 +82,15 @@ pub const RETRY_CAP: Duration = Duration::from_secs(10 * 60);
 pub const MAX_SETTLE_HOLD: u32 = 12;
 
 /// What every job task shares: one store, one remote (one token provider,
-/// one connection pool), one throttle gate for the tenant.
+/// one connection pool), one throttle gate for the tenant, one cron
+/// scheduler.
 #[derive(Debug)]
 pub struct JobContext<R: Remote> {
     pub remote: R,
     pub store: SharedStore,
     pub throttle: Arc<Throttle>,
+    /// Where jobs with a `schedule` register their cron ticks.
+    pub scheduler: Scheduler,
 }
 
 /// The watch state of a job, for `STATUS=` and logs.
@@ -155,15 +157,6 @@ async fn publish_watch(store: &SharedStore, job: &str, cell: &StatusCell, state:
 pub fn retry_delay(failures: u32) -> Duration {
     let factor = 1u32 << failures.saturating_sub(1).min(16);
     RETRY_BASE.saturating_mul(factor).min(RETRY_CAP)
-}
-
-/// How long to sleep now when the next cron run is at `next` (wall clock)
-/// and it is `now`: never more than [`CRON_SLICE`], zero once due.
-pub fn cron_slice(now: chrono::DateTime<Local>, next: chrono::DateTime<Local>) -> Duration {
-    (next - now)
-        .to_std()
-        .unwrap_or(Duration::ZERO)
-        .min(CRON_SLICE)
 }
 
 /// The settle check: changed paths with the size and mtime last seen and
@@ -264,22 +257,6 @@ fn last_change(path: &std::path::Path) -> Option<std::time::SystemTime> {
     Some(meta.modified().ok()?.max(ctime))
 }
 
-/// Sleeps until the wall clock reaches `next` (forever when `None`), in
-/// slices, so a suspend does not delay the run by its length.
-async fn wall_deadline(next: Option<chrono::DateTime<Local>>) {
-    let Some(next) = next else {
-        return std::future::pending().await;
-    };
-    loop {
-        let slice = cron_slice(Local::now(), next);
-        if slice.is_zero() {
-            return;
-        }
-        // A millisecond past the deadline, so one wake-up is enough.
-        tokio::time::sleep(slice + Duration::from_millis(1)).await;
-    }
-}
-
 async fn sleep_until_opt(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
@@ -352,6 +329,8 @@ pub async fn run_job<R: Remote>(
         (true, false) => WatchState::Fallback,
     };
     publish_watch(&ctx.store, &job.name, &status, watch_state(&watch)).await;
+    let (tick_tx, mut ticks) = mpsc::unbounded_channel();
+    let mut cron = register(&job, &ctx.scheduler, tick_tx).await;
     let _ = ready.send(());
 
     let periodic = match (job.watch, watch.is_some(), job.schedule.is_some()) {
@@ -366,10 +345,6 @@ pub async fn run_job<R: Remote>(
     // overwrite, a keep-both copy) starts a run. `None`: only runs ask.
     let reconcile_every = job.settings.reconcile_interval;
     let mut reconcile_at = reconcile_every.map(|d| Instant::now() + d);
-    let mut next_cron = job
-        .schedule
-        .as_ref()
-        .and_then(|s| s.next_after(Local::now()));
     let mut settle = Settle::new(
         job.source.canonicalize().unwrap_or(job.source.clone()),
         job.settings.settle,
@@ -518,9 +493,17 @@ pub async fn run_job<R: Remote>(
                     pending.get_or_insert(RunTrigger::Watch);
                 }
             }
-            _ = wall_deadline(next_cron) => {
+            Some(()) = ticks.recv(), if cron.is_some() => {
                 pending.get_or_insert(RunTrigger::Schedule);
-                next_cron = job.schedule.as_ref().and_then(|s| s.next_after(Local::now()));
+                // Ticks that queued up (two day fields matching at once,
+                // or ticks during a run) are this same pending run.
+                while ticks.try_recv().is_ok() {}
+                if let Some(reg) = cron.as_mut()
+                    && let Err(e) = reg.renew().await
+                {
+                    tracing::error!(job = %job.name, "cron ticks stopped: {e}");
+                    cron = None;
+                }
             }
             _ = sleep_until_opt(periodic_at) => {
                 pending.get_or_insert(RunTrigger::Schedule);
@@ -564,13 +547,40 @@ pub async fn run_job<R: Remote>(
         s.running = false;
         s.pending = false;
     });
+    if let Some(reg) = cron
+        && tokio::time::timeout(Duration::from_secs(2), reg.remove())
+            .await
+            .is_err()
+    {
+        tracing::warn!(job = %job.name, "the cron scheduler did not confirm removing the schedule");
+    }
     drop(watch);
+}
+
+/// Registers the job's schedule, if any, in its time zone. A scheduler that
+/// refuses (only if its tasks died) is logged; the job still runs on its
+/// other triggers.
+async fn register(
+    job: &JobSpec,
+    scheduler: &Scheduler,
+    tick: mpsc::UnboundedSender<()>,
+) -> Option<Registration> {
+    let schedule = job.schedule.as_ref()?;
+    match scheduler
+        .register(schedule, job.settings.timezone, tick)
+        .await
+    {
+        Ok(reg) => Some(reg),
+        Err(e) => {
+            tracing::error!(job = %job.name, schedule = %schedule, "cannot schedule: {e}");
+            None
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone as _;
 
     #[test]
     fn retry_delay_doubles_and_is_capped() {
@@ -579,28 +589,6 @@ mod tests {
         assert_eq!(retry_delay(3), RETRY_BASE * 4);
         assert_eq!(retry_delay(30), RETRY_CAP);
         assert_eq!(retry_delay(u32::MAX), RETRY_CAP);
-    }
-
-    #[test]
-    fn cron_sleeps_in_slices_and_fires_once_when_overdue() {
-        let now = Local.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap();
-        assert_eq!(
-            cron_slice(now, now + chrono::Duration::seconds(5)),
-            Duration::from_secs(5)
-        );
-        assert_eq!(
-            cron_slice(now, now + chrono::Duration::hours(3)),
-            CRON_SLICE
-        );
-        // A deadline missed while suspended: due now (zero), and the next one
-        // is computed from now, so hours of missed ticks make one run.
-        assert_eq!(
-            cron_slice(now, now - chrono::Duration::hours(3)),
-            Duration::ZERO
-        );
-        let s = crate::schedule::Schedule::parse("*/15 * * * *").unwrap();
-        let next = s.next_after(now).unwrap();
-        assert_eq!(next, Local.with_ymd_and_hms(2026, 1, 1, 12, 15, 0).unwrap());
     }
 
     #[tokio::test(start_paused = true)]

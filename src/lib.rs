@@ -12,15 +12,16 @@
 //!
 //! `job` runs the four stages once for one job; `daemon` (`sharepush run`)
 //! supervises one `job_task` per job, which decides when to run from `watch`
-//! (inotify) batches, cron deadlines and retries, and tells systemd
+//! (inotify) batches, cron ticks (`scheduler`: one tokio-cron-scheduler for
+//! the daemon) and retries, and tells systemd
 //! (`systemd`) how it goes; `remote` is the [`remote::Remote`]
 //! trait with its Graph implementation, sign-in and SharePoint's naming rules.
 //! `reconcile` learns remote changes (delta per drive, adopting files already
 //! uploaded, remote deletes and edits, server-side renames) before each scan.
 //!
 //! `config` turns the TOML file into checked [`config::Config`] values (phase
-//! two of the two-phase config), `schedule` owns cron parsing and next-run
-//! times, `cli` is the command line, `status` the report behind `sharepush status`,
+//! two of the two-phase config), `schedule` owns cron parsing, time zones and
+//! next-run times, `cli` is the command line, `status` the report behind `sharepush status`,
 //! and `error` the error policy. `main.rs`
 //! stays thin: it parses arguments, sets up tracing and maps outcomes to exit
 //! codes. `demo` (cargo feature `demo`, on by default) runs all of it
@@ -46,6 +47,7 @@ pub mod remote;
 pub mod retry;
 pub mod scan;
 pub mod schedule;
+pub mod scheduler;
 pub mod state;
 pub mod status;
 pub mod systemd;

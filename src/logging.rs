@@ -10,7 +10,8 @@
 //! fields without a prefix (`journalctl -u sharepush JOB=docs`), and every
 //! event inside a job run also carries the run span's `JOB` and `TRIGGER`.
 //!
-//! The level comes from `-v`/`-q` unless `RUST_LOG` is set. Nothing secret is
+//! The level comes from `-v`/`-q` unless `RUST_LOG` is set (the cron
+//! scheduler library logs warnings and errors only). Nothing secret is
 //! ever logged: modules log paths, job names and counts, never file contents,
 //! tokens or secret values. A run logs one summary line (in its span), not a
 //! line per unchanged file.
@@ -87,7 +88,11 @@ pub fn init(global: &GlobalArgs, from_config: Option<LogFormat>) {
         (false, 1) => "debug",
         (false, _) => "trace",
     };
-    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // tokio-cron-scheduler logs "Job creator created" at info on every
+    // registration, and the daemon renews one after every cron tick
+    // (`scheduler`): only its warnings and errors are worth a line.
+    let default = format!("{default},tokio_cron_scheduler=warn");
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&default));
     let journal_stream = std::env::var("JOURNAL_STREAM").ok();
     let target = choose_target(
         global.log_format,

@@ -11,12 +11,25 @@
 //! Each field is validated here (so the error can say "minute must be 0-59"),
 //! then evaluated by `croner`, the parser tokio-cron-scheduler itself uses.
 //! Time is always passed in, never read here, so tests need no clock. This
-//! module does not run anything: the job task owns the timers.
+//! module does not run anything: the daemon's ticks come from
+//! [`crate::scheduler`], and the job task decides what a tick does.
+//!
+//! **Time zones.** A job's `timezone` is a [`Zone`]: an IANA name from the
+//! database compiled in by chrono-tz, or the server's local zone (default).
+//! [`Schedule::next_in`] answers in that zone with its offset, which is what
+//! `check` and `status` print. Daylight saving time follows croner's rules
+//! (tested for Europe/Berlin): a fixed time that the spring change skips
+//! (`30 2 * * *` on 2026-03-29) runs once, at the first instant after the
+//! gap (03:00 CEST); a wall-clock time the autumn change repeats runs once,
+//! in its first pass (02:30 CEST on 2026-10-25); interval schedules have no
+//! ticks in the skipped hour and tick through the repeated hour once.
+//! [`Schedule::next_after`] guards croner where it answers a time in the
+//! past from inside the repeated hour.
 
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, TimeZone};
+use chrono::{DateTime, FixedOffset, Local, LocalResult, SubsecRound as _, TimeZone, Utc};
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 
@@ -24,6 +37,58 @@ use croner::parser::{CronParser, Seconds, Year};
 /// administrator does not have to look it up.
 pub const ACCEPTED: &str = "accepted: 5-field crontab (min hour dom month dow) or \
      @hourly, @daily, @weekly, @monthly";
+
+/// What `timezone` accepts, appended to its errors.
+pub const ZONE_ACCEPTED: &str = "an IANA time zone name like \"Europe/Berlin\" or \"UTC\", \
+     or \"local\" (the default: the server's time zone, from TZ or /etc/localtime)";
+
+/// The time zone a job's schedule is read in (`timezone = "..."`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Zone {
+    /// The server's local time zone (`TZ`, else `/etc/localtime`), as cron
+    /// itself does; resolved when a time is computed, so a changed `TZ`
+    /// takes effect at the next restart.
+    #[default]
+    Local,
+    /// A zone from the IANA database compiled into the binary (chrono-tz),
+    /// so a server set to UTC can still run a job at 02:30 Berlin time.
+    Named(chrono_tz::Tz),
+}
+
+impl Zone {
+    /// Parses `timezone`: an IANA name, exactly as the database spells it
+    /// (`Europe/Berlin`, `UTC`), or `local`. The error is the reason only;
+    /// the config layer adds the file, key and [`ZONE_ACCEPTED`].
+    pub fn parse(text: &str) -> Result<Zone, String> {
+        let name = text.trim();
+        if name.eq_ignore_ascii_case("local") {
+            return Ok(Zone::Local);
+        }
+        if let Ok(tz) = name.parse::<chrono_tz::Tz>() {
+            return Ok(Zone::Named(tz));
+        }
+        let hint = chrono_tz::TZ_VARIANTS
+            .iter()
+            .find(|tz| tz.name().eq_ignore_ascii_case(name))
+            .map(|tz| format!(" (did you mean {:?}?)", tz.name()))
+            .unwrap_or_default();
+        Err(format!("unknown time zone {text:?}{hint}"))
+    }
+
+    /// `local` or the IANA name, as `check` and `status` show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Zone::Local => "local",
+            Zone::Named(tz) => tz.name(),
+        }
+    }
+}
+
+impl fmt::Display for Zone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// A validated schedule.
 #[derive(Debug, Clone)]
@@ -181,8 +246,32 @@ impl Schedule {
     /// The first run strictly after `t`, in `t`'s time zone (the daemon passes
     /// local time, tests pass UTC). `None` if the pattern never fires again
     /// (e.g. `0 0 31 2 *`), so callers can say so instead of hanging.
+    ///
+    /// Guards two things croner 3.0.1 gets wrong: it keeps `t`'s fraction
+    /// of a second in the answer (so `t` is cut to whole seconds first), and
+    /// in the hour a fall-back repeats it maps a repeated wall-clock time to
+    /// its *first* instant even when `t` is already in the second pass, an
+    /// answer in the past that a daemon would fire on again and again. Such
+    /// an answer is skipped, keeping croner's own rule for the repeated
+    /// hour: each wall-clock time runs once, in the first pass.
     pub fn next_after<Tz: TimeZone>(&self, t: DateTime<Tz>) -> Option<DateTime<Tz>> {
-        self.cron.find_next_occurrence(&t, false).ok()
+        let t = t.trunc_subsecs(0);
+        let mut from = t.clone();
+        // The overlap is an hour (two at most); each pass moves past one
+        // repeated wall-clock time.
+        for _ in 0..240 {
+            let next = self.cron.find_next_occurrence(&from, false).ok()?;
+            if next > t {
+                return Some(next);
+            }
+            match t.timezone().from_local_datetime(&next.naive_local()) {
+                // Already run in the first pass: search on from its second.
+                LocalResult::Ambiguous(_, later) if later > from => from = later,
+                // Not an overlap: step on in real time.
+                _ => from += chrono::Duration::minutes(1),
+            }
+        }
+        None
     }
 
     /// The next `n` runs after `t`, for `sharepush check` and `status`.
@@ -199,6 +288,24 @@ impl Schedule {
             }
         }
         out
+    }
+
+    /// The first run strictly after the instant `t`, read in `zone`, with
+    /// that zone's offset at the run (`2026-03-29T03:00:00+02:00`): what
+    /// `check`, `status` and the daemon use.
+    pub fn next_in(&self, zone: Zone, t: DateTime<Utc>) -> Option<DateTime<FixedOffset>> {
+        self.next_n_in(zone, t, 1).into_iter().next()
+    }
+
+    /// The next `n` runs after the instant `t`, read in `zone`.
+    pub fn next_n_in(&self, zone: Zone, t: DateTime<Utc>, n: usize) -> Vec<DateTime<FixedOffset>> {
+        fn fixed<Tz: TimeZone>(v: Vec<DateTime<Tz>>) -> Vec<DateTime<FixedOffset>> {
+            v.iter().map(DateTime::fixed_offset).collect()
+        }
+        match zone {
+            Zone::Local => fixed(self.next_n(t.with_timezone(&Local), n)),
+            Zone::Named(tz) => fixed(self.next_n(t.with_timezone(&tz), n)),
+        }
     }
 }
 
@@ -421,6 +528,129 @@ mod tests {
         let t = tz.with_ymd_and_hms(2024, 3, 1, 4, 0, 0).unwrap();
         let next = s.next_after(t).unwrap();
         assert_eq!(next, tz.with_ymd_and_hms(2024, 3, 2, 3, 0, 0).unwrap());
+    }
+
+    const BERLIN: Zone = Zone::Named(chrono_tz::Europe::Berlin);
+
+    fn rfc(v: &[DateTime<FixedOffset>]) -> Vec<String> {
+        v.iter().map(|t| t.to_rfc3339()).collect()
+    }
+
+    #[test]
+    fn next_runs_are_in_the_jobs_zone_with_its_offset() {
+        let s = Schedule::parse("30 2 * * *").unwrap();
+        // 12:00 UTC in January is 13:00 in Berlin: the next 02:30 is tomorrow's.
+        let next = s.next_n_in(BERLIN, at("2026-01-10T12:00:00Z"), 2);
+        assert_eq!(
+            rfc(&next),
+            ["2026-01-11T02:30:00+01:00", "2026-01-12T02:30:00+01:00"]
+        );
+        let kolkata = Zone::Named(chrono_tz::Asia::Kolkata);
+        let next = s.next_in(kolkata, at("2026-01-10T12:00:00Z")).unwrap();
+        assert_eq!(next.to_rfc3339(), "2026-01-11T02:30:00+05:30");
+        assert_eq!(next, at("2026-01-10T21:00:00Z"));
+    }
+
+    /// Spring forward in Berlin (2026-03-29, 02:00 CET -> 03:00 CEST): a
+    /// daily 02:30 does not exist that night. croner runs it once, at the
+    /// first time after the gap (03:00 CEST), not twice and not never.
+    #[test]
+    fn a_fixed_time_in_the_spring_gap_runs_once_right_after_it() {
+        let s = Schedule::parse("30 2 * * *").unwrap();
+        let next = s.next_n_in(BERLIN, at("2026-03-28T12:00:00Z"), 3);
+        assert_eq!(
+            rfc(&next),
+            [
+                "2026-03-29T03:00:00+02:00",
+                "2026-03-30T02:30:00+02:00",
+                "2026-03-31T02:30:00+02:00",
+            ]
+        );
+        // Interval schedules just skip the missing hour.
+        let s = Schedule::parse("*/30 * * * *").unwrap();
+        let next = s.next_n_in(BERLIN, at("2026-03-29T00:45:00Z"), 2);
+        assert_eq!(
+            rfc(&next),
+            ["2026-03-29T03:00:00+02:00", "2026-03-29T03:30:00+02:00"]
+        );
+    }
+
+    /// Fall back in Berlin (2026-10-25, 03:00 CEST -> 02:00 CET): 02:30
+    /// happens twice. A daily 02:30 runs once, at the first one.
+    #[test]
+    fn a_fixed_time_in_the_autumn_overlap_runs_once() {
+        let s = Schedule::parse("30 2 * * *").unwrap();
+        let next = s.next_n_in(BERLIN, at("2026-10-24T12:00:00Z"), 2);
+        assert_eq!(
+            rfc(&next),
+            ["2026-10-25T02:30:00+02:00", "2026-10-26T02:30:00+01:00"]
+        );
+    }
+
+    /// Fall back in Berlin (2026-10-25, 03:00 CEST -> 02:00 CET) for an
+    /// interval schedule: croner runs the repeated wall-clock hour once, in
+    /// its first pass (02:45 CEST is followed by 03:00 CET, 75 minutes
+    /// later). A next run is never at or before the time asked from: croner
+    /// alone answers 02:15 CEST when asked at 02:00 CET, an hour in the past,
+    /// on which a daemon would fire again and again.
+    #[test]
+    fn next_is_always_later_across_the_overlap() {
+        let s = Schedule::parse("*/15 * * * *").unwrap();
+        let mut t = at("2026-10-24T23:00:00Z");
+        let mut runs = Vec::new();
+        while t < at("2026-10-25T02:00:00Z") {
+            let next = s.next_in(BERLIN, t).unwrap();
+            assert!(next > t, "{t} -> {next}");
+            runs.push(next.to_rfc3339());
+            t = next.with_timezone(&Utc);
+        }
+        assert_eq!(
+            runs,
+            [
+                "2026-10-25T01:15:00+02:00",
+                "2026-10-25T01:30:00+02:00",
+                "2026-10-25T01:45:00+02:00",
+                "2026-10-25T02:00:00+02:00",
+                "2026-10-25T02:15:00+02:00",
+                "2026-10-25T02:30:00+02:00",
+                "2026-10-25T02:45:00+02:00",
+                "2026-10-25T03:00:00+01:00",
+            ]
+        );
+        // Asked from the second pass: the end of the repeated hour.
+        for from in [
+            "2026-10-25T01:00:00Z",
+            "2026-10-25T01:05:00Z",
+            "2026-10-25T01:59:59Z",
+        ] {
+            let next = s.next_in(BERLIN, at(from)).unwrap();
+            assert_eq!(
+                next.to_rfc3339(),
+                "2026-10-25T03:00:00+01:00",
+                "from {from}"
+            );
+        }
+        // From anywhere in the second pass a fixed 02:30 is tomorrow's.
+        let s = Schedule::parse("30 2 * * *").unwrap();
+        for from in [
+            "2026-10-25T01:00:00Z",
+            "2026-10-25T01:29:00Z",
+            "2026-10-25T01:45:00Z",
+        ] {
+            let next = s.next_in(BERLIN, at(from)).unwrap();
+            assert_eq!(
+                next.to_rfc3339(),
+                "2026-10-26T02:30:00+01:00",
+                "from {from}"
+            );
+        }
+        // Fractions of a second do not leak into the answer.
+        let s = Schedule::parse("*/15 * * * *").unwrap();
+        let t = at("2026-01-10T12:07:30.75Z");
+        assert_eq!(
+            s.next_in(BERLIN, t).unwrap().to_rfc3339(),
+            "2026-01-10T13:15:00+01:00"
+        );
     }
 
     #[test]

@@ -110,9 +110,13 @@ pub struct JobStatus {
     pub in_config: bool,
     /// The most recent run (finished or still running); `null` if none.
     pub last_run: Option<RunStatus>,
-    /// The next scheduled run (local time); `null` without a schedule.
+    /// The next scheduled run, in the schedule's time zone with its
+    /// offset; `null` without a schedule.
     pub next_run: Option<String>,
     pub schedule: Option<String>,
+    /// The time zone the schedule is read in: an IANA name or `local`;
+    /// `null` without a schedule.
+    pub timezone: Option<String>,
     /// `watching`, `fallback`, `off`, or `null` when no daemon recorded one
     /// (a job with `watch = false` is `off`).
     pub watch: Option<String>,
@@ -274,8 +278,10 @@ pub fn build(
         job.in_config = in_config || config.is_none();
         if let Some(spec) = spec {
             job.schedule = spec.schedule.as_ref().map(|s| s.expr.clone());
+            let zone = spec.settings.timezone;
+            job.timezone = spec.schedule.as_ref().map(|_| zone.to_string());
             job.next_run = spec.schedule.as_ref().and_then(|s| {
-                s.next_after(Local::now())
+                s.next_in(zone, chrono::Utc::now())
                     .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, false))
             });
         }
@@ -353,6 +359,7 @@ fn empty_job(name: &str) -> JobStatus {
         last_run: None,
         next_run: None,
         schedule: None,
+        timezone: None,
         watch: None,
         watch_reason: None,
         files: FileCounts::default(),
@@ -553,7 +560,11 @@ fn write_job_text(out: &mut dyn Write, job: &JobStatus) {
     }
     match (&job.next_run, &job.schedule) {
         (Some(next), Some(expr)) => {
-            let _ = writeln!(out, "  next run: {next} (schedule {expr})");
+            let zone = job.timezone.as_deref().unwrap_or("local");
+            let _ = writeln!(
+                out,
+                "  next run: {next} (schedule {expr}, time zone {zone})"
+            );
         }
         _ => {
             let _ = writeln!(out, "  next run: no schedule");

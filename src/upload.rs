@@ -613,9 +613,11 @@ impl<'a, R: Remote> Uploader<'a, R> {
                             &remote_path,
                             item,
                             &sent,
-                            verify_retry,
-                            racy_cutoff_ns,
-                            copy.is_some(),
+                            Attempt {
+                                second_try: verify_retry,
+                                racy_cutoff_ns,
+                                copy: copy.is_some(),
+                            },
                         )
                         .await?
                     {
@@ -712,17 +714,19 @@ impl<'a, R: Remote> Uploader<'a, R> {
 
     /// Records a finished upload after checking its hash. `None` asks the
     /// caller to upload once more (a mismatch on a file nobody rewrites).
-    /// `copy`: it went up beside someone else's edit, not to its own path.
     async fn finish(
         &self,
         entry: &LocalEntry,
         remote_path: &RemotePath,
         mut item: RemoteItem,
         sent: &Hashes,
-        second_try: bool,
-        racy_cutoff_ns: i64,
-        copy: bool,
+        attempt: Attempt,
     ) -> Result<Option<FileOutcome>, StateError> {
+        let Attempt {
+            second_try,
+            racy_cutoff_ns,
+            copy,
+        } = attempt;
         let name = remote_path
             .split_last()
             .map(|(_, n)| n.to_string())
@@ -1238,6 +1242,18 @@ async fn open(path: &Path) -> std::io::Result<File> {
     tokio::task::spawn_blocking(move || File::open(path))
         .await
         .expect("open task panicked")
+}
+
+/// Facts about one upload attempt that [`Uploader`]'s `finish` needs.
+#[derive(Debug, Clone, Copy)]
+struct Attempt {
+    /// The upload was already sent again once after a hash mismatch.
+    second_try: bool,
+    /// Files whose mtime is at or after this were changed less than the
+    /// racy margin before the upload read them (recorded racy).
+    racy_cutoff_ns: i64,
+    /// It went up beside someone else's edit, not to its own path.
+    copy: bool,
 }
 
 #[cfg(test)]

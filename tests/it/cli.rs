@@ -4,6 +4,8 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use chrono::Offset as _;
+
 use crate::support::{Fixture, text};
 
 fn repo_file(rel: &str) -> std::path::PathBuf {
@@ -32,8 +34,26 @@ fn check_lists_the_example_jobs() {
         "stdout: {stdout}\nstderr: {stderr}"
     );
     assert!(stdout.contains("job finance-reports"), "{stdout}");
-    // Next run times are listed for scheduled jobs.
-    assert!(stdout.contains("next "), "{stdout}");
+    // Next run times are listed for scheduled jobs, in the job's time zone
+    // with its offset: 02:30 in Berlin (+01:00 or +02:00) on the next three
+    // weekdays, whatever the zone of the machine running the test.
+    assert!(
+        stdout.contains("schedule */15 * * * * (time zone local): next "),
+        "{stdout}"
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("schedule 30 2 * * 1-5 (time zone Europe/Berlin): next "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let next: Vec<&str> = line.split("next ").nth(1).unwrap().split(", ").collect();
+    assert_eq!(next.len(), 3, "{line}");
+    for t in next {
+        let t = chrono::DateTime::parse_from_rfc3339(t).unwrap();
+        let berlin = t.with_timezone(&chrono_tz::Europe::Berlin);
+        assert_eq!(t.offset(), &berlin.offset().fix(), "{t}");
+        assert_eq!(t.format("%H:%M").to_string(), "02:30", "{t}");
+        assert!(t > chrono::Utc::now(), "{t}");
+    }
 }
 
 #[test]

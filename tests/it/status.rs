@@ -99,8 +99,48 @@ async fn after_a_clean_sync_status_shows_the_run_and_exits_0() {
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(stdout.contains("job docs"), "{stdout}");
     assert!(stdout.contains("files: 2 synced, 0 pending"), "{stdout}");
-    assert!(stdout.contains("(schedule @hourly)"), "{stdout}");
+    assert!(
+        stdout.contains("(schedule @hourly, time zone local)"),
+        "{stdout}"
+    );
     assert!(stdout.contains("daemon: not running"), "{stdout}");
+}
+
+/// `timezone` moves the next run: `@hourly` in Kolkata (+05:30) is at
+/// half past the UTC hour, shown with that offset, and `--json` names the zone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_next_run_in_the_jobs_time_zone() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::write_config(&fx, &emu, Sign::Secret, "timezone = \"Asia/Kolkata\"");
+    emu::put(&fx, "a.txt", b"hello");
+    let out = sharepush(&config, &["sync"]).await;
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+
+    let (code, json) = status_json(&config).await;
+    assert_eq!(code, Some(0), "{json:#}");
+    let job = &json["jobs"][0];
+    assert_eq!(job["schedule"], "@hourly");
+    assert_eq!(job["timezone"], "Asia/Kolkata");
+    let next = job["next_run"].as_str().expect("next_run");
+    assert!(next.ends_with(":00:00+05:30"), "{next}");
+    let next = chrono::DateTime::parse_from_rfc3339(next)
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let now = chrono::Utc::now();
+    assert!(
+        next > now && next - now <= chrono::Duration::hours(1),
+        "{next}"
+    );
+    assert_eq!(chrono::Timelike::minute(&next), 30);
+
+    let out = sharepush(&config, &["status"]).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("(schedule @hourly, time zone Asia/Kolkata)"),
+        "{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
