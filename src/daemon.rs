@@ -1,9 +1,9 @@
 //! The supervisor behind `sharepush run`: wires the shared pieces, starts
-//! one task per job, reloads on SIGHUP, stops on SIGTERM/SIGINT, and talks
-//! to systemd.
+//! one task per job, reloads on SIGHUP, runs every job at once on SIGUSR1,
+//! stops on SIGTERM/SIGINT, and talks to systemd.
 //!
 //! Input: a checked [`Config`], a shutdown [`CancellationToken`] and a
-//! channel of reload requests (both fed by [`signals`]). Output: job tasks
+//! channel of [`Control`] requests (both fed by [`signals`]). Output: job tasks
 //! ([`crate::job_task`]) until shutdown; an error only when the daemon
 //! cannot start at all (the state store is locked or too new).
 //!
@@ -22,6 +22,9 @@
 //! settings changed stop and start again (their watch is re-armed and they
 //! make a startup run). `[auth]`, `[daemon]` and the tenant-wide
 //! concurrency keep their running values until a restart (logged).
+//!
+//! Run now (SIGUSR1, `systemctl kill -s USR1 sharepush`): every job gets a
+//! manual trigger; a job that is running merges it into one follow-up run.
 //!
 //! Shutdown: `STOPPING=1`, every job task is cancelled (no new run starts;
 //! a run in flight is dropped: upload session offsets are recorded after
@@ -88,16 +91,28 @@ pub struct DaemonOptions {
     pub state_dir_override: Option<PathBuf>,
 }
 
-/// Wires SIGTERM and SIGINT to `shutdown` and SIGHUP to `reload`. The
-/// returned task ends when `shutdown` fires.
+/// What an administrator asks a running daemon for (by signal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// SIGHUP: read the configuration again.
+    Reload,
+    /// SIGUSR1: run every job now (one run each; a job in a run gets one
+    /// follow-up run), as after a manual `sync`.
+    RunNow,
+}
+
+/// Wires SIGTERM and SIGINT to `shutdown`, SIGHUP to [`Control::Reload`]
+/// and SIGUSR1 to [`Control::RunNow`]. The returned task ends when
+/// `shutdown` fires.
 pub fn signals(
     shutdown: CancellationToken,
-    reload: mpsc::UnboundedSender<()>,
+    control: mpsc::UnboundedSender<Control>,
 ) -> std::io::Result<JoinHandle<()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
     Ok(tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -112,7 +127,11 @@ pub fn signals(
                 }
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading the configuration");
-                    let _ = reload.send(());
+                    let _ = control.send(Control::Reload);
+                }
+                _ = usr1.recv() => {
+                    tracing::info!("SIGUSR1: running every job now");
+                    let _ = control.send(Control::RunNow);
                 }
             }
         }
@@ -124,9 +143,8 @@ struct Running {
     /// The job's settings when it was started, to tell a changed job on reload.
     fingerprint: String,
     cancel: CancellationToken,
-    /// Manual triggers (unused until a control socket exists; kept so the
-    /// task's trigger channel stays open).
-    _manual: mpsc::UnboundedSender<()>,
+    /// Manual triggers (SIGUSR1: [`Control::RunNow`]).
+    manual: mpsc::UnboundedSender<()>,
     status: StatusCell,
     handle: JoinHandle<()>,
 }
@@ -167,7 +185,7 @@ impl Supervisor {
             Running {
                 fingerprint: fingerprint(job),
                 cancel,
-                _manual: manual_tx,
+                manual: manual_tx,
                 status,
                 handle,
             },
@@ -303,7 +321,7 @@ pub async fn serve(
     config: Config,
     options: DaemonOptions,
     shutdown: CancellationToken,
-    mut reload: mpsc::UnboundedReceiver<()>,
+    mut control: mpsc::UnboundedReceiver<Control>,
     notifier: Notifier,
 ) -> Result<(), DaemonError> {
     let state_dir = config.daemon.state_dir.clone();
@@ -393,15 +411,20 @@ pub async fn serve(
     let mut tick = tokio::time::interval(watchdog.unwrap_or(STATUS_INTERVAL).min(STATUS_INTERVAL));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_status = String::new();
-    let mut reload_open = true;
+    let mut control_open = true;
     loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            r = reload.recv(), if reload_open => match r {
-                Some(()) => sup.reload().await,
-                // No more reload requests can come (no signal handler); keep running.
-                None => reload_open = false,
+            r = control.recv(), if control_open => match r {
+                Some(Control::Reload) => sup.reload().await,
+                Some(Control::RunNow) => {
+                    for r in sup.jobs.values() {
+                        let _ = r.manual.send(());
+                    }
+                }
+                // No more requests can come (no signal handler); keep running.
+                None => control_open = false,
             },
             _ = tick.tick() => {
                 // Healthy: this loop runs and the store answers in time.

@@ -108,7 +108,7 @@ pub enum StateError {
     /// Another process holds the state directory's lock. Fatal for this
     /// process but temporary in general (exit code 75).
     #[error(
-        "state directory {} is in use by another sharepush process{}; stop it first or use --state-dir",
+        "state directory {} is in use by another sharepush process{}; stop it first or use --state-dir (a running daemon runs every job now on SIGUSR1: `systemctl kill -s USR1 sharepush`)",
         dir.display(),
         pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
     )]

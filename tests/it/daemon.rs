@@ -782,3 +782,32 @@ async fn a_job_whose_library_is_deleted_fails_naming_it_while_the_others_go_on()
     );
     drop(d);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_runs_every_job_now() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    // No watch and a cron tick once a year: nothing but SIGUSR1 can make a
+    // run after the startup one.
+    let job = JobToml {
+        name: "docs",
+        source: fx.source(),
+        folder: "backup",
+        extra: "schedule = \"0 0 1 1 *\"\nwatch = false\nreconcile_interval = \"off\"",
+    };
+    let config = write_config(&fx, &emu, FAST, &[job]);
+    fs::write(fx.source().join("first.txt"), b"first").unwrap();
+    let d = Daemon::start(&fx, &config, &[]);
+    wait_remote(&emu, "backup/first.txt", b"first", Duration::from_secs(30)).await;
+    d.wait_log("run finished", 1, Duration::from_secs(30)).await;
+
+    fs::write(fx.source().join("later.txt"), b"later").unwrap();
+    d.signal("USR1");
+    wait_remote(&emu, "backup/later.txt", b"later", Duration::from_secs(30)).await;
+    d.wait_log("trigger=\"manual\"", 1, Duration::from_secs(10))
+        .await;
+    d.wait_log("run finished", 2, Duration::from_secs(10)).await;
+    let log = d.log();
+    assert!(log.contains("SIGUSR1: running every job now"), "{log}");
+    drop(d);
+}
