@@ -32,7 +32,7 @@
 //! recorded, is ours, so nothing loops.
 //!
 //! **Keep-both.** Their edit stays at its path untouched (same item, name,
-//! links and history). [`keep_both`] picks a free name beside it,
+//! links and history). `keep_both` picks a free name beside it,
 //! [`conflict_name`] (`name (sharepush conflict YYYY-MM-DD host).ext`, with a
 //! counter when SharePoint or the local folder already has that name), and
 //! records in one transaction: their item, eTag, hash and size as the row's
@@ -58,6 +58,10 @@
 //! `token=latest`, a walk that adopts whatever an administrator restored).
 //! A library that no longer resolves at all fails the run with
 //! "library X not found on site Y".
+//!
+//! A run that changed the library follows the delta once more before it
+//! ends ([`absorb_own_changes`]), so the echo of its own uploads is taken in
+//! by that run, not by the next one or the daemon's idle check.
 //!
 //! Local renames and moves within a job ([`detect_moves`], [`apply_moves`])
 //! become one server-side PATCH instead of an upload.

@@ -297,16 +297,20 @@ fn same_source(saved: &SourceFingerprint, now: &SourceFingerprint) -> bool {
             || saved.quick_xor == now.quick_xor)
 }
 
-/// Reads bytes `offset..offset + len`, feeds them to `hasher`, and
-/// `fstat`s the file after (to notice a change while it was read).
+/// Reads bytes `offset..offset + len` into `buf` (a fragment buffer sent
+/// before, or empty), feeds them to `hasher`, and `fstat`s the file after
+/// (to notice a change while it was read).
 fn spawn_read(
     file: Arc<File>,
     offset: u64,
     len: usize,
     mut hasher: ContentHasher,
+    mut buf: Vec<u8>,
 ) -> tokio::task::JoinHandle<ReadResult> {
     tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; len];
+        // A reused buffer of the same size is overwritten as it is: no
+        // fresh zeroed 10 MiB (and its page faults) per fragment.
+        buf.resize(len, 0);
         file.read_exact_at(&mut buf, offset)?;
         hasher.update(&buf);
         let after = Fingerprint::of(&file.metadata()?);
@@ -320,7 +324,7 @@ async fn read_fragment(
     len: usize,
     hasher: ContentHasher,
 ) -> ReadResult {
-    spawn_read(file, offset, len, hasher)
+    spawn_read(file, offset, len, hasher, Vec::new())
         .await
         .expect("read task panicked")
 }
@@ -924,6 +928,8 @@ impl<'a, R: Remote> Uploader<'a, R> {
         // When it is dropped unused (the service answered an unexpected
         // offset), `hasher` is rebuilt from the file, as on every resume.
         let mut prefetched: Option<Prefetch> = None;
+        // The buffer of the last fragment sent, for the next read.
+        let mut spare: Vec<u8> = Vec::new();
         let mut gone_once = false;
         let mut restarts = 0;
         loop {
@@ -991,11 +997,20 @@ impl<'a, R: Remote> Uploader<'a, R> {
                 prefetched = Some(Prefetch {
                     offset: next_offset_expected,
                     len: next_len,
-                    task: spawn_read(Arc::clone(&file), next_offset_expected, next_len, h),
+                    task: spawn_read(
+                        Arc::clone(&file),
+                        next_offset_expected,
+                        next_len,
+                        h,
+                        std::mem::take(&mut spare),
+                    ),
                 });
             } else {
                 hasher = h;
             }
+            // Our handle on the fragment's buffer: once the PUT is done and
+            // the HTTP stack has let go of it, it holds the fragment after next.
+            let sent_buf = bytes.clone();
             let result = {
                 let put = self.remote.put_fragment(&url, offset, bytes, total);
                 tokio::pin!(put);
@@ -1012,6 +1027,11 @@ impl<'a, R: Remote> Uploader<'a, R> {
                     }
                 }
             };
+            // Unique again unless the HTTP stack still holds it (then a
+            // fresh buffer is allocated next time, as before).
+            if let Ok(b) = sent_buf.try_into_mut() {
+                spare = b.into();
+            }
             match result {
                 Ok(FragmentOutcome::Accepted {
                     next_offset,
