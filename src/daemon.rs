@@ -430,7 +430,7 @@ pub async fn serve(
                 // Healthy: this loop runs and the store answers in time.
                 let healthy = tokio::time::timeout(
                     Duration::from_secs(5),
-                    store.call(|s| s.jobs().is_ok()),
+                    store.call(|s| s.ping().is_ok()),
                 )
                 .await
                 .unwrap_or(false);

@@ -159,6 +159,16 @@ impl Store {
         Ok(jobs)
     }
 
+    /// Whether the database answers: reads the schema version from its
+    /// header page. The daemon's health check (watchdog) runs it every few
+    /// seconds, so it must not cost anything that grows with the files.
+    pub fn ping(&self) -> Result<(), StateError> {
+        self.conn
+            .pragma_query_value(None, "user_version", |row| row.get::<_, i64>(0))
+            .map(|_| ())
+            .map_err(self.sql("checking the database answers"))
+    }
+
     /// Maps a SQLite error to [`StateError::Sqlite`] naming this database and
     /// what the store was doing.
     pub(super) fn sql(

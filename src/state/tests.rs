@@ -138,7 +138,8 @@ fn locked_without_pid_says_so_plainly() {
     };
     assert_eq!(
         err.to_string(),
-        "state directory /var/lib/sharepush is in use by another sharepush process; stop it first or use --state-dir"
+        "state directory /var/lib/sharepush is in use by another sharepush process; stop it first or use --state-dir \
+         (a running daemon runs every job now on SIGUSR1: `systemctl kill -s USR1 sharepush`)"
     );
 }
 
@@ -1034,6 +1035,7 @@ fn runs_round_trip_and_interrupted_runs_are_closed() {
     assert_eq!(last.trigger, RunTrigger::Watch);
     assert_eq!(last.outcome, Some(RunOutcome::Interrupted));
     assert_eq!(store.jobs().unwrap(), vec![JOB.to_string()]);
+    store.ping().unwrap();
 }
 
 /// `cargo test --release -p sharepush --lib state::tests::bulk_timing -- --ignored --nocapture`
