@@ -194,6 +194,25 @@ async fn a_remote_edit_is_overwritten_by_default_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_overwrite_of_a_remote_edit_is_logged() {
+    let (emu, fx, config) = setup(Options::default(), "").await;
+    emu::put(&fx, "report.txt", b"ours");
+    sync(&config).await;
+    remote_edit(&emu, "report.txt", b"their edit").await;
+    // The real binary, for the log line an administrator sees.
+    let out = fx.sharepush(&config.path, &["sync"]);
+    let (_, err) = crate::support::text(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("edited in SharePoint by someone else; overwriting it with the local copy")
+            && err.contains("report.txt")
+            && err.contains("version history"),
+        "{err}"
+    );
+    assert_eq!(remote_content(&emu, "report.txt").as_deref(), Some(&b"ours"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_edit_is_left_as_a_conflict_with_skip() {
     let (emu, fx, config) = setup(Options::default(), "on_remote_change = \"skip\"").await;
     emu::acceptance_tree(&fx, false);
