@@ -209,7 +209,10 @@ async fn the_default_overwrite_of_a_remote_edit_is_logged() {
             && err.contains("version history"),
         "{err}"
     );
-    assert_eq!(remote_content(&emu, "report.txt").as_deref(), Some(&b"ours"[..]));
+    assert_eq!(
+        remote_content(&emu, "report.txt").as_deref(),
+        Some(&b"ours"[..])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
