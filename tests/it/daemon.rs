@@ -115,6 +115,18 @@ struct JobToml<'a> {
     extra: &'a str,
 }
 
+/// A config with one job, `docs`: the fixture's source to `backup`, with
+/// `extra` job lines, and the fast retry defaults.
+fn docs_job(fx: &Fixture, emu: &Handle, extra: &str) -> PathBuf {
+    let job = JobToml {
+        name: "docs",
+        source: fx.source(),
+        folder: "backup",
+        extra,
+    };
+    write_config(fx, emu, FAST, &[job])
+}
+
 /// A config for the emulator with app-only sign-in and the given jobs.
 fn write_config(fx: &Fixture, emu: &Handle, defaults: &str, jobs: &[JobToml]) -> PathBuf {
     let secret = fx.path("secret");
@@ -301,13 +313,7 @@ async fn a_file_written_slowly_over_five_seconds_is_uploaded_once_complete() {
 async fn a_cron_only_job_uploads_on_its_tick_and_not_before() {
     let emu = emu::start(Options::default()).await;
     let fx = Fixture::new();
-    let job = JobToml {
-        name: "docs",
-        source: fx.source(),
-        folder: "backup",
-        extra: "schedule = \"* * * * *\"\nwatch = false",
-    };
-    let config = write_config(&fx, &emu, FAST, &[job]);
+    let config = docs_job(&fx, &emu, "schedule = \"* * * * *\"\nwatch = false");
     let d = Daemon::start(&fx, &config, &[]);
     d.wait_log("trigger=\"startup\"", 1, Duration::from_secs(30))
         .await;
@@ -605,13 +611,7 @@ async fn wait_gone(emu: &Handle, path: &str, within: Duration) {
 async fn mirror_deletes_and_renames_remotely_but_never_for_an_emptied_source() {
     let emu = emu::start(Options::default()).await;
     let fx = Fixture::new();
-    let job = JobToml {
-        name: "docs",
-        source: fx.source(),
-        folder: "backup",
-        extra: "watch = true\ndelete = \"mirror\"",
-    };
-    let config = write_config(&fx, &emu, FAST, &[job]);
+    let config = docs_job(&fx, &emu, "watch = true\ndelete = \"mirror\"");
     for name in ["a.txt", "b.txt", "c.txt"] {
         fs::write(fx.source().join(name), name.as_bytes()).unwrap();
     }
@@ -665,13 +665,11 @@ async fn the_periodic_reconcile_restores_a_remote_delete_without_a_local_change(
     let fx = Fixture::new();
     // No watch and a cron tick once a year: only the periodic reconcile
     // (every second here) can notice the remote delete.
-    let job = JobToml {
-        name: "docs",
-        source: fx.source(),
-        folder: "backup",
-        extra: "schedule = \"0 0 1 1 *\"\nwatch = false\nreconcile_interval = \"1s\"",
-    };
-    let config = write_config(&fx, &emu, FAST, &[job]);
+    let config = docs_job(
+        &fx,
+        &emu,
+        "schedule = \"0 0 1 1 *\"\nwatch = false\nreconcile_interval = \"1s\"",
+    );
     fs::write(fx.source().join("keep.txt"), b"backed up").unwrap();
     let d = Daemon::start(&fx, &config, &[]);
     wait_remote(
@@ -789,13 +787,11 @@ async fn sigusr1_runs_every_job_now() {
     let fx = Fixture::new();
     // No watch and a cron tick once a year: nothing but SIGUSR1 can make a
     // run after the startup one.
-    let job = JobToml {
-        name: "docs",
-        source: fx.source(),
-        folder: "backup",
-        extra: "schedule = \"0 0 1 1 *\"\nwatch = false\nreconcile_interval = \"off\"",
-    };
-    let config = write_config(&fx, &emu, FAST, &[job]);
+    let config = docs_job(
+        &fx,
+        &emu,
+        "schedule = \"0 0 1 1 *\"\nwatch = false\nreconcile_interval = \"off\"",
+    );
     fs::write(fx.source().join("first.txt"), b"first").unwrap();
     let d = Daemon::start(&fx, &config, &[]);
     wait_remote(&emu, "backup/first.txt", b"first", Duration::from_secs(30)).await;
