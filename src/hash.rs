@@ -48,6 +48,55 @@ pub const READ_BUFFER_SIZE: usize = 4 * INTERLEAVE;
 /// hasher falls back to its byte-wise path inside a large update.
 pub const INTERLEAVE: usize = 320 * 102;
 
+/// Where every read buffer starts. The kernel copies page-cache data into a
+/// buffer that is not 64-byte aligned at a quarter of the speed (measured on
+/// this 2-core EPYC: 2.5 GB/s at a 16-byte offset, which is where glibc puts
+/// large allocations, against 10 GB/s aligned). On a 2 GiB upload that copy
+/// had cost as much CPU as SHA-1.
+pub const READ_ALIGN: usize = 64;
+
+/// Bytes from `ptr` up to the next [`READ_ALIGN`] boundary.
+pub fn align_pad(ptr: *const u8) -> usize {
+    (READ_ALIGN - (ptr as usize) % READ_ALIGN) % READ_ALIGN
+}
+
+/// A zeroed read buffer that starts on a [`READ_ALIGN`] boundary.
+pub struct AlignedBuf {
+    vec: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    /// `len` zero bytes, aligned.
+    pub fn new(len: usize) -> AlignedBuf {
+        let vec = vec![0u8; len + READ_ALIGN - 1];
+        let start = align_pad(vec.as_ptr());
+        AlignedBuf { vec, start, len }
+    }
+}
+
+impl fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AlignedBuf")
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl std::ops::Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.vec[self.start..self.start + self.len]
+    }
+}
+
+impl std::ops::DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.vec[self.start..self.start + self.len]
+    }
+}
+
 /// The two hashes of one file's content.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct Hashes {
@@ -131,7 +180,7 @@ const PIPELINE_DEPTH: usize = 4;
 /// QuickXorHash cost about a quarter of SHA-1's time, which a single thread
 /// pays on top of SHA-1; the pipeline hides it behind SHA-1 on a second core.
 pub struct FileHasher {
-    buf: Vec<u8>,
+    buf: AlignedBuf,
     /// Files this large or larger use the two-thread pipeline.
     pipeline_min: u64,
 }
@@ -161,7 +210,7 @@ impl FileHasher {
     /// threshold (`u64::MAX` = never); for benchmarks and tests.
     pub fn with_options(buffer_size: usize, pipeline_min: u64) -> Self {
         FileHasher {
-            buf: vec![0; buffer_size.max(1)],
+            buf: AlignedBuf::new(buffer_size.max(1)),
             pipeline_min,
         }
     }
@@ -207,8 +256,8 @@ impl FileHasher {
         reader: &mut R,
     ) -> Option<io::Result<(Hashes, u64)>> {
         let buffer_size = self.buf.len();
-        let (to_sha1, sha1_input) = mpsc::sync_channel::<(Vec<u8>, usize)>(PIPELINE_DEPTH);
-        let (give_back, returned) = mpsc::sync_channel::<Vec<u8>>(PIPELINE_DEPTH);
+        let (to_sha1, sha1_input) = mpsc::sync_channel::<(AlignedBuf, usize)>(PIPELINE_DEPTH);
+        let (give_back, returned) = mpsc::sync_channel::<AlignedBuf>(PIPELINE_DEPTH);
         std::thread::scope(|scope| {
             let sha1_thread = std::thread::Builder::new()
                 .name("sha1".into())
@@ -228,7 +277,7 @@ impl FileHasher {
             let read: io::Result<()> = loop {
                 let mut buf = if fresh > 0 {
                     fresh -= 1;
-                    vec![0; buffer_size]
+                    AlignedBuf::new(buffer_size)
                 } else {
                     match returned.recv() {
                         Ok(buf) => buf,
@@ -306,6 +355,18 @@ mod tests {
 
     fn qx(bytes: &[u8]) -> String {
         hash_bytes(bytes).quick_xor
+    }
+
+    #[test]
+    fn read_buffers_start_on_a_64_byte_boundary() {
+        for len in [1, 100, READ_BUFFER_SIZE, 10 << 20] {
+            let mut buf = AlignedBuf::new(len);
+            assert_eq!(buf.len(), len);
+            assert_eq!(buf.as_ptr() as usize % READ_ALIGN, 0, "len {len}");
+            assert!(buf.iter().all(|&b| b == 0));
+            buf[len - 1] = 7;
+            assert_eq!(buf[len - 1], 7);
+        }
     }
 
     // graph-api.md section 9, every row.

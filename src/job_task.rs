@@ -409,6 +409,9 @@ pub async fn run_job<R: Remote>(
                     tracing::info!(job = %job.name, "run stopped by shutdown; an interrupted upload resumes at the next start");
                     break;
                 }
+                // What the run allocated (state records, scan, plan) is
+                // freed now; hand it back instead of idling on it.
+                let _ = tokio::task::spawn_blocking(crate::memory::release_freed).await;
                 let Some(result) = result else { break };
                 let problem = match result {
                     Ok(report) => {

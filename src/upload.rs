@@ -52,7 +52,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{Buf as _, Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
@@ -305,17 +305,39 @@ fn spawn_read(
     offset: u64,
     len: usize,
     mut hasher: ContentHasher,
-    mut buf: Vec<u8>,
+    spare: BytesMut,
 ) -> tokio::task::JoinHandle<ReadResult> {
     tokio::task::spawn_blocking(move || {
         // A reused buffer of the same size is overwritten as it is: no
         // fresh zeroed 10 MiB (and its page faults) per fragment.
-        buf.resize(len, 0);
-        file.read_exact_at(&mut buf, offset)?;
-        hasher.update(&buf);
+        let mut buf = fragment_buffer(spare, len);
+        // Read and hash in slices that fit in L2 cache: each slice is hashed
+        // right after the kernel copied it in, instead of being fetched from
+        // memory again once the whole fragment is read (measured: the read
+        // copy had cost as much CPU as SHA-1 on a 2 GiB upload).
+        let mut done = 0;
+        for slice in buf.chunks_mut(crate::hash::READ_BUFFER_SIZE) {
+            file.read_exact_at(slice, offset + done)?;
+            hasher.update(slice);
+            done += slice.len() as u64;
+        }
         let after = Fingerprint::of(&file.metadata()?);
-        Ok((Bytes::from(buf), hasher, after))
+        Ok((buf.freeze(), hasher, after))
     })
+}
+
+/// A buffer of `len` bytes for a fragment, starting on a
+/// [`crate::hash::READ_ALIGN`] boundary (reads into it are four times
+/// faster): `spare` (the buffer of a fragment already sent) when it is
+/// aligned and large enough, else a new one. Turning it into [`Bytes`] and
+/// back after the PUT moves no byte, so the alignment stays.
+fn fragment_buffer(mut spare: BytesMut, len: usize) -> BytesMut {
+    if spare.capacity() < len || crate::hash::align_pad(spare.as_ptr()) != 0 {
+        spare = BytesMut::zeroed(len + crate::hash::READ_ALIGN - 1);
+        spare.advance(crate::hash::align_pad(spare.as_ptr()));
+    }
+    spare.resize(len, 0);
+    spare
 }
 
 async fn read_fragment(
@@ -324,7 +346,7 @@ async fn read_fragment(
     len: usize,
     hasher: ContentHasher,
 ) -> ReadResult {
-    spawn_read(file, offset, len, hasher, Vec::new())
+    spawn_read(file, offset, len, hasher, BytesMut::new())
         .await
         .expect("read task panicked")
 }
@@ -334,7 +356,7 @@ async fn read_fragment(
 async fn hash_prefix(file: Arc<File>, len: u64) -> Result<ContentHasher, std::io::Error> {
     tokio::task::spawn_blocking(move || {
         let mut hasher = ContentHasher::new();
-        let mut buf = vec![0u8; crate::hash::READ_BUFFER_SIZE];
+        let mut buf = crate::hash::AlignedBuf::new(crate::hash::READ_BUFFER_SIZE);
         let mut done = 0u64;
         while done < len {
             let n = buf.len().min((len - done) as usize);
@@ -929,7 +951,7 @@ impl<'a, R: Remote> Uploader<'a, R> {
         // offset), `hasher` is rebuilt from the file, as on every resume.
         let mut prefetched: Option<Prefetch> = None;
         // The buffer of the last fragment sent, for the next read.
-        let mut spare: Vec<u8> = Vec::new();
+        let mut spare = BytesMut::new();
         let mut gone_once = false;
         let mut restarts = 0;
         loop {
@@ -961,6 +983,7 @@ impl<'a, R: Remote> Uploader<'a, R> {
                 return Err(TransferError::Cancelled);
             }
             let len = fragment.min(total - offset) as usize;
+            let waited = std::time::Instant::now();
             let read = match prefetched.take() {
                 Some(p) if p.offset == offset && p.len == len => {
                     p.task.await.expect("read task panicked")
@@ -1008,6 +1031,8 @@ impl<'a, R: Remote> Uploader<'a, R> {
             } else {
                 hasher = h;
             }
+            let read_wait = waited.elapsed();
+            let put_started = std::time::Instant::now();
             // Our handle on the fragment's buffer: once the PUT is done and
             // the HTTP stack has let go of it, it holds the fragment after next.
             let sent_buf = bytes.clone();
@@ -1030,7 +1055,7 @@ impl<'a, R: Remote> Uploader<'a, R> {
             // Unique again unless the HTTP stack still holds it (then a
             // fresh buffer is allocated next time, as before).
             if let Ok(b) = sent_buf.try_into_mut() {
-                spare = b.into();
+                spare = b;
             }
             match result {
                 Ok(FragmentOutcome::Accepted {
@@ -1038,6 +1063,17 @@ impl<'a, R: Remote> Uploader<'a, R> {
                     expires,
                 }) => {
                     self.count_sent(len as u64);
+                    // Where a large upload's time goes (-vv): waiting for the
+                    // fragment's read and hash, or for the service.
+                    tracing::debug!(
+                        job = %job,
+                        path = %entry.path,
+                        offset,
+                        len,
+                        read_wait_us = read_wait.as_micros() as u64,
+                        put_us = put_started.elapsed().as_micros() as u64,
+                        "fragment accepted"
+                    );
                     gone_once = false;
                     if next_offset != next_offset_expected {
                         prefetched = None;
@@ -1291,6 +1327,31 @@ mod tests {
             mtime: None,
             is_folder: false,
         }
+    }
+
+    /// Fragment buffers start on a 64-byte boundary and survive the trip
+    /// through `Bytes` (the PUT) and back without a copy, so every fragment
+    /// of an upload after the first reads into the same aligned memory.
+    #[test]
+    fn fragment_buffers_are_aligned_and_reused_in_place() {
+        let len = 10 * 1024 * 1024;
+        let first = fragment_buffer(BytesMut::new(), len);
+        assert_eq!(first.len(), len);
+        assert_eq!(first.as_ptr() as usize % crate::hash::READ_ALIGN, 0);
+        let at = first.as_ptr();
+        let sent = first.freeze();
+        let in_flight = sent.clone();
+        drop(sent);
+        let back = in_flight.try_into_mut().expect("unique after the PUT");
+        let again = fragment_buffer(back, len);
+        assert_eq!(again.as_ptr(), at, "the same memory, not a copy");
+        // The last, shorter fragment of a file uses it too.
+        let last = fragment_buffer(again.freeze().try_into_mut().unwrap(), 4096);
+        assert_eq!((last.as_ptr(), last.len()), (at, 4096));
+        // A buffer too small for the fragment is replaced by an aligned one.
+        let grown = fragment_buffer(last, len + 1);
+        assert_eq!(grown.len(), len + 1);
+        assert_eq!(grown.as_ptr() as usize % crate::hash::READ_ALIGN, 0);
     }
 
     #[test]
