@@ -85,6 +85,12 @@ pub struct Args {
     #[arg(long, default_value_t = 2048)]
     large_mib: usize,
 
+    /// upload-large: runs of the emulator's ingest and of `sharepush sync`,
+    /// alternated; each side is judged by its fastest run (the same rule for
+    /// both, so a noisy moment on a shared machine does not decide the ratio).
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+
     /// upload-*: skip the rclone comparison.
     #[arg(long)]
     no_rclone: bool,
