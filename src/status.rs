@@ -71,6 +71,17 @@ pub struct Conflict {
     pub seen_at: String,
 }
 
+/// Our version of a file, uploaded beside someone else's edit of it
+/// (`on_remote_change = "keep-both"`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ConflictCopy {
+    /// The copy in the library, relative to the job folder.
+    pub path: String,
+    /// The file it is our version of.
+    pub copy_of: String,
+    pub uploaded_at: String,
+}
+
 /// The daemon process as recorded.
 #[derive(Debug, Clone, Serialize)]
 pub struct DaemonStatus {
@@ -130,6 +141,9 @@ pub struct JobStatus {
     pub failed_files_more: u64,
     /// Remote edits left in place (`on_remote_change = "skip"`).
     pub conflicts: Vec<Conflict>,
+    /// Our versions uploaded beside someone else's edits
+    /// (`on_remote_change = "keep-both"`), by path.
+    pub conflict_copies: Vec<ConflictCopy>,
     /// Bytes uploaded by the last run and by all recorded runs.
     pub bytes_last_run: u64,
     pub bytes_total: u64,
@@ -366,6 +380,7 @@ fn empty_job(name: &str) -> JobStatus {
         failed_files: Vec::new(),
         failed_files_more: 0,
         conflicts: Vec::new(),
+        conflict_copies: Vec::new(),
         bytes_last_run: 0,
         bytes_total: 0,
         has_failures: false,
@@ -386,6 +401,15 @@ fn job_from_store(
         .map(|c| Conflict {
             path: c.path,
             seen_at: local_time(c.seen_at),
+        })
+        .collect();
+    job.conflict_copies = store
+        .conflict_copies(name)?
+        .into_iter()
+        .map(|c| ConflictCopy {
+            path: c.path,
+            copy_of: c.source_path,
+            uploaded_at: local_time(c.created_at),
         })
         .collect();
     let counts = store.counts(name)?;
@@ -621,6 +645,26 @@ fn write_job_text(out: &mut dyn Write, job: &JobStatus) {
         );
         for c in &job.conflicts {
             let _ = writeln!(out, "    {} (seen {})", c.path, c.seen_at);
+        }
+    }
+    if !job.conflict_copies.is_empty() {
+        let _ = writeln!(
+            out,
+            "  conflict copies (ours, uploaded beside someone else's edit; on_remote_change = \"keep-both\"):"
+        );
+        for c in job.conflict_copies.iter().take(FAILED_TEXT_MAX) {
+            let _ = writeln!(
+                out,
+                "    {} (ours of {}, {})",
+                c.path, c.copy_of, c.uploaded_at
+            );
+        }
+        if job.conflict_copies.len() > FAILED_TEXT_MAX {
+            let _ = writeln!(
+                out,
+                "    ... and {} more (--json lists them all)",
+                job.conflict_copies.len() - FAILED_TEXT_MAX
+            );
         }
     }
 }

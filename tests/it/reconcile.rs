@@ -315,6 +315,23 @@ async fn a_remote_edit_stays_and_ours_goes_beside_it_with_keep_both() {
     assert_eq!(changes.len(), 1, "{changes:?}");
     assert_eq!(changes[0].outcome.as_deref(), Some("kept-both"));
     drop(s);
+    // `status` names the copy, as JSON and as text.
+    let config_path = fx.path("config.toml");
+    let out = fx.sharepush(&config_path, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = &status["jobs"][0]["conflict_copies"];
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{status}");
+    assert_eq!(
+        format!("{FOLDER}/{}", listed[0]["path"].as_str().unwrap()),
+        copy.path
+    );
+    assert_eq!(listed[0]["copy_of"], "nested/ten.bin");
+    let out = fx.sharepush(&config_path, &["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("conflict copies") && text.contains("(ours of nested/ten.bin, "),
+        "{text}"
+    );
 
     // Nothing loops: no upload, no new conflict, the copy is not mirrored away.
     for _ in 0..2 {
