@@ -27,6 +27,7 @@ use std::path::Path;
 use std::sync::mpsc;
 
 use base64::Engine as _;
+use bytes::{Buf as _, BytesMut};
 use quickxorhash::QuickXorHash;
 use sha1::{Digest as _, Sha1};
 
@@ -60,41 +61,14 @@ pub fn align_pad(ptr: *const u8) -> usize {
     (READ_ALIGN - (ptr as usize) % READ_ALIGN) % READ_ALIGN
 }
 
-/// A zeroed read buffer that starts on a [`READ_ALIGN`] boundary.
-pub struct AlignedBuf {
-    vec: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl AlignedBuf {
-    /// `len` zero bytes, aligned.
-    pub fn new(len: usize) -> AlignedBuf {
-        let vec = vec![0u8; len + READ_ALIGN - 1];
-        let start = align_pad(vec.as_ptr());
-        AlignedBuf { vec, start, len }
-    }
-}
-
-impl fmt::Debug for AlignedBuf {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AlignedBuf")
-            .field("len", &self.len)
-            .finish()
-    }
-}
-
-impl std::ops::Deref for AlignedBuf {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.vec[self.start..self.start + self.len]
-    }
-}
-
-impl std::ops::DerefMut for AlignedBuf {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        &mut self.vec[self.start..self.start + self.len]
-    }
+/// `len` zero bytes starting on a [`READ_ALIGN`] boundary: every read
+/// buffer (scan hashing, upload fragments). A [`BytesMut`], so an upload
+/// fragment becomes `Bytes` for its PUT and comes back without a copy.
+pub fn aligned_buffer(len: usize) -> BytesMut {
+    let mut buf = BytesMut::zeroed(len + READ_ALIGN - 1);
+    buf.advance(align_pad(buf.as_ptr()));
+    buf.truncate(len);
+    buf
 }
 
 /// The two hashes of one file's content.
@@ -180,7 +154,7 @@ const PIPELINE_DEPTH: usize = 4;
 /// QuickXorHash cost about a quarter of SHA-1's time, which a single thread
 /// pays on top of SHA-1; the pipeline hides it behind SHA-1 on a second core.
 pub struct FileHasher {
-    buf: AlignedBuf,
+    buf: BytesMut,
     /// Files this large or larger use the two-thread pipeline.
     pipeline_min: u64,
 }
@@ -210,7 +184,7 @@ impl FileHasher {
     /// threshold (`u64::MAX` = never); for benchmarks and tests.
     pub fn with_options(buffer_size: usize, pipeline_min: u64) -> Self {
         FileHasher {
-            buf: AlignedBuf::new(buffer_size.max(1)),
+            buf: aligned_buffer(buffer_size.max(1)),
             pipeline_min,
         }
     }
@@ -256,8 +230,8 @@ impl FileHasher {
         reader: &mut R,
     ) -> Option<io::Result<(Hashes, u64)>> {
         let buffer_size = self.buf.len();
-        let (to_sha1, sha1_input) = mpsc::sync_channel::<(AlignedBuf, usize)>(PIPELINE_DEPTH);
-        let (give_back, returned) = mpsc::sync_channel::<AlignedBuf>(PIPELINE_DEPTH);
+        let (to_sha1, sha1_input) = mpsc::sync_channel::<(BytesMut, usize)>(PIPELINE_DEPTH);
+        let (give_back, returned) = mpsc::sync_channel::<BytesMut>(PIPELINE_DEPTH);
         std::thread::scope(|scope| {
             let sha1_thread = std::thread::Builder::new()
                 .name("sha1".into())
@@ -277,7 +251,7 @@ impl FileHasher {
             let read: io::Result<()> = loop {
                 let mut buf = if fresh > 0 {
                     fresh -= 1;
-                    AlignedBuf::new(buffer_size)
+                    aligned_buffer(buffer_size)
                 } else {
                     match returned.recv() {
                         Ok(buf) => buf,
@@ -360,7 +334,7 @@ mod tests {
     #[test]
     fn read_buffers_start_on_a_64_byte_boundary() {
         for len in [1, 100, READ_BUFFER_SIZE, 10 << 20] {
-            let mut buf = AlignedBuf::new(len);
+            let mut buf = aligned_buffer(len);
             assert_eq!(buf.len(), len);
             assert_eq!(buf.as_ptr() as usize % READ_ALIGN, 0, "len {len}");
             assert!(buf.iter().all(|&b| b == 0));

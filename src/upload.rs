@@ -52,7 +52,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::{Buf as _, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
@@ -333,8 +333,7 @@ fn spawn_read(
 /// back after the PUT moves no byte, so the alignment stays.
 fn fragment_buffer(mut spare: BytesMut, len: usize) -> BytesMut {
     if spare.capacity() < len || crate::hash::align_pad(spare.as_ptr()) != 0 {
-        spare = BytesMut::zeroed(len + crate::hash::READ_ALIGN - 1);
-        spare.advance(crate::hash::align_pad(spare.as_ptr()));
+        return crate::hash::aligned_buffer(len);
     }
     spare.resize(len, 0);
     spare
@@ -356,7 +355,7 @@ async fn read_fragment(
 async fn hash_prefix(file: Arc<File>, len: u64) -> Result<ContentHasher, std::io::Error> {
     tokio::task::spawn_blocking(move || {
         let mut hasher = ContentHasher::new();
-        let mut buf = crate::hash::AlignedBuf::new(crate::hash::READ_BUFFER_SIZE);
+        let mut buf = crate::hash::aligned_buffer(crate::hash::READ_BUFFER_SIZE);
         let mut done = 0u64;
         while done < len {
             let n = buf.len().min((len - done) as usize);
