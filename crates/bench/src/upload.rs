@@ -21,7 +21,10 @@
 //! Every run starts from an empty emulator with the same `--latency`, and
 //! what arrived is checked through `GET /_emulator/tree` (count and sizes).
 //! `upload-large` alternates the emulator's ingest and `sharepush sync`
-//! `--repeat` times and judges each side by its fastest run.
+//! `--repeat` times and judges each side by its fastest run. It also reads
+//! the emulator's CPU seconds from `/proc` around each run and adds a "CPU
+//! floor" row: on a machine where client and emulator share the cores, the
+//! fastest run cannot beat their CPU seconds spread over every core.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
