@@ -226,6 +226,11 @@ pub(crate) async fn recheck_drive<R: Remote>(
     Ok(Ok(DriveCheck::Replaced(fresh)))
 }
 
+/// A run scoped to a watch batch looks at most this many paths (the batch's
+/// plus those that need a look anyway); beyond, it walks the whole source,
+/// which then costs about the same.
+pub const MAX_SCOPED_PATHS: usize = 10_000;
+
 /// Scans, plans, uploads and records one job once. Per-file problems are in
 /// the report; only a broken state store is an error. Everything the run
 /// logs is inside one `run` span (job, trigger), closed by one summary line
@@ -236,27 +241,41 @@ pub(crate) async fn recheck_drive<R: Remote>(
 /// finish; the run is recorded `cancelled` and the report says so. The scan
 /// itself is not interrupted (its findings are recorded, so nothing it
 /// found is lost).
+///
+/// `scope`: `None` scans the whole source. `Some(paths)` (a watch batch's
+/// changed paths, `/`-separated, relative to the source) scans only those
+/// paths, and below them, plus every file the state says still needs a
+/// look ([`crate::state::Store::paths_needing_a_look`]: not synced yet,
+/// failed, racily clean), so a retry never waits for a full scan. The other
+/// known files count as unchanged, for the report and the `max_delete`
+/// guard alike.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_once<R: Remote>(
     remote: &R,
     store: &SharedStore,
     throttle: &Throttle,
     job: &JobSpec,
     trigger: RunTrigger,
+    scope: Option<&[String]>,
     progress: Option<Arc<Progress>>,
     cancel: &CancellationToken,
 ) -> Result<JobReport, StateError> {
     let span = tracing::info_span!("run", job = %job.name, trigger = %trigger);
-    run_stages(remote, store, throttle, job, trigger, progress, cancel)
-        .instrument(span)
-        .await
+    run_stages(
+        remote, store, throttle, job, trigger, scope, progress, cancel,
+    )
+    .instrument(span)
+    .await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_stages<R: Remote>(
     remote: &R,
     store: &SharedStore,
     throttle: &Throttle,
     job: &JobSpec,
     trigger: RunTrigger,
+    scope: Option<&[String]>,
     progress: Option<Arc<Progress>>,
     cancel: &CancellationToken,
 ) -> Result<JobReport, StateError> {
@@ -281,14 +300,42 @@ async fn run_stages<R: Remote>(
     }
 
     let name = job.name.clone();
-    let known = store.call(move |s| s.known_files(&name)).await?;
+    let scope: Option<Vec<String>> = scope.map(<[String]>::to_vec);
+    // Scoped: the records below the scope, and how many the job has beyond
+    // them (counted unchanged after the scan).
+    let (known, roots, outside) = store
+        .call(move |s| -> Result<_, StateError> {
+            match scope {
+                None => Ok((s.known_files(&name)?, None, 0)),
+                Some(mut roots) => {
+                    roots.extend(s.paths_needing_a_look(&name)?);
+                    if roots.len() > MAX_SCOPED_PATHS {
+                        return Ok((s.known_files(&name)?, None, 0));
+                    }
+                    let (known, total) = s.known_files_under(&name, &roots)?;
+                    let outside = total.saturating_sub(known.len() as u64);
+                    Ok((known, Some(roots), outside))
+                }
+            }
+        })
+        .await?;
+    if let Some(roots) = &roots {
+        tracing::debug!(job = %job.name, paths = roots.len(), known = known.len(), "scan scoped to changed paths");
+    }
     let mut options = ScanOptions::from(job);
     // New files are hashed by the uploader while it reads them (scan docs,
     // "Not hashed yet"): one read instead of two.
     options.hash_new = false;
-    let scanned = tokio::task::spawn_blocking(move || scan::scan(&options, known))
-        .await
-        .expect("scan task panicked");
+    let scanned = tokio::task::spawn_blocking(move || match roots {
+        None => scan::scan(&options, known),
+        Some(roots) => scan::scan_scoped(&options, known, &roots),
+    })
+    .await
+    .expect("scan task panicked");
+    let scanned = scanned.map(|mut r| {
+        r.unchanged += outside;
+        r
+    });
     let scanned = match scanned {
         Ok(r) => r,
         Err(e) => {
@@ -759,6 +806,7 @@ pub async fn sync_jobs(
                 &throttle,
                 job,
                 RunTrigger::Manual,
+                None,
                 options.progress.clone(),
                 &options.cancel,
             )

@@ -26,6 +26,14 @@
 //! at most [`MAX_SETTLE_HOLD`] times `settle`; the uploader then still
 //! notices a change during the upload and sends the file again next run.
 //!
+//! **Scope.** A run that only watch batches asked for scans only their
+//! paths (`run_once`'s `scope`; the job adds every file that still needs a
+//! look). Anything else that asked for the same run (startup, a cron tick,
+//! the periodic full scan, SIGUSR1, a remote change), a batch that lost
+//! events, a path that is not UTF-8, more than
+//! [`crate::job::MAX_SCOPED_PATHS`] paths, or a retry after a failed run
+//! makes it a full scan.
+//!
 //! **Schedules.** A job with a `schedule` registers it, in the job's
 //! `timezone`, with the daemon's one tokio-cron-scheduler
 //! ([`crate::scheduler`]) before it reports ready, and removes it when the
@@ -350,6 +358,11 @@ pub async fn run_job<R: Remote>(
         job.settings.settle,
     );
     let mut pending: Option<RunTrigger> = Some(RunTrigger::Startup);
+    // What the pending run must scan: the paths of the watch batches since
+    // the last run, unless anything else asked for it too (or a batch lost
+    // events): then the whole source (`full`).
+    let mut changed: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    let mut full = true;
     let mut retry_at: Option<Instant> = None;
     let mut failures: u32 = 0;
     let mut last_logged_error: Option<String> = None;
@@ -371,6 +384,11 @@ pub async fn run_job<R: Remote>(
                 pending = None;
                 retry_at = None;
                 settle.clear();
+                let scope: Option<Vec<String>> =
+                    (!full && !changed.is_empty() && changed.len() <= crate::job::MAX_SCOPED_PATHS)
+                        .then(|| std::mem::take(&mut changed).into_iter().collect());
+                changed.clear();
+                full = false;
                 if job.watch && watch.is_none() {
                     watch = arm(&job, &mut warned);
                     publish_watch(&ctx.store, &job.name, &status, watch_state(&watch)).await;
@@ -389,6 +407,7 @@ pub async fn run_job<R: Remote>(
                     &ctx.throttle,
                     &job,
                     trigger,
+                    scope.as_deref(),
                     None,
                     &cancel,
                 );
@@ -459,6 +478,8 @@ pub async fn run_job<R: Remote>(
                         let delay = retry_delay(failures);
                         retry_at = Some(Instant::now() + delay);
                         pending.get_or_insert(trigger);
+                        // The retry looks at everything.
+                        full = true;
                         if whole_job && last_logged_error.as_deref() != Some(error.as_str()) {
                             tracing::error!(job = %job.name, error = %error, retry_in_s = delay.as_secs(), "job run failed; retrying with backoff");
                         }
@@ -490,7 +511,17 @@ pub async fn run_job<R: Remote>(
                 }
                 if !dirty.is_empty() {
                     let (now, wall_now) = (Instant::now(), std::time::SystemTime::now());
+                    // Lost events (or a broken watch): only a full scan is sure.
+                    full |= dirty.rescan || dirty.broken.is_some();
                     for rel in dirty.paths {
+                        match rel.to_str() {
+                            Some(text) if !full => {
+                                changed.insert(text.to_string());
+                            }
+                            Some(_) => {}
+                            // The scan reports such a name; let it see all.
+                            None => full = true,
+                        }
                         settle.add(rel, now, wall_now);
                     }
                     pending.get_or_insert(RunTrigger::Watch);
@@ -498,6 +529,7 @@ pub async fn run_job<R: Remote>(
             }
             Some(()) = ticks.recv(), if cron.is_some() => {
                 pending.get_or_insert(RunTrigger::Schedule);
+                full = true;
                 // Ticks that queued up (two day fields matching at once,
                 // or ticks during a run) are this same pending run.
                 while ticks.try_recv().is_ok() {}
@@ -510,6 +542,7 @@ pub async fn run_job<R: Remote>(
             }
             _ = sleep_until_opt(periodic_at) => {
                 pending.get_or_insert(RunTrigger::Schedule);
+                full = true;
                 let every = if watch.is_some() { WATCH_FULL_SCAN } else { FALLBACK_SCAN };
                 periodic_at = Some(Instant::now() + every);
             }
@@ -528,6 +561,7 @@ pub async fn run_job<R: Remote>(
                                 Ok(r) if !r.resolved.is_empty() || r.adopted > 0 || r.library_replaced => {
                                     tracing::info!(job = %job.name, remote_changes = r.remote_changes, "remote changes found; a run follows");
                                     pending.get_or_insert(RunTrigger::Reconcile);
+                                    full = true;
                                 }
                                 Ok(_) => {}
                                 Err(e) => tracing::debug!(job = %job.name, error = %e, "periodic reconcile could not ask the library; the next run does"),
@@ -540,6 +574,7 @@ pub async fn run_job<R: Remote>(
             m = manual.recv(), if manual_open => match m {
                 Some(()) => {
                     pending.get_or_insert(RunTrigger::Manual);
+                    full = true;
                 }
                 None => manual_open = false,
             },

@@ -24,6 +24,10 @@
 //! adopting a remote file that is already there) hashes it itself, e.g. with
 //! [`crate::hash::FileHasher`], and must check the fingerprint after.
 //!
+//! Scoped: [`scan_scoped`] walks only given paths (a watch batch's), each a
+//! file or a folder with everything below it, against the records of just
+//! those paths; the daemon's watch-triggered runs use it.
+//!
 //! Memory: unchanged files that are already synced produce nothing but a
 //! counter, and their records leave the `known` map as they are met, so a
 //! rescan holds the state lookup and little else.
@@ -425,6 +429,54 @@ pub fn scan(
     opts: &ScanOptions,
     known: HashMap<String, KnownFile>,
 ) -> Result<ScanReport, ScanError> {
+    scan_in(opts, known, None)
+}
+
+/// [`scan`] limited to `roots` (`/`-separated paths relative to the source:
+/// a file, or a folder with everything below it), for a watch batch: only
+/// these are `lstat`ed, so a change costs its own paths instead of a walk of
+/// the whole tree. `known` must hold the records of exactly those paths
+/// ([`crate::state::Store::known_files_under`]): what is left of it is
+/// vanished or deselected as in a full scan. A root that does not exist
+/// simply finds nothing (its records vanish); a root below an excluded
+/// folder is not looked at (its records are deselected). The report's
+/// `unchanged` counts only files under the roots.
+pub fn scan_scoped(
+    opts: &ScanOptions,
+    known: HashMap<String, KnownFile>,
+    roots: &[String],
+) -> Result<ScanReport, ScanError> {
+    scan_in(opts, known, Some(roots))
+}
+
+/// The outermost of `roots`: a root below another one is walked with it.
+fn outermost(roots: &[String]) -> Vec<String> {
+    let mut sorted: Vec<&str> = roots
+        .iter()
+        .map(|r| r.trim_matches('/'))
+        .filter(|r| !r.is_empty())
+        .collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut kept: Vec<String> = Vec::new();
+    for root in sorted {
+        // Sorted, so an ancestor ("a") comes before its descendants
+        // ("a/b"), though not always right before ("a-1" sorts between).
+        let below_kept = kept.iter().any(|k| {
+            root.len() > k.len() && root.starts_with(k.as_str()) && root.as_bytes()[k.len()] == b'/'
+        });
+        if !below_kept {
+            kept.push(root.to_string());
+        }
+    }
+    kept
+}
+
+fn scan_in(
+    opts: &ScanOptions,
+    known: HashMap<String, KnownFile>,
+    roots: Option<&[String]>,
+) -> Result<ScanReport, ScanError> {
     let filter = Filter::new(&opts.include, &opts.exclude)?;
     let source = check_source(&opts.source)?;
     let racy_cutoff_ns = racy_cutoff_now();
@@ -433,8 +485,31 @@ pub fn scan(
         0 => std::thread::available_parallelism().map_or(2, |n| n.get().min(8)),
         n => n,
     };
+    // Where the walk starts: the source, or each scoped root that exists
+    // and that the patterns let in.
+    let starts: Vec<PathBuf> = match roots {
+        None => vec![source.clone()],
+        Some(roots) => outermost(roots)
+            .into_iter()
+            .filter_map(|rel| {
+                let path = source.join(&rel);
+                let meta = fs::symlink_metadata(&path).ok()?;
+                filter
+                    .matches(Path::new(&rel), meta.is_dir())
+                    .is_included()
+                    .then_some(path)
+            })
+            .collect(),
+    };
     let filter = Arc::new(filter);
-    let mut walk = WalkBuilder::new(&source);
+    let Some((first, rest)) = starts.split_first() else {
+        // Nothing to walk: every record handed in vanished or is deselected.
+        return Ok(finish(&filter, racy_cutoff_ns, known, Vec::new()));
+    };
+    let mut walk = WalkBuilder::new(first);
+    for start in rest {
+        walk.add(start);
+    }
     walk.standard_filters(false)
         .follow_links(opts.follow_symlinks)
         .threads(threads);
@@ -467,7 +542,17 @@ pub fn scan(
     let Shared { known, results, .. } = shared;
     let known = known.into_inner().unwrap_or_else(PoisonError::into_inner);
     let results = results.into_inner().unwrap_or_else(PoisonError::into_inner);
+    Ok(finish(&filter, racy_cutoff_ns, known, results))
+}
 
+/// Merges the workers' findings; what is left of `known` vanished (or is
+/// deselected by the patterns), except below unreadable directories.
+fn finish(
+    filter: &Filter,
+    racy_cutoff_ns: i64,
+    known: HashMap<String, KnownFile>,
+    results: Vec<Partial>,
+) -> ScanReport {
     let mut report = ScanReport {
         racy_cutoff_ns,
         ..ScanReport::default()
@@ -499,7 +584,7 @@ pub fn scan(
     report.deselected.sort_unstable();
     report.dirs.sort_unstable();
     report.verified.sort_unstable();
-    Ok(report)
+    report
 }
 
 /// Resolves the source to a canonical directory (so a source that is itself a
@@ -632,7 +717,8 @@ impl ParallelVisitor for Worker<'_> {
 
 impl Worker<'_> {
     fn visit_entry(&mut self, dent: &DirEntry) -> WalkState {
-        if dent.depth() == 0 {
+        // The source itself (a scoped scan's roots are entries like others).
+        if dent.depth() == 0 && dent.path() == self.shared.source {
             return WalkState::Continue;
         }
         let path = dent.path();
@@ -1301,6 +1387,80 @@ mod tests {
 
         let fresh = scan(&o, HashMap::new()).unwrap();
         assert_eq!(paths(&fresh), ["a.txt", "src/cache.txt"]);
+    }
+
+    /// The records of `known` a scan scoped to `roots` is handed, as
+    /// `Store::known_files_under` selects them.
+    fn under(known: &HashMap<String, KnownFile>, roots: &[&str]) -> HashMap<String, KnownFile> {
+        known
+            .iter()
+            .filter(|(p, _)| {
+                roots
+                    .iter()
+                    .any(|r| p.as_str() == *r || p.starts_with(&format!("{r}/")))
+            })
+            .map(|(p, f)| (p.clone(), f.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_scoped_scan_looks_only_below_its_roots() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path();
+        for rel in ["a/x", "a/y", "a-1/z", "b/z", "top"] {
+            write(src, rel, rel.as_bytes());
+            set_mtime(&src.join(rel), 1_000_000);
+        }
+        let known = known_from(&scan(&opts(src), HashMap::new()).unwrap(), true);
+        write(src, "a/new", b"new");
+        fs::remove_file(src.join("a/x")).unwrap();
+        write(src, "a-1/z", b"changed, outside the scope");
+        fs::remove_file(src.join("top")).unwrap();
+
+        let r = scan_scoped(&opts(src), under(&known, &["a"]), &["a".into()]).unwrap();
+        assert_eq!(paths(&r), ["a/new"]);
+        assert_eq!(r.vanished, ["a/x"]);
+        assert_eq!(r.unchanged, 1, "a/y only: {r:?}");
+        assert_eq!(r.dirs, ["a"]);
+        assert!(r.deselected.is_empty() && r.skipped.is_empty(), "{r:?}");
+
+        // A file root, a root that is gone, a root below another one.
+        let roots = ["a-1/z".into(), "top".into(), "a-1".into()];
+        let r = scan_scoped(&opts(src), under(&known, &["a-1", "top"]), &roots).unwrap();
+        assert_eq!(paths(&r), ["a-1/z"]);
+        assert_eq!(r.vanished, ["top"]);
+        assert_eq!(r.unchanged, 0);
+
+        // Nothing to walk at all.
+        let r = scan_scoped(&opts(src), under(&known, &["top"]), &["top".into()]).unwrap();
+        assert!(r.entries.is_empty() && r.unchanged == 0, "{r:?}");
+        assert_eq!(r.vanished, ["top"]);
+    }
+
+    #[test]
+    fn a_scoped_root_the_patterns_leave_out_is_not_looked_at() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path();
+        write(src, "b/z", b"z");
+        set_mtime(&src.join("b/z"), 1_000_000);
+        let known = known_from(&scan(&opts(src), HashMap::new()).unwrap(), true);
+        write(src, "b/z", b"changed");
+        let o = ScanOptions {
+            exclude: vec!["b/".into()],
+            ..opts(src)
+        };
+        let r = scan_scoped(&o, under(&known, &["b/z"]), &["b/z".into()]).unwrap();
+        assert!(r.entries.is_empty(), "{r:?}");
+        assert_eq!(r.deselected, ["b/z"]);
+        assert!(r.vanished.is_empty());
+    }
+
+    #[test]
+    fn only_the_outermost_roots_are_walked() {
+        let roots: Vec<String> = ["a/b", "a", "a-1/c", "a-1", "ab", "", "/x/", "a"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(outermost(&roots), ["a", "a-1", "ab", "x"]);
     }
 
     #[test]

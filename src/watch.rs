@@ -194,8 +194,16 @@ fn absorb(shared: &Shared, root: &Path, filter: &Filter, result: DebounceEventRe
                         }
                         continue;
                     }
-                    let is_dir = path.is_dir();
-                    if !filter.matches(rel, is_dir).is_included() {
+                    // A path that is gone may have been a folder (moved out,
+                    // deleted): keep it unless the patterns leave it out
+                    // either way, or the run would not see its files go.
+                    let included = if path.exists() {
+                        filter.matches(rel, path.is_dir()).is_included()
+                    } else {
+                        filter.matches(rel, false).is_included()
+                            || filter.matches(rel, true).is_included()
+                    };
+                    if !included {
                         continue;
                     }
                     if dirty.paths.len() >= MAX_DIRTY {
@@ -338,6 +346,23 @@ mod tests {
             !seen.paths.contains(Path::new("cache/inner.txt")),
             "{seen:?}"
         );
+        assert!(!seen.rescan && seen.broken.is_none(), "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn a_folder_moved_out_is_reported_even_with_include_patterns() {
+        // Moving a folder out of the tree is one event for the folder, and
+        // by then nothing says it was a folder: judged as a file, `*.txt`
+        // would have dropped it and its files would never vanish.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("src");
+        std::fs::create_dir_all(root.join("docs")).unwrap();
+        std::fs::write(root.join("docs/a.txt"), b"x").unwrap();
+        let root = root.canonicalize().unwrap();
+        let filter = Filter::new(&["*.txt".into()], &[]).unwrap();
+        let watch = Watch::start(&root, filter, Duration::from_millis(50)).unwrap();
+        std::fs::rename(root.join("docs"), dir.path().join("elsewhere")).unwrap();
+        let seen = wait_for(&watch, |d| d.paths.contains(Path::new("docs"))).await;
         assert!(!seen.rescan && seen.broken.is_none(), "{seen:?}");
     }
 

@@ -281,6 +281,33 @@ fn scan_write(row: Option<(bool, bool, bool)>) -> ScanWrite {
 /// Paths per `DELETE` statement in [`Store::forget`].
 const FORGET_BATCH: usize = 4096;
 
+/// The columns [`known_from_row`] reads, in order.
+const KNOWN_COLUMNS: &str = "path, size, mtime_ns, inode, sha1, quick_xor, state, racy";
+
+/// One [`KNOWN_COLUMNS`] row as a path and what a scan compares it with.
+fn known_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, KnownFile)> {
+    // Parsed from the row's text in place: no string per file.
+    let hashes = match (row.get_ref(4)?, row.get_ref(5)?) {
+        (ValueRef::Text(sha1), ValueRef::Text(quick_xor)) => KnownHashes::from_text(
+            std::str::from_utf8(sha1).unwrap_or(""),
+            std::str::from_utf8(quick_xor).unwrap_or(""),
+        ),
+        _ => None,
+    };
+    let synced = hashes.is_some() && matches!(row.get_ref(6)?, ValueRef::Text(b"synced"));
+    Ok((
+        row.get(0)?,
+        KnownFile {
+            size: u64_from_sql(row.get(1)?),
+            mtime_ns: row.get(2)?,
+            inode: u64_from_sql(row.get(3)?),
+            hashes,
+            synced,
+            racy: row.get(7)?,
+        },
+    ))
+}
+
 impl Store {
     /// The state lookup a scan compares the disk against, for one job, in one
     /// query. `synced` is true only for a `Synced` row with hashes, i.e. when
@@ -289,41 +316,83 @@ impl Store {
         let context = "loading known files";
         let mut stmt = self
             .conn
-            .prepare_cached(
-                "SELECT path, size, mtime_ns, inode, sha1, quick_xor, state, racy
-                 FROM files WHERE job = ?1",
-            )
+            .prepare_cached(&format!("SELECT {KNOWN_COLUMNS} FROM files WHERE job = ?1"))
             .map_err(self.sql(context))?;
         let mut rows = stmt.query([job]).map_err(self.sql(context))?;
         let mut known = HashMap::new();
         while let Some(row) = rows.next().map_err(self.sql(context))? {
-            let read = || -> rusqlite::Result<(String, KnownFile)> {
-                // Parsed from the row's text in place: no string per file.
-                let hashes = match (row.get_ref(4)?, row.get_ref(5)?) {
-                    (ValueRef::Text(sha1), ValueRef::Text(quick_xor)) => KnownHashes::from_text(
-                        std::str::from_utf8(sha1).unwrap_or(""),
-                        std::str::from_utf8(quick_xor).unwrap_or(""),
-                    ),
-                    _ => None,
-                };
-                let synced =
-                    hashes.is_some() && matches!(row.get_ref(6)?, ValueRef::Text(b"synced"));
-                Ok((
-                    row.get(0)?,
-                    KnownFile {
-                        size: u64_from_sql(row.get(1)?),
-                        mtime_ns: row.get(2)?,
-                        inode: u64_from_sql(row.get(3)?),
-                        hashes,
-                        synced,
-                        racy: row.get(7)?,
-                    },
-                ))
-            };
-            let (path, file) = read().map_err(self.sql(context))?;
+            let (path, file) = known_from_row(row).map_err(self.sql(context))?;
             known.insert(path, file);
         }
         Ok(known)
+    }
+
+    /// [`Store::known_files`] for a scan scoped to `roots` (each a file, or a
+    /// folder with everything below it; `/`-separated, relative to the job
+    /// source), read through the primary key: a watch batch looks up what
+    /// it touched, not the whole job. Also returns how many files the job
+    /// knows in all, so the caller can count the rest as unchanged.
+    pub fn known_files_under(
+        &self,
+        job: &str,
+        roots: &[String],
+    ) -> Result<(HashMap<String, KnownFile>, u64), StateError> {
+        let context = "loading known files";
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(self.sql(context))?;
+        // Below `root`: every path from "root/" up to, not including,
+        // "root0" ('0' follows '/' in byte order, the column's collation).
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {KNOWN_COLUMNS} FROM files
+                 WHERE job = ?1 AND (path = ?2 OR (path >= ?3 AND path < ?4))"
+            ))
+            .map_err(self.sql(context))?;
+        let mut known = HashMap::new();
+        for root in roots {
+            let (below, after) = (format!("{root}/"), format!("{root}0"));
+            let mut rows = stmt
+                .query(rusqlite::params![job, root, below, after])
+                .map_err(self.sql(context))?;
+            while let Some(row) = rows.next().map_err(self.sql(context))? {
+                let (path, file) = known_from_row(row).map_err(self.sql(context))?;
+                known.insert(path, file);
+            }
+        }
+        drop(stmt);
+        let total: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM files WHERE job = ?1", [job], |r| {
+                r.get(0)
+            })
+            .map_err(self.sql(context))?;
+        tx.commit().map_err(self.sql(context))?;
+        Ok((known, u64_from_sql(total)))
+    }
+
+    /// Paths whose row a scan must look at even when nothing changed there:
+    /// every file the remote does not hold as recorded (pending, uploading,
+    /// failed, skipped, never hashed) and every racily clean one. A scan
+    /// scoped to a watch batch adds these, so retries, re-uploads asked for
+    /// by a remote change and racy re-checks do not wait for a full scan.
+    pub fn paths_needing_a_look(&self, job: &str) -> Result<Vec<String>, StateError> {
+        let context = "listing files not yet synced";
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT path FROM files WHERE job = ?1
+                 AND (state != 'synced' OR sha1 IS NULL OR racy)",
+            )
+            .map_err(self.sql(context))?;
+        let paths = stmt
+            .query_map([job], |r| r.get(0))
+            .map_err(self.sql(context))?
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(self.sql(context))?;
+        Ok(paths)
     }
 
     /// Records what a scan found, in one transaction: new files become

@@ -658,6 +658,45 @@ fn skipped_files_round_trip_and_unknown_rows_are_rehashed() {
 }
 
 #[test]
+fn known_files_under_roots_and_the_paths_that_need_a_look() {
+    let (_tmp, mut store) = open_temp();
+    // "a-1", "a0" and "ab" sort between or right after "a/..." but are not
+    // below "a".
+    let paths = ["a", "a/b", "a/c/d", "a-1/e", "a0", "ab", "z"];
+    let entries: Vec<_> = paths
+        .iter()
+        .map(|p| entry(p, p.as_bytes(), 1, Change::New))
+        .collect();
+    store.record_scanned(JOB, &entries).unwrap();
+    for p in paths {
+        store
+            .mark_synced(JOB, p, &synced_info(p.as_bytes()))
+            .unwrap();
+    }
+    store.record_scanned("other", &entries[..2]).unwrap();
+
+    let (known, total) = store.known_files_under(JOB, &["a".into()]).unwrap();
+    let mut found: Vec<_> = known.keys().map(String::as_str).collect();
+    found.sort_unstable();
+    assert_eq!(found, ["a", "a/b", "a/c/d"]);
+    assert_eq!(total, 7, "every file of the job, not of other jobs");
+    let (known, _) = store
+        .known_files_under(JOB, &["a/c".into(), "z".into(), "missing".into()])
+        .unwrap();
+    let mut found: Vec<_> = known.keys().map(String::as_str).collect();
+    found.sort_unstable();
+    assert_eq!(found, ["a/c/d", "z"]);
+    assert!(known["z"].synced);
+
+    assert!(store.paths_needing_a_look(JOB).unwrap().is_empty());
+    store.mark_failed(JOB, "a0", "e", None).unwrap();
+    store.record_skipped(JOB, "new-skip", "too large").unwrap();
+    let mut look = store.paths_needing_a_look(JOB).unwrap();
+    look.sort_unstable();
+    assert_eq!(look, ["a0", "new-skip"]);
+}
+
+#[test]
 fn queries_for_status_and_planning() {
     let (_tmp, mut store) = open_temp();
     let entries: Vec<_> = ["c", "a", "b", "d"]
@@ -1120,6 +1159,17 @@ fn bulk_timing() {
             };
             store.mark_synced(JOB, &e.path, &info).unwrap();
         }
+    });
+    // What a watch-triggered run asks for besides its own paths.
+    time("paths_needing_a_look (1000 of 100k)", &mut || {
+        assert_eq!(store.paths_needing_a_look(JOB).unwrap().len(), 99_000)
+    });
+    time("known_files_under 1 file (+ count)", &mut || {
+        let (k, total) = store.known_files_under(JOB, &[paths[7].into()]).unwrap();
+        assert_eq!((k.len(), total), (1, 100_000));
+    });
+    time("unconfirmed_synced", &mut || {
+        store.unconfirmed_synced(JOB).unwrap();
     });
     let owned: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
     time("forget 100k", &mut || {

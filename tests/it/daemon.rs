@@ -277,6 +277,66 @@ async fn created_modified_renamed_and_deleted_files_reach_the_emulator_with_keep
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_batch_scans_its_own_paths_not_the_whole_tree() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    for i in 0..40 {
+        let dir = fx.source().join(format!("d{}", i % 4));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("f{i}.txt"));
+        fs::write(&path, format!("file {i}")).unwrap();
+        // Old enough not to be racily clean (those are looked at again).
+        let f = fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000))
+            .unwrap();
+    }
+    let config = write_config(&fx, &emu, FAST, &[watched(&fx)]);
+    let d = Daemon::start(&fx, &config, &[("RUST_LOG", "sharepush=debug")]);
+    wait_remote(
+        &emu,
+        "backup/d3/f39.txt",
+        b"file 39",
+        Duration::from_secs(30),
+    )
+    .await;
+    // The startup run walked everything.
+    assert!(!d.log().contains("scan scoped"), "{}", d.log());
+
+    fs::write(fx.source().join("d1/f1.txt"), b"edited").unwrap();
+    wait_remote(&emu, "backup/d1/f1.txt", b"edited", Duration::from_secs(20)).await;
+    d.wait_log("run finished", 2, Duration::from_secs(20)).await;
+    let log = d.log();
+    let scoped: Vec<&str> = log.lines().filter(|l| l.contains("scan scoped")).collect();
+    assert_eq!(scoped.len(), 1, "{log}");
+    // One record looked up (the edited file's), not forty.
+    assert!(scoped[0].contains("paths=1 known=1"), "{log}");
+    // Yet the run counts the other 39 as up to date, as a full scan would.
+    let finished = log
+        .lines()
+        .filter(|l| l.contains("run finished"))
+        .nth(1)
+        .unwrap();
+    assert!(
+        finished.contains("changed=1") && finished.contains("up_to_date=39"),
+        "{finished}"
+    );
+
+    // A new folder moved in is walked whole.
+    let outside = fx.path("incoming");
+    fs::create_dir_all(outside.join("deep")).unwrap();
+    fs::write(outside.join("deep/g.txt"), b"moved in").unwrap();
+    fs::rename(&outside, fx.source().join("incoming")).unwrap();
+    wait_remote(
+        &emu,
+        "backup/incoming/deep/g.txt",
+        b"moved in",
+        Duration::from_secs(20),
+    )
+    .await;
+    drop(d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_written_slowly_over_five_seconds_is_uploaded_once_complete() {
     let emu = emu::start(Options::default()).await;
     let fx = Fixture::new();

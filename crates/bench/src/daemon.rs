@@ -1,4 +1,4 @@
-//! `idle`, `latency` and `burst`: the daemon (`sharepush run`) as a child
+//! `idle`, `latency`, `burst` and `change`: the daemon (`sharepush run`) as a child
 //! process watching a folder, against graph-emulator started in this process
 //! (plain HTTP on 127.0.0.1:0, app-only sign-in), as `tests/it/daemon.rs`
 //! does. The daemon's CPU and memory come from `/proc/<pid>/stat`
@@ -19,6 +19,14 @@
 //!   new folders while watching: all arrive with the right size, none is
 //!   uploaded twice (createUploadSession and simple PUT counted per name in
 //!   the emulator's request log), peak RSS < 128 MiB.
+//! - `change`: what one edited file costs a watching daemon over a large
+//!   tree. `--change-files` files (default 20,000, aged so none is racily
+//!   clean) are uploaded by the startup run; the baseline is the daemon's
+//!   CPU for one full rescan of the unchanged tree (SIGUSR1 asks for a full
+//!   run); then 20 files are edited one after the other, each once the last
+//!   one arrived, and the daemon's CPU per edit is compared with it.
+//!   Target: below half a full rescan (what remains is each run's fixed
+//!   work: the delta request, the run's records, status).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -453,6 +461,108 @@ async fn latency_run(args: &Args) -> anyhow::Result<Vec<Row>> {
         met: Some(v <= base_s + slack),
     };
     Ok(vec![row("p50", p50, 0.3), row("p99", p99, 1.0)])
+}
+
+pub fn change(args: &Args) -> anyhow::Result<Vec<Row>> {
+    runtime()?.block_on(change_run(args))
+}
+
+async fn change_run(args: &Args) -> anyhow::Result<Vec<Row>> {
+    const EDITS: usize = 20;
+    let bin = sharepush_bin(args)?;
+    let emu = start_emulator().await?;
+    let defaults = "debounce = \"200ms\"\nsettle = \"500ms\"";
+    let setup = Setup::new(args, "change", &emu, defaults)?;
+    let files = args.change_files.max(EDITS);
+    eprintln!("change: writing {files} files ...");
+    let names = write_files(&setup.source, "c", files, (files / 100).clamp(1, 1000))?;
+    // Old enough that no file is racily clean: such files are looked at
+    // again by the next run, which is not what is measured here.
+    let old = std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    for name in &names {
+        fs::File::options()
+            .write(true)
+            .open(setup.source.join(name))?
+            .set_modified(old)?;
+    }
+    let mut daemon = Daemon::start(&bin, &setup.config)?;
+    eprintln!("change: startup run uploading {files} files ...");
+    daemon
+        .wait_runs(1, Duration::from_secs(3600))
+        .await
+        .context("startup run")?;
+    ensure!(
+        arrived(&emu, &names) == files,
+        "startup run left files behind:\n{}",
+        daemon.tail()
+    );
+
+    // Baseline: what every watch-triggered run used to cost.
+    let cpu_before = daemon.cpu_seconds()?;
+    let t0 = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.pid() as i32),
+        nix::sys::signal::Signal::SIGUSR1,
+    )?;
+    daemon
+        .wait_runs(2, Duration::from_secs(600))
+        .await
+        .context("full rescan (SIGUSR1)")?;
+    let full = Cost {
+        wall_s: t0.elapsed().as_secs_f64(),
+        cpu_s: daemon.cpu_seconds()? - cpu_before,
+        max_rss_kib: 0,
+    };
+
+    let cpu_before = daemon.cpu_seconds()?;
+    let t0 = Instant::now();
+    for i in 0..EDITS {
+        let name = &names[i * (files / EDITS)];
+        let body = format!("edit {i} of the change benchmark\n").into_bytes();
+        fs::write(setup.source.join(name), &body)?;
+        let remote = format!("{FOLDER}/{name}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while emu.read_file(&remote).as_deref() != Some(&body[..]) {
+            ensure!(
+                Instant::now() < deadline,
+                "edit {i} did not arrive within 60 s:\n{}",
+                daemon.tail()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Its run is over (and its CPU spent) before the next edit.
+        daemon
+            .wait_runs(3 + i, Duration::from_secs(60))
+            .await
+            .with_context(|| format!("the run of edit {i}"))?;
+    }
+    let per_edit = Cost {
+        wall_s: t0.elapsed().as_secs_f64() / EDITS as f64,
+        cpu_s: (daemon.cpu_seconds()? - cpu_before) / EDITS as f64,
+        max_rss_kib: daemon.status_kib("VmHWM")?,
+    };
+    drop(daemon);
+    emu.shutdown().await.ok();
+    let ratio = per_edit.cpu_s / full.cpu_s.max(1e-9);
+    Ok(vec![
+        Row::baseline(
+            "change",
+            &format!("full rescan of {files} unchanged files (SIGUSR1), daemon CPU"),
+            full,
+            None,
+        ),
+        Row {
+            scenario: "change".into(),
+            name: format!(
+                "one edited file of {files}, watch-triggered run, daemon CPU per edit ({EDITS} edits)"
+            ),
+            cost: per_edit,
+            mb_per_s: None,
+            ratio: Some(ratio),
+            target: "< 0.5x a full rescan's CPU".into(),
+            met: Some(ratio < 0.5),
+        },
+    ])
 }
 
 pub fn burst(args: &Args) -> anyhow::Result<Vec<Row>> {

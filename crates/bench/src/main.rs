@@ -41,7 +41,8 @@ use clap::Parser;
 #[command(name = "sharepush-bench", version)]
 pub struct Args {
     /// Scenarios to run: scan, hash, emulator, upload-small, upload-large,
-    /// idle, latency, burst, reconcile (scan, hash and emulator when none given).
+    /// idle, latency, burst, change, reconcile (scan, hash and emulator when
+    /// none given).
     #[arg(value_name = "SCENARIO")]
     scenarios: Vec<String>,
 
@@ -125,6 +126,10 @@ pub struct Args {
     #[arg(long, default_value_t = 5000)]
     settle_ms: u64,
 
+    /// change: files in the watched tree, one of which is edited at a time.
+    #[arg(long, default_value_t = 20_000)]
+    change_files: usize,
+
     /// burst: files created at once while the daemon watches.
     #[arg(long, default_value_t = 10_000)]
     burst_files: usize,
@@ -172,9 +177,10 @@ fn main() -> anyhow::Result<()> {
             "idle" => rows.extend(daemon::idle(&args)?),
             "latency" => rows.extend(daemon::latency(&args)?),
             "burst" => rows.extend(daemon::burst(&args)?),
+            "change" => rows.extend(daemon::change(&args)?),
             "reconcile" => rows.extend(upload::reconcile(&args)?),
             other => anyhow::bail!(
-                "unknown scenario {other:?}; known: scan, hash, emulator, upload-small, upload-large, idle, latency, burst, reconcile"
+                "unknown scenario {other:?}; known: scan, hash, emulator, upload-small, upload-large, idle, latency, burst, change, reconcile"
             ),
         }
     }
