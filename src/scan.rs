@@ -486,25 +486,56 @@ fn scan_in(
         n => n,
     };
     // Where the walk starts: the source, or each scoped root that exists
-    // and that the patterns let in.
-    let starts: Vec<PathBuf> = match roots {
-        None => vec![source.clone()],
-        Some(roots) => outermost(roots)
-            .into_iter()
-            .filter_map(|rel| {
+    // and that the patterns let in. A root that cannot be looked at, or a
+    // symlink not followed, is reported and protected as a full walk
+    // would, never taken for gone.
+    let mut starts: Vec<PathBuf> = Vec::new();
+    let mut roots_seen = Partial::default();
+    match roots {
+        None => starts.push(source.clone()),
+        Some(roots) => {
+            for rel in outermost(roots) {
                 let path = source.join(&rel);
-                let meta = fs::symlink_metadata(&path).ok()?;
-                filter
-                    .matches(Path::new(&rel), meta.is_dir())
-                    .is_included()
-                    .then_some(path)
-            })
-            .collect(),
-    };
+                let meta = match fs::symlink_metadata(&path) {
+                    Ok(meta) => meta,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                        ) =>
+                    {
+                        continue;
+                    }
+                    Err(e) => {
+                        roots_seen.protected.push(rel.clone());
+                        roots_seen.skipped.push(Skipped {
+                            path: rel,
+                            reason: SkipReason::Unreadable {
+                                error: e.to_string(),
+                            },
+                        });
+                        continue;
+                    }
+                };
+                if !filter.matches(Path::new(&rel), meta.is_dir()).is_included() {
+                    continue;
+                }
+                if meta.file_type().is_symlink() && !opts.follow_symlinks {
+                    roots_seen.protected.push(rel.clone());
+                    roots_seen.skipped.push(Skipped {
+                        path: rel,
+                        reason: SkipReason::Symlink,
+                    });
+                    continue;
+                }
+                starts.push(path);
+            }
+        }
+    }
     let filter = Arc::new(filter);
     let Some((first, rest)) = starts.split_first() else {
         // Nothing to walk: every record handed in vanished or is deselected.
-        return Ok(finish(&filter, racy_cutoff_ns, known, Vec::new()));
+        return Ok(finish(&filter, racy_cutoff_ns, known, vec![roots_seen]));
     };
     let mut walk = WalkBuilder::new(first);
     for start in rest {
@@ -541,7 +572,8 @@ fn scan_in(
 
     let Shared { known, results, .. } = shared;
     let known = known.into_inner().unwrap_or_else(PoisonError::into_inner);
-    let results = results.into_inner().unwrap_or_else(PoisonError::into_inner);
+    let mut results = results.into_inner().unwrap_or_else(PoisonError::into_inner);
+    results.push(roots_seen);
     Ok(finish(&filter, racy_cutoff_ns, known, results))
 }
 
@@ -1453,6 +1485,45 @@ mod tests {
         assert!(r.entries.is_empty(), "{r:?}");
         assert_eq!(r.deselected, ["b/z"]);
         assert!(r.vanished.is_empty());
+    }
+
+    #[test]
+    fn a_scoped_root_that_cannot_be_looked_at_is_never_taken_for_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path();
+        write(src, "real/f", b"f");
+        std::os::unix::fs::symlink(src.join("real"), src.join("link")).unwrap();
+        let synced = KnownFile {
+            size: 1,
+            mtime_ns: 1,
+            inode: 1,
+            hashes: None,
+            synced: true,
+            racy: false,
+        };
+        let known: HashMap<String, KnownFile> = [("link/f".to_string(), synced.clone())].into();
+        // A symlink not followed: skipped as a full walk skips it.
+        let r = scan_scoped(&opts(src), known.clone(), &["link".into()]).unwrap();
+        assert_eq!(skip_of(&r, "link"), Some(&SkipReason::Symlink));
+        assert!(r.vanished.is_empty() && r.entries.is_empty(), "{r:?}");
+        // Followed, it is walked.
+        let o = ScanOptions {
+            follow_symlinks: true,
+            ..opts(src)
+        };
+        let r = scan_scoped(&o, known, &["link".into()]).unwrap();
+        assert_eq!(paths(&r), ["link/f"]);
+
+        // A root whose lookup fails for another reason than "not there"
+        // (here a symlink loop on the way): reported, its records kept.
+        std::os::unix::fs::symlink(src.join("loop"), src.join("loop")).unwrap();
+        let known: HashMap<String, KnownFile> = [("loop/a".to_string(), synced)].into();
+        let r = scan_scoped(&opts(src), known, &["loop/a".into()]).unwrap();
+        assert!(r.vanished.is_empty(), "{r:?}");
+        assert!(
+            matches!(skip_of(&r, "loop/a"), Some(SkipReason::Unreadable { .. })),
+            "{r:?}"
+        );
     }
 
     #[test]
