@@ -342,27 +342,37 @@ impl Store {
             .conn
             .unchecked_transaction()
             .map_err(self.sql(context))?;
-        // Below `root`: every path from "root/" up to, not including,
-        // "root0" ('0' follows '/' in byte order, the column's collation).
-        let mut stmt = self
+        // The root itself, then below it: every path from "root/" up to,
+        // not including, "root0" ('0' follows '/' in byte order, the
+        // column's collation). Two statements: with `OR` SQLite walks all
+        // of the job's rows instead of two key ranges.
+        let mut exact = self
             .conn
             .prepare_cached(&format!(
-                "SELECT {KNOWN_COLUMNS} FROM files
-                 WHERE job = ?1 AND (path = ?2 OR (path >= ?3 AND path < ?4))"
+                "SELECT {KNOWN_COLUMNS} FROM files WHERE job = ?1 AND path = ?2"
+            ))
+            .map_err(self.sql(context))?;
+        let mut below = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {KNOWN_COLUMNS} FROM files WHERE job = ?1 AND path >= ?2 AND path < ?3"
             ))
             .map_err(self.sql(context))?;
         let mut known = HashMap::new();
         for root in roots {
-            let (below, after) = (format!("{root}/"), format!("{root}0"));
-            let mut rows = stmt
-                .query(rusqlite::params![job, root, below, after])
-                .map_err(self.sql(context))?;
-            while let Some(row) = rows.next().map_err(self.sql(context))? {
-                let (path, file) = known_from_row(row).map_err(self.sql(context))?;
-                known.insert(path, file);
+            let (first, after) = (format!("{root}/"), format!("{root}0"));
+            for rows in [
+                exact.query(rusqlite::params![job, root]),
+                below.query(rusqlite::params![job, first, after]),
+            ] {
+                let mut rows = rows.map_err(self.sql(context))?;
+                while let Some(row) = rows.next().map_err(self.sql(context))? {
+                    let (path, file) = known_from_row(row).map_err(self.sql(context))?;
+                    known.insert(path, file);
+                }
             }
         }
-        drop(stmt);
+        drop((exact, below));
         let total: i64 = self
             .conn
             .query_row("SELECT COUNT(*) FROM files WHERE job = ?1", [job], |r| {
