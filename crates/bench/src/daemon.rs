@@ -127,16 +127,7 @@ impl Daemon {
 
     /// utime + stime in seconds.
     fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
-        let rest = stat
-            .rsplit_once(") ")
-            .context("malformed /proc/<pid>/stat")?
-            .1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // Fields 14 and 15 of stat(5); `rest` starts at field 3.
-        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100);
-        Ok(ticks as f64 / hz as f64)
+        crate::measure::process_cpu_seconds(self.pid())
     }
 
     /// A `/proc/<pid>/status` value in KiB (VmHWM, VmRSS).

@@ -59,6 +59,29 @@ fn tv_secs(tv: nix::sys::time::TimeVal) -> f64 {
 
 /// User + system CPU seconds of one `getrusage` reading; every scenario
 /// measures CPU as the difference of two of these.
+/// CPU seconds (utime + stime) process `pid` has used so far, from
+/// `/proc/<pid>/stat`: for a child whose CPU `getrusage` cannot give while
+/// it runs (the daemon, the emulator process).
+pub fn process_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    use anyhow::Context as _;
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| path.clone())?;
+    let ticks = cpu_ticks(&stat).with_context(|| format!("{path}: unexpected format"))?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100);
+    Ok(ticks as f64 / hz as f64)
+}
+
+/// utime + stime (fields 14 and 15, in clock ticks) of a `/proc/PID/stat`
+/// line. The command name (field 2) is in parentheses and may itself hold
+/// spaces and parentheses, so fields are counted from its last `)`.
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let mut after = stat.rsplit_once(')')?.1.split_whitespace();
+    // `after` starts at field 3 (the state).
+    let utime: u64 = after.nth(14 - 3)?.parse().ok()?;
+    let stime: u64 = after.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 pub fn cpu_seconds(usage: &nix::sys::resource::Usage) -> f64 {
     tv_secs(usage.user_time()) + tv_secs(usage.system_time())
 }
@@ -159,5 +182,26 @@ pub fn print_table(rows: &[Row]) {
             "| {} | {} | {:.3} | {:.3} | {} | {} | {} | {} | {} |",
             r.scenario, r.name, r.cost.wall_s, r.cost.cpu_s, rss, mbs, ratio, r.target, met
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{cpu_ticks, process_cpu_seconds};
+
+    #[test]
+    fn cpu_ticks_are_utime_plus_stime_even_with_odd_command_names() {
+        // Fields 14 and 15 are 7 and 5; field 16 (cutime) must not count.
+        let rest = "R 1 1 1 0 -1 4194304 123 0 0 0 7 5 9 9 20 0 1 0 4869214";
+        assert_eq!(cpu_ticks(&format!("42 (graph-emulator) {rest}")), Some(12));
+        assert_eq!(cpu_ticks(&format!("42 (a) b (c)) {rest}")), Some(12));
+        assert_eq!(cpu_ticks("42 (x) R 1 2"), None);
+        assert_eq!(cpu_ticks("no parenthesis here"), None);
+    }
+
+    #[test]
+    fn this_processs_cpu_is_read() {
+        assert!(process_cpu_seconds(std::process::id()).unwrap() >= 0.0);
+        assert!(process_cpu_seconds(u32::MAX).is_err());
     }
 }

@@ -91,17 +91,6 @@ struct Emulator {
     rt: tokio::runtime::Runtime,
 }
 
-/// utime + stime (fields 14 and 15, in clock ticks) of a `/proc/PID/stat`
-/// line. The command name (field 2) is in parentheses and may itself hold
-/// spaces and parentheses, so fields are counted from its last `)`.
-fn cpu_ticks(stat: &str) -> Option<u64> {
-    let mut after = stat.rsplit_once(')')?.1.split_whitespace();
-    // `after` starts at field 3 (the state).
-    let utime: u64 = after.nth(14 - 3)?.parse().ok()?;
-    let stime: u64 = after.next()?.parse().ok()?;
-    Some(utime + stime)
-}
-
 /// How an emulator is started.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -249,12 +238,7 @@ impl Emulator {
     /// from `/proc`: what the service side of a run cost, beside the
     /// client's own CPU.
     fn cpu_s(&self) -> anyhow::Result<f64> {
-        let path = format!("/proc/{}/stat", self.child.id());
-        let stat = fs::read_to_string(&path).with_context(|| path.clone())?;
-        let ticks = cpu_ticks(&stat).with_context(|| format!("{path}: unexpected format"))?;
-        let hz =
-            nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.context("CLK_TCK unknown")?;
-        Ok(ticks as f64 / hz as f64)
+        crate::measure::process_cpu_seconds(self.child.id())
     }
 
     fn stop(mut self) -> anyhow::Result<()> {
@@ -1159,25 +1143,4 @@ fn setup_plain(args: &Args, scenario: &str) -> anyhow::Result<Setup> {
         ns: None,
         defaults: args.sharepush_defaults.clone().unwrap_or_default(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::cpu_ticks;
-
-    #[test]
-    fn cpu_ticks_are_utime_plus_stime_even_with_odd_command_names() {
-        // Fields 14 and 15 are 7 and 5; field 16 (cutime) must not count.
-        let rest = "R 1 1 1 0 -1 4194304 123 0 0 0 7 5 9 9 20 0 1 0 4869214";
-        assert_eq!(cpu_ticks(&format!("42 (graph-emulator) {rest}")), Some(12));
-        assert_eq!(cpu_ticks(&format!("42 (a) b (c)) {rest}")), Some(12));
-        assert_eq!(cpu_ticks("42 (x) R 1 2"), None);
-        assert_eq!(cpu_ticks("no parenthesis here"), None);
-    }
-
-    #[test]
-    fn cpu_ticks_of_this_process_are_read() {
-        let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc is mounted");
-        assert!(cpu_ticks(&stat).is_some(), "{stat}");
-    }
 }
