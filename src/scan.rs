@@ -498,22 +498,10 @@ fn scan_in(
                 let path = source.join(&rel);
                 let meta = match fs::symlink_metadata(&path) {
                     Ok(meta) => meta,
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                        ) =>
-                    {
-                        continue;
-                    }
+                    Err(e) if is_gone(&e) => continue,
                     Err(e) => {
-                        roots_seen.protected.push(rel.clone());
-                        roots_seen.skipped.push(Skipped {
-                            path: rel,
-                            reason: SkipReason::Unreadable {
-                                error: e.to_string(),
-                            },
-                        });
+                        let error = e.to_string();
+                        roots_seen.skip(rel, SkipReason::Unreadable { error });
                         continue;
                     }
                 };
@@ -521,11 +509,7 @@ fn scan_in(
                     continue;
                 }
                 if meta.file_type().is_symlink() && !opts.follow_symlinks {
-                    roots_seen.protected.push(rel.clone());
-                    roots_seen.skipped.push(Skipped {
-                        path: rel,
-                        reason: SkipReason::Symlink,
-                    });
+                    roots_seen.skip(rel, SkipReason::Symlink);
                     continue;
                 }
                 starts.push(path);
@@ -619,6 +603,15 @@ fn finish(
     report
 }
 
+/// Whether a lookup failed because the path is not there (it, or a folder
+/// on the way, does not exist or is a file), rather than unreadable.
+fn is_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
+}
+
 /// Resolves the source to a canonical directory (so a source that is itself a
 /// symlink is walked, not reported as one) and checks it can be listed.
 fn check_source(source: &Path) -> Result<PathBuf, ScanError> {
@@ -627,14 +620,7 @@ fn check_source(source: &Path) -> Result<PathBuf, ScanError> {
     };
     let canonical = match fs::canonicalize(source) {
         Ok(p) => p,
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-            ) =>
-        {
-            return Err(missing());
-        }
+        Err(e) if is_gone(&e) => return Err(missing()),
         Err(e) => {
             return Err(ScanError::SourceUnreadable {
                 path: source.to_path_buf(),
@@ -699,6 +685,15 @@ struct Partial {
     /// Paths (files or directories) that could not be examined: known records
     /// at or below them are not vanished.
     protected: Vec<String>,
+}
+
+impl Partial {
+    /// A path that could not be examined: reported, and its records (and
+    /// those below it) kept.
+    fn skip(&mut self, path: String, reason: SkipReason) {
+        self.protected.push(path.clone());
+        self.skipped.push(Skipped { path, reason });
+    }
 }
 
 struct WorkerBuilder<'a> {
@@ -955,8 +950,7 @@ impl Worker<'_> {
 
     /// Records a skip of a path whose state record must survive this scan.
     fn skip(&mut self, path: String, reason: SkipReason) {
-        self.found.protected.push(path.clone());
-        self.found.skipped.push(Skipped { path, reason });
+        self.found.skip(path, reason);
     }
 
     /// Like [`Worker::skip`], for a path that was not taken out of `known`.
