@@ -620,9 +620,11 @@ pub fn report_sync(
     }
     if let Some(why) = reports.iter().find_map(|r| r.login_needed.as_ref()) {
         let _ = writeln!(err, "error: {why}");
+        // The error says what to do (`sharepush login`, or fix the app's
+        // secret or certificate in app-only modes).
         let _ = writeln!(
             err,
-            "changes are recorded and will upload after `sharepush login`"
+            "changes are recorded and upload once signing in works again"
         );
     } else if !failures.is_empty() {
         let _ = writeln!(

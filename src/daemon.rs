@@ -358,8 +358,8 @@ pub async fn serve(
         r = tokio::time::timeout(LOGIN_CHECK_TIMEOUT, tokens.access_token()) => match r {
             Ok(Ok(_)) => None,
             Ok(Err(e)) if e.needs_person() => {
-                tracing::error!(error = %e, "sign-in needed: run `sharepush login` as this service's user; changes are recorded meanwhile and upload after it, without a restart");
-                Some(format!("login needed: {e}"))
+                tracing::error!(error = %e, "cannot sign in; changes are recorded meanwhile and upload once signing in works again, without a restart");
+                Some(e.to_string())
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "cannot sign in yet; jobs retry");

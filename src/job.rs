@@ -291,11 +291,16 @@ async fn run_stages<R: Remote>(
     // before the scan, so neither needs a second pass.
     // A library that no longer resolves fails the run (after the scan is
     // recorded, so changes are remembered); any other remote failure here
-    // is left to the upload stage to meet or not.
+    // is left to the upload stage to meet or not, except a sign-in that
+    // needs a person: that is reported even when nothing is to be sent (a
+    // cron `sync` exits 77 and `status` says so, not "all up to date").
     let mut library_gone = None;
     match crate::reconcile::prepare_job(remote, store, job).await? {
         Ok(r) => report.reconcile = Some(r),
         Err(e) if e.is_library_gone() => library_gone = Some(e),
+        Err(RemoteError::Auth(a)) if a.needs_person() => {
+            report.login_needed = Some(a.to_string());
+        }
         Err(_) => {}
     }
 

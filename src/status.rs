@@ -513,7 +513,12 @@ impl StatusReport {
         }
         let _ = writeln!(out, "{line}");
         if a.login_needed {
-            let _ = writeln!(out, "  login needed: run `sharepush login`");
+            let remedy = if a.mode.as_deref().is_none_or(|m| m == "device_code") {
+                "login needed: run `sharepush login`"
+            } else {
+                "sign-in refused: fix the app's secret or certificate named in [auth]"
+            };
+            let _ = writeln!(out, "  {remedy}");
             if let Some(why) = &a.login_error {
                 let _ = writeln!(
                     out,

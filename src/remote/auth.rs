@@ -94,8 +94,8 @@ pub enum AuthError {
         aadsts: Option<u64>,
     },
     /// The token endpoint kept failing (5xx, `temporarily_unavailable`,
-    /// connection errors) through every retry.
-    #[error("the token endpoint is unavailable: {what}")]
+    /// connection errors, replies that do not parse) through every retry.
+    #[error("the token endpoint is unavailable: {what}{}", causes(.source))]
     Unavailable {
         what: String,
         #[source]
@@ -109,8 +109,20 @@ pub enum AuthError {
         source: std::io::Error,
     },
     /// The refresh token could not be stored.
-    #[error("cannot store the refresh token in {}", path.display())]
+    #[error("cannot store the refresh token in {}: {source}", path.display())]
     TokenStore {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The stored refresh token could not be read (permissions, not text):
+    /// a person must fix the file, waiting will not.
+    #[error(
+        "cannot read the stored sign-in {}: {source}; the service's user must own it \
+         (run `sharepush login` as that user)",
+        path.display()
+    )]
+    TokenUnreadable {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -133,6 +145,22 @@ fn aadsts_suffix(code: &Option<u64>) -> String {
     code.map(|c| format!(", AADSTS{c}")).unwrap_or_default()
 }
 
+/// ": cause: its cause..." for an error chain (reqwest's own text is only
+/// "error sending request"; the reason, e.g. "Connection refused", is below
+/// it). reqwest errors are stripped of their URL before they get here.
+fn causes(source: &Option<BoxError>) -> String {
+    let mut text = String::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = source
+        .as_deref()
+        .map(|e| e as &(dyn std::error::Error + 'static));
+    while let Some(e) = next {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        next = e.source();
+    }
+    text
+}
+
 impl AuthError {
     /// True when waiting will not help: a person must sign in or fix the
     /// credentials. A one-shot sync exits 77 on these.
@@ -143,6 +171,52 @@ impl AuthError {
                 | AuthError::TokenStore { .. }
                 | AuthError::Protocol { .. }
         )
+    }
+
+    /// The same error again, for callers answered from memory (sources
+    /// become their text; nothing here holds a secret).
+    fn duplicate(&self) -> AuthError {
+        let io = |e: &std::io::Error| std::io::Error::new(e.kind(), e.to_string());
+        match self {
+            AuthError::LoginNeeded { code, aadsts } => AuthError::LoginNeeded {
+                code: code.clone(),
+                aadsts: *aadsts,
+            },
+            AuthError::NotLoggedIn { path } => AuthError::NotLoggedIn { path: path.clone() },
+            AuthError::Rejected {
+                status,
+                code,
+                aadsts,
+            } => AuthError::Rejected {
+                status: *status,
+                code: code.clone(),
+                aadsts: *aadsts,
+            },
+            AuthError::Unavailable { what, source } => AuthError::Unavailable {
+                what: format!("{what}{}", causes(source)),
+                source: None,
+            },
+            AuthError::Credential { path, source } => AuthError::Credential {
+                path: path.clone(),
+                source: io(source),
+            },
+            AuthError::TokenStore { path, source } => AuthError::TokenStore {
+                path: path.clone(),
+                source: io(source),
+            },
+            AuthError::TokenUnreadable { path, source } => AuthError::TokenUnreadable {
+                path: path.clone(),
+                source: io(source),
+            },
+            AuthError::Declined => AuthError::Declined,
+            AuthError::CodeExpired => AuthError::CodeExpired,
+            AuthError::Certificate { detail } => AuthError::Certificate {
+                detail: detail.clone(),
+            },
+            AuthError::Protocol { detail } => AuthError::Protocol {
+                detail: detail.clone(),
+            },
+        }
     }
 }
 
@@ -177,11 +251,19 @@ impl TokenStore {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(AuthError::TokenStore {
+            Err(source) => Err(AuthError::TokenUnreadable {
                 path: self.path.clone(),
                 source,
             }),
         }
+    }
+
+    /// What identifies the file's current version (a new login replaces
+    /// it), or `None` when it is missing.
+    fn version(&self) -> Option<(std::time::SystemTime, u64, u64)> {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = fs::metadata(&self.path).ok()?;
+        Some((m.modified().ok()?, m.len(), m.ino()))
     }
 
     /// Replaces the stored token atomically: a new 0600 file beside it,
@@ -314,14 +396,18 @@ async fn post_form<T: serde::de::DeserializeOwned>(
         }
     };
     if status.is_success() {
+        // A 200 that does not parse is a proxy's page or a broken reply,
+        // not a refusal: retried, and never reported as "login needed".
         return match serde_json::from_slice::<T>(&body) {
             Ok(v) => TokenOutcome::Ok(v),
-            Err(e) => TokenOutcome::OAuth {
-                status: status.as_u16(),
-                error: OAuthErrorReply {
-                    error: format!("malformed success reply ({})", e.classify_name()),
-                    error_codes: Vec::new(),
-                },
+            Err(e) => TokenOutcome::Transient {
+                what: format!(
+                    "HTTP {} with a reply that is not a token ({})",
+                    status.as_u16(),
+                    e.classify_name()
+                ),
+                retry_after,
+                source: None,
             },
         };
     }
@@ -387,6 +473,30 @@ struct Cached {
     refresh_at: Instant,
 }
 
+/// A failed sign-in, remembered for [`FAILURE_MEMORY`] so the callers that
+/// queued behind it get its answer instead of each running a whole retry
+/// cycle of their own against a service that just said no (or is down).
+struct Failure {
+    error: AuthError,
+    until: Instant,
+    /// The refresh token file's version then: a new login ends the memory.
+    token_file: Option<(std::time::SystemTime, u64, u64)>,
+}
+
+/// What [`TokenProvider`] guards with its one lock.
+#[derive(Default)]
+struct TokenState {
+    cached: Option<Cached>,
+    failed: Option<Failure>,
+}
+
+/// How long a failed sign-in is answered from memory.
+const FAILURE_MEMORY: Duration = Duration::from_secs(30);
+
+/// Longest access-token life believed (real ones last 60-90 minutes); a
+/// larger `expires_in` is a broken reply, not a reason to overflow a clock.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 /// Hands out access tokens for one tenant and app, refreshing them ahead of
 /// expiry. One per process, shared by every job.
 pub struct TokenProvider {
@@ -399,9 +509,10 @@ pub struct TokenProvider {
     store: TokenStore,
     /// Retry timing for the token endpoint.
     policy: RetryPolicy,
-    /// The current access token. The mutex is held across a refresh, so
-    /// exactly one refresh is in flight and every caller waits for it.
-    cached: tokio::sync::Mutex<Option<Cached>>,
+    /// The current access token and the last failure. The mutex is held
+    /// across a refresh, so exactly one refresh is in flight and every
+    /// caller waits for it (and, if it failed, gets its error).
+    state: tokio::sync::Mutex<TokenState>,
 }
 
 impl std::fmt::Debug for TokenProvider {
@@ -427,7 +538,7 @@ impl TokenProvider {
             http,
             store: TokenStore::in_dir(state_dir),
             policy,
-            cached: tokio::sync::Mutex::new(None),
+            state: tokio::sync::Mutex::new(TokenState::default()),
         }
     }
 
@@ -439,28 +550,55 @@ impl TokenProvider {
     /// A valid access token: the cached one, or a fresh one if it is about
     /// to expire (refreshes are serialised).
     pub async fn access_token(&self) -> Result<SecretString, AuthError> {
-        let mut cached = self.cached.lock().await;
-        if let Some(c) = cached.as_ref()
+        let mut state = self.state.lock().await;
+        if let Some(c) = state.cached.as_ref()
             && Instant::now() < c.refresh_at
         {
             return Ok(c.token.clone());
         }
-        let fresh = self.fetch().await?;
-        let token = fresh.token.clone();
-        *cached = Some(fresh);
-        Ok(token)
+        if let Some(f) = &state.failed
+            && Instant::now() < f.until
+            && f.token_file == self.store.version()
+        {
+            return Err(f.error.duplicate());
+        }
+        self.fetch_into(&mut state).await
+    }
+
+    /// Runs the configured grant and records the outcome in `state`.
+    async fn fetch_into(&self, state: &mut TokenState) -> Result<SecretString, AuthError> {
+        match self.fetch(None).await {
+            Ok(fresh) => {
+                let token = fresh.token.clone();
+                *state = TokenState {
+                    cached: Some(fresh),
+                    failed: None,
+                };
+                Ok(token)
+            }
+            Err(error) => {
+                state.cached = None;
+                state.failed = Some(Failure {
+                    error: error.duplicate(),
+                    until: Instant::now() + FAILURE_MEMORY,
+                    token_file: self.store.version(),
+                });
+                Err(error)
+            }
+        }
     }
 
     /// Drops `used` if it is still the cached token (Graph answered 401 to
     /// it), so the next [`TokenProvider::access_token`] refreshes. Callers
     /// that raced on the same 401 cause one refresh, not several.
     pub async fn invalidate(&self, used: &SecretString) {
-        let mut cached = self.cached.lock().await;
-        if cached
+        let mut state = self.state.lock().await;
+        if state
+            .cached
             .as_ref()
             .is_some_and(|c| c.token.expose_secret() == used.expose_secret())
         {
-            *cached = None;
+            state.cached = None;
         }
     }
 
@@ -469,13 +607,14 @@ impl TokenProvider {
     }
 
     /// Gets a new access token with the configured grant, retrying
-    /// transient failures.
-    async fn fetch(&self) -> Result<Cached, AuthError> {
+    /// transient failures. `imported`: a refresh token to redeem instead of
+    /// the stored one; it is stored only once the service accepted it.
+    async fn fetch(&self, imported: Option<&SecretString>) -> Result<Cached, AuthError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let outcome = match &self.auth.mode {
-                AuthMode::DeviceCode => self.refresh_grant().await?,
+                AuthMode::DeviceCode => self.refresh_grant(imported).await?,
                 AuthMode::ClientSecret { secret_file } => self.secret_grant(secret_file).await?,
                 AuthMode::Certificate {
                     certificate,
@@ -483,7 +622,7 @@ impl TokenProvider {
                 } => self.certificate_grant(certificate, private_key).await?,
             };
             match outcome {
-                TokenOutcome::Ok(reply) => return self.accept(reply),
+                TokenOutcome::Ok(reply) => return self.accept(reply, imported),
                 TokenOutcome::OAuth { status, error } => return Err(grant_error(status, error)),
                 TokenOutcome::Transient {
                     what,
@@ -508,11 +647,18 @@ impl TokenProvider {
 
     /// Persists a rotated refresh token (before anything uses the new access
     /// token) and computes when to refresh next.
-    fn accept(&self, reply: TokenReply) -> Result<Cached, AuthError> {
-        if let Some(rt) = &reply.refresh_token {
+    /// A reply without a new refresh token keeps the one redeemed, so an
+    /// `imported` one is stored then.
+    fn accept(
+        &self,
+        reply: TokenReply,
+        imported: Option<&SecretString>,
+    ) -> Result<Cached, AuthError> {
+        if let Some(rt) = reply.refresh_token.as_ref().or(imported) {
             self.store.save(rt)?;
         }
-        let lifetime = Duration::from_secs(reply.expires_in.unwrap_or(3600));
+        let lifetime =
+            Duration::from_secs(reply.expires_in.unwrap_or(3600)).min(MAX_TOKEN_LIFETIME);
         let margin = REFRESH_MARGIN.min(lifetime / 2);
         tracing::debug!(
             expires_in = lifetime.as_secs(),
@@ -525,11 +671,15 @@ impl TokenProvider {
         })
     }
 
-    async fn refresh_grant(&self) -> Result<TokenOutcome<TokenReply>, AuthError> {
-        let Some(refresh) = self.store.load()? else {
-            return Err(AuthError::NotLoggedIn {
+    async fn refresh_grant(
+        &self,
+        imported: Option<&SecretString>,
+    ) -> Result<TokenOutcome<TokenReply>, AuthError> {
+        let refresh = match imported {
+            Some(token) => token.clone(),
+            None => self.store.load()?.ok_or_else(|| AuthError::NotLoggedIn {
                 path: self.store.path().to_path_buf(),
-            });
+            })?,
         };
         Ok(post_form(
             &self.http,
@@ -789,18 +939,27 @@ pub async fn device_login<W: std::io::Write + ?Sized>(
     }
 }
 
-/// `sharepush login --refresh-token-file F`: stores a refresh token obtained
-/// elsewhere, then proves it works by refreshing once (which also stores the
-/// rotated successor).
+/// `sharepush login --refresh-token-file F`: redeems a refresh token
+/// obtained elsewhere once and stores what the service handed back (its
+/// rotated successor, or the token itself). A token the service refuses is
+/// never stored: the sign-in already on disk stays as it was.
 pub async fn import_refresh_token(provider: &TokenProvider, file: &Path) -> Result<(), AuthError> {
-    let token = read_secret(file)?;
-    if token.expose_secret().is_empty() {
+    if !matches!(provider.auth.mode, AuthMode::DeviceCode) {
         return Err(AuthError::Protocol {
-            detail: format!("{} is empty", file.display()),
+            detail: "--refresh-token-file is for mode = \"device_code\"; app-only modes need no \
+                     refresh token"
+                .into(),
         });
     }
-    provider.store().save(&token)?;
-    provider.access_token().await.map(|_| ())
+    let token = read_secret(file)?;
+    let mut state = provider.state.lock().await;
+    // Not remembered as a failure: the stored sign-in was not tried.
+    let fresh = provider.fetch(Some(&token)).await?;
+    *state = TokenState {
+        cached: Some(fresh),
+        failed: None,
+    };
+    Ok(())
 }
 
 /// Certificate credentials: the signed client assertion (RFC 7523) that
@@ -1077,6 +1236,64 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(leftovers, [std::ffi::OsString::from(TOKEN_FILE)]);
+    }
+
+    #[test]
+    fn an_unreadable_stored_sign_in_names_the_file_and_the_reason_and_needs_a_person() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::in_dir(dir.path());
+        // Not text (tests run as root here, so no permission is refused).
+        fs::write(store.path(), [0xff, 0xfe, 0x00]).unwrap();
+        let e = store.load().unwrap_err();
+        assert!(matches!(e, AuthError::TokenUnreadable { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(text.contains(&store.path().display().to_string()), "{text}");
+        assert!(text.contains("UTF-8"), "the OS reason: {text}");
+        assert!(text.contains("sharepush login"), "{text}");
+        assert!(e.needs_person(), "waiting does not fix a file");
+        // Remembered failures say the same.
+        assert_eq!(e.duplicate().to_string(), text);
+    }
+
+    #[test]
+    fn an_unavailable_token_endpoint_says_why() {
+        let e = AuthError::Unavailable {
+            what: "connection failed".into(),
+            source: Some(Box::new(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "Connection refused",
+            ))),
+        };
+        assert_eq!(
+            e.to_string(),
+            "the token endpoint is unavailable: connection failed: Connection refused"
+        );
+        assert_eq!(e.duplicate().to_string(), e.to_string());
+        assert!(!e.duplicate().needs_person());
+    }
+
+    #[tokio::test]
+    async fn an_absurd_token_lifetime_is_capped_instead_of_overflowing_the_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = AuthSpec {
+            tenant: "t".into(),
+            client_id: "c".into(),
+            mode: AuthMode::DeviceCode,
+            authority: "http://127.0.0.1:9".into(),
+            graph_url: "http://127.0.0.1:9/v1.0".into(),
+        };
+        let provider = TokenProvider::new(
+            auth,
+            crate::remote::graph::http_client().unwrap(),
+            dir.path(),
+            RetryPolicy::default(),
+        );
+        let reply: TokenReply =
+            serde_json::from_str(r#"{"access_token":"a","expires_in":18446744073709551615}"#)
+                .unwrap();
+        let cached = provider.accept(reply, None).unwrap();
+        assert!(cached.refresh_at <= Instant::now() + MAX_TOKEN_LIFETIME);
+        assert!(cached.refresh_at > Instant::now() + Duration::from_secs(3600));
     }
 
     #[test]

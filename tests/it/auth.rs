@@ -269,9 +269,10 @@ async fn importing_a_refresh_token_checks_and_rotates_it() {
         "rotated"
     );
 
+    // A token the service refuses is not stored: the working sign-in stays.
     std::fs::write(&file, "not-a-token").unwrap();
     let out = run_async(
-        config,
+        config.clone(),
         &["login", "--refresh-token-file", file.to_str().unwrap()],
         &[],
     )
@@ -279,6 +280,78 @@ async fn importing_a_refresh_token_checks_and_rotates_it() {
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(77), "{stderr}");
     assert!(stderr.contains("sharepush login"), "{stderr}");
+    let after = std::fs::read_to_string(fx.state().join("refresh-token")).unwrap();
+    assert_eq!(
+        after, stored,
+        "the refused import left the stored sign-in alone"
+    );
+    emu::put(&fx, "a.txt", b"still signed in");
+    let out = run_async(config, &["sync"], &[]).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("job docs: 1 uploaded"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_sign_in_is_asked_once_for_everyone_waiting_and_a_new_login_ends_it() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(&fx, &emu, Sign::DeviceCode, ""));
+    emu::preset_login(&fx, &emu);
+    emu.revoke();
+    let http = sharepush::remote::graph::http_client().unwrap();
+    let provider = Arc::new(TokenProvider::new(
+        config.auth.clone(),
+        http,
+        &fx.state(),
+        RetryPolicy::default(),
+    ));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let p = Arc::clone(&provider);
+        tasks.push(tokio::spawn(
+            async move { p.access_token().await.map(|_| ()) },
+        ));
+    }
+    for t in tasks {
+        let e = t.await.unwrap().expect_err("the sign-in is revoked");
+        assert!(matches!(e, AuthError::LoginNeeded { .. }), "{e}");
+    }
+    let token_requests = || emu.requests().iter().filter(|r| r.route == "token").count();
+    assert_eq!(
+        token_requests(),
+        1,
+        "the queued callers got the first answer"
+    );
+
+    // A new login replaces the file: the next caller signs in at once.
+    emu::preset_login(&fx, &emu);
+    provider.access_token().await.expect("the new login works");
+    assert_eq!(token_requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_sign_in_exits_77_even_with_nothing_to_upload() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::write_config(&fx, &emu, Sign::DeviceCode, "");
+    emu::preset_login(&fx, &emu);
+    emu::put(&fx, "a.txt", b"first");
+    let out = run_async(config.clone(), &["sync"], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+
+    emu.revoke();
+    let out = run_async(config.clone(), &["sync"], &[]).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(77), "{stdout}\n{stderr}");
+    assert!(stderr.contains("run `sharepush login`"), "{stderr}");
+    let out = run_async(config, &["status"], &[]).await;
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(77), "{stdout}");
+    assert!(
+        stdout.contains("login needed: run `sharepush login`"),
+        "{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -511,4 +584,36 @@ async fn app_only_sign_in_with_a_certificate_uploads() {
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(77), "{stdout}\n{stderr}");
     assert!(stderr.contains("invalid_client"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_captive_portal_page_is_a_network_problem_not_a_login_problem() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(&fx, &emu, Sign::DeviceCode, ""));
+    emu::preset_login(&fx, &emu);
+    let provider = |policy| {
+        TokenProvider::new(
+            config.auth.clone(),
+            sharepush::remote::graph::http_client().unwrap(),
+            &fx.state(),
+            policy,
+        )
+    };
+    // Two pages, then the real service: retried through.
+    emu.add_faults("token:html:count=2").unwrap();
+    provider(emu::fast_policy().policy)
+        .access_token()
+        .await
+        .expect("retried past the pages");
+
+    // Nothing but pages: unavailable (retried later), never "login needed".
+    emu.add_faults("token:html").unwrap();
+    let e = provider(emu::fast_policy().policy)
+        .access_token()
+        .await
+        .expect_err("no token behind the portal");
+    assert!(matches!(e, AuthError::Unavailable { .. }), "{e}");
+    assert!(!e.needs_person(), "{e}");
+    assert!(e.to_string().contains("not a token"), "{e}");
 }

@@ -7,7 +7,7 @@
 //! rule   := class ":" kind (":" param)*
 //! class  := token | graph | delta | upload | session | download | any
 //! kind   := 429 | 500 | 502 | 503 | 504 | 507 | 404 | 410 | resync
-//!         | drop | drop-reply | latency | expire-token | expire-session
+//!         | drop | drop-reply | html | latency | expire-token | expire-session
 //! param  := count=N | rate=F | after=N | retry-after=N | ms=N
 //! ```
 //!
@@ -90,6 +90,9 @@ pub enum FaultKind {
     /// Handle the request, then drop the connection instead of replying
     /// (the change happened; the client does not know).
     DropReply,
+    /// Reply `200 OK` with an HTML page, as a captive portal or a proxy's
+    /// sign-in page does; the request is not handled.
+    Html,
     /// Delay the request.
     Latency,
     /// Expire every access token, then handle the request.
@@ -146,6 +149,7 @@ pub fn parse(spec: &str) -> Result<(Vec<Rule>, Option<u64>), FaultSpecError> {
         let kind = match kind.as_str() {
             "drop" => FaultKind::Drop,
             "drop-reply" => FaultKind::DropReply,
+            "html" => FaultKind::Html,
             "latency" => FaultKind::Latency,
             "expire-token" => FaultKind::ExpireToken,
             "expire-session" => FaultKind::ExpireSession,
@@ -154,7 +158,7 @@ pub fn parse(spec: &str) -> Result<(Vec<Rule>, Option<u64>), FaultSpecError> {
                 Ok(s @ (404 | 410 | 429 | 500 | 502 | 503 | 504 | 507)) => FaultKind::Status(s),
                 _ => {
                     return Err(err(
-                        "unknown kind (429, 500, 502, 503, 504, 507, 404, 410, resync, drop, drop-reply, latency, expire-token, expire-session)",
+                        "unknown kind (429, 500, 502, 503, 504, 507, 404, 410, resync, drop, drop-reply, html, latency, expire-token, expire-session)",
                     ));
                 }
             },
@@ -227,6 +231,8 @@ pub enum Action {
     Drop,
     /// Handle the request, then drop the connection.
     DropReply,
+    /// Reply 200 with an HTML page instead of handling the request.
+    Html,
 }
 
 /// The active rules and the seeded generator.
@@ -296,7 +302,7 @@ impl Faults {
             }
             let is_action = matches!(
                 rule.kind,
-                FaultKind::Status(_) | FaultKind::Drop | FaultKind::DropReply
+                FaultKind::Status(_) | FaultKind::Drop | FaultKind::DropReply | FaultKind::Html
             );
             if is_action && d.action.is_some() {
                 continue;
@@ -323,6 +329,7 @@ impl Faults {
                 }
                 FaultKind::Drop => d.action = Some(Action::Drop),
                 FaultKind::DropReply => d.action = Some(Action::DropReply),
+                FaultKind::Html => d.action = Some(Action::Html),
                 FaultKind::Latency => d.latency += Duration::from_millis(rule.ms),
                 FaultKind::ExpireToken => d.expire_tokens = true,
                 FaultKind::ExpireSession => d.expire_sessions = true,

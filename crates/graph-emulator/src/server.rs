@@ -559,6 +559,18 @@ async fn front_door(State(sh): State<Arc<Shared>>, req: Request, next: Next) -> 
             sh.record(&arrival, 0);
             return resp;
         }
+        Some(Action::Html) => {
+            let mut resp = Response::new(Body::from(
+                "<!DOCTYPE html><html><body><h1>Sign in to continue</h1>\
+                 <p>This network requires you to accept its terms (emulated fault).</p>\
+                 </body></html>",
+            ));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            resp
+        }
         None => next.run(req).await,
     };
     if let Some(secs) = resp

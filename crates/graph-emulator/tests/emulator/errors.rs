@@ -147,6 +147,28 @@ async fn token_endpoint_faults_use_the_oauth_error_shape() {
 }
 
 #[tokio::test]
+async fn html_fault_answers_200_with_a_page_instead_of_a_token() {
+    let emu = start().await;
+    emu.h.add_faults("token:html:count=1").unwrap();
+    let r = emu
+        .token_form(&[("grant_type", "client_credentials")])
+        .await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(r.text().await.unwrap().contains("<html>"));
+    assert_eq!(emu.h.requests().last().map(|r| r.status), Some(200));
+    assert!(
+        emu.h.add_faults("token:htm").is_err(),
+        "unknown kinds are refused"
+    );
+}
+
+#[tokio::test]
 async fn latency_fault_delays_matching_requests() {
     let emu = start().await;
     emu.h.add_faults("graph:latency:ms=150:count=1").unwrap();
