@@ -613,6 +613,9 @@ impl TokenProvider {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            // The stored token's version as redeemed: a login that replaces
+            // the file during the round trip must not be overwritten below.
+            let redeemed = self.store.version();
             let outcome = match &self.auth.mode {
                 AuthMode::DeviceCode => self.refresh_grant(imported).await?,
                 AuthMode::ClientSecret { secret_file } => self.secret_grant(secret_file).await?,
@@ -622,7 +625,24 @@ impl TokenProvider {
                 } => self.certificate_grant(certificate, private_key).await?,
             };
             match outcome {
-                TokenOutcome::Ok(reply) => return self.accept(reply, imported),
+                TokenOutcome::Ok(reply) => {
+                    if imported.is_none()
+                        && matches!(self.auth.mode, AuthMode::DeviceCode)
+                        && self.store.version() != redeemed
+                    {
+                        tracing::info!(
+                            "a new login was stored while the old sign-in was refreshed; keeping the new one"
+                        );
+                        return self.accept(
+                            TokenReply {
+                                refresh_token: None,
+                                ..reply
+                            },
+                            None,
+                        );
+                    }
+                    return self.accept(reply, imported);
+                }
                 TokenOutcome::OAuth { status, error } => return Err(grant_error(status, error)),
                 TokenOutcome::Transient {
                     what,

@@ -617,3 +617,62 @@ async fn a_captive_portal_page_is_a_network_problem_not_a_login_problem() {
     assert!(!e.needs_person(), "{e}");
     assert!(e.to_string().contains("not a token"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_stored_during_a_refresh_is_not_overwritten_by_the_old_sign_ins_successor() {
+    use notify_debouncer_full::notify::{self, Watcher as _};
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(&fx, &emu, Sign::DeviceCode, ""));
+    emu::preset_login(&fx, &emu);
+    let token_file = fx.state().join("refresh-token");
+    // The refresh opens the file, then its reply takes a second: the new
+    // login lands in between (renamed over it, as `login` does, so the open
+    // file keeps the old token).
+    emu.add_faults("token:latency:ms=1000:count=1").unwrap();
+    let (read_tx, mut read_rx) = tokio::sync::mpsc::unbounded_channel();
+    let watched = token_file.clone();
+    let mut watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+        if let Ok(e) = e
+            && matches!(
+                e.kind,
+                notify::EventKind::Access(notify::event::AccessKind::Open(_))
+            )
+            && e.paths.contains(&watched)
+        {
+            let _ = read_tx.send(());
+        }
+    })
+    .unwrap();
+    watcher
+        .watch(&fx.state(), notify::RecursiveMode::NonRecursive)
+        .unwrap();
+    let provider = Arc::new(TokenProvider::new(
+        config.auth.clone(),
+        sharepush::remote::graph::http_client().unwrap(),
+        &fx.state(),
+        RetryPolicy::default(),
+    ));
+    let p = Arc::clone(&provider);
+    let refresh = tokio::spawn(async move { p.access_token().await.map(|_| ()) });
+    tokio::time::timeout(Duration::from_secs(10), read_rx.recv())
+        .await
+        .expect("the refresh reads the stored token");
+    let new_login =
+        emu.user_tokens(emu::CLIENT_ID, "Files.ReadWrite.All offline_access")["refresh_token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    let tmp = fx.state().join("new-login.tmp");
+    std::fs::write(&tmp, &new_login).unwrap();
+    std::fs::rename(&tmp, &token_file).unwrap();
+    refresh
+        .await
+        .unwrap()
+        .expect("the old sign-in still refreshed");
+    assert_eq!(
+        std::fs::read_to_string(&token_file).unwrap(),
+        new_login,
+        "the new login survived the old sign-in's rotation"
+    );
+}
