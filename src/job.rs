@@ -22,6 +22,7 @@
 //! longer resolves fails the run with "library X not found on site Y"
 //! (the daemon retries it with backoff; other jobs go on).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -36,7 +37,8 @@ use crate::remote::{GraphRemote, Remote, RemoteError};
 use crate::retry::{RetryPolicy, Throttle};
 use crate::scan::{self, ScanOptions};
 use crate::state::{
-    FileRecord, FileState, RunCounts, RunOutcome, RunSummary, RunTrigger, StateError, Store,
+    FileRecord, FileState, RemoteChangeOutcome, RunCounts, RunOutcome, RunSummary, RunTrigger,
+    StateError, Store,
 };
 use crate::upload::{CANCEL_GRACE, FileOutcome, Progress, SharedStore, Uploader};
 
@@ -464,6 +466,32 @@ async fn run_stages<R: Remote>(
     }
     // A vanished file that was moved on the server is not deleted.
     deletes.retain(|(p, _)| !moves.iter().any(|m| m.from == *p));
+    // Someone else's edit that the policy kept at the path (a `skip`
+    // conflict, or `keep-both`) is theirs: deleting the local file forgets
+    // the row, it never deletes their version.
+    let theirs: HashSet<&str> = conflicts
+        .iter()
+        .map(|c| c.path.as_str())
+        .chain(report.reconcile.iter().flat_map(|r| {
+            r.resolved.iter().filter_map(|(p, o)| {
+                matches!(
+                    o,
+                    RemoteChangeOutcome::Skipped | RemoteChangeOutcome::KeptBoth
+                )
+                .then_some(p.as_str())
+            })
+        }))
+        .collect();
+    if !theirs.is_empty() {
+        deletes.retain(|(p, _)| {
+            if !theirs.contains(p.as_str()) {
+                return true;
+            }
+            tracing::info!(job = %job.name, path = %p, "deleted locally; the version in SharePoint is someone else's edit, so it stays there and the file is forgotten");
+            forget.push(p.clone());
+            false
+        });
+    }
     if !deletes.is_empty() {
         let files =
             scanned.unchanged + scanned.entries.len() as u64 + scanned.vanished.len() as u64;

@@ -247,7 +247,11 @@ pub fn plan(report: &ScanReport, input: &PlanInput, delete: DeleteMode, now: Sys
     let mut deletes = Vec::new();
     for path in &report.vanished {
         match (input.files.get(path), delete) {
-            (Some(PriorState::Synced { item_id, .. }), DeleteMode::Mirror) => {
+            // A synced row with no item (the item was deleted remotely and
+            // that was accepted) has nothing left to delete: forgotten.
+            (Some(PriorState::Synced { item_id, .. }), DeleteMode::Mirror)
+                if !item_id.is_empty() =>
+            {
                 deletes.push(Action::DeleteRemote {
                     path: path.clone(),
                     item_id: item_id.clone(),
@@ -552,6 +556,12 @@ mod tests {
     #[case::vanished_unknown_mirror(
         false,
         None,
+        DeleteMode::Mirror,
+        Gone::Forget(ForgetReason::Vanished)
+    )]
+    #[case::vanished_synced_without_item_mirror(
+        false,
+        Some(PriorState::Synced { item_id: String::new(), content: None }),
         DeleteMode::Mirror,
         Gone::Forget(ForgetReason::Vanished)
     )]

@@ -322,7 +322,8 @@ async fn walk_job<R: Remote>(
     report.walked = true;
     let root = RemotePath::parse(&job.folder);
     let name = job.name.clone();
-    store.call(|s| s.begin_walk()).await?;
+    let n = name.clone();
+    store.call(move |s| s.begin_walk(&n)).await?;
     let root_item = remote.stat(drive, &root).await?;
     match root_item {
         Some(item) if item.is_folder => {

@@ -604,11 +604,22 @@ impl Store {
                      WHERE job = ?1 AND path IN (SELECT value FROM json_each(?2))",
                 )
                 .map_err(err)?;
+            // A remote change still open or left as a conflict about a
+            // forgotten file is moot: their version stays where it is, and
+            // a new local file at the path must not be held by it.
+            let mut moot = tx
+                .prepare_cached(
+                    "DELETE FROM remote_changes
+                     WHERE job = ?1 AND path IN (SELECT value FROM json_each(?2))
+                     AND (outcome IS NULL OR outcome = 'skipped')",
+                )
+                .map_err(err)?;
             let mut sorted: Vec<&String> = paths.iter().collect();
             sorted.sort_unstable();
             for chunk in sorted.chunks(FORGET_BATCH) {
                 let list = serde_json::to_string(chunk).expect("a list of strings serializes");
                 removed += stmt.execute(params![job, list]).map_err(err)?;
+                moot.execute(params![job, list]).map_err(err)?;
             }
         }
         tx.commit().map_err(err)?;

@@ -379,14 +379,24 @@ impl Store {
         Ok(!done.unwrap_or(false))
     }
 
-    /// Starts a walk of `job`'s remote folder: empties the set of seen items.
-    pub fn begin_walk(&mut self) -> Result<(), StateError> {
+    /// Starts a walk of `job`'s remote folder: empties its set of seen
+    /// items. Each job has its own set: jobs walk at the same time (one
+    /// task each, one connection), and one job's start must not erase what
+    /// another has seen so far (its finish would call those deletes).
+    pub fn begin_walk(&mut self, job: &str) -> Result<(), StateError> {
+        let context = "starting a walk";
         self.conn
             .execute_batch(
-                "CREATE TEMP TABLE IF NOT EXISTS walk_seen (item_id TEXT PRIMARY KEY) WITHOUT ROWID;
-                 DELETE FROM temp.walk_seen;",
+                "CREATE TEMP TABLE IF NOT EXISTS walk_seen_by_job
+                     (job TEXT NOT NULL, item_id TEXT NOT NULL, PRIMARY KEY (job, item_id))
+                     WITHOUT ROWID;",
             )
-            .map_err(self.sql("starting a walk"))
+            .map_err(self.sql(context))?;
+        self.conn
+            .prepare_cached("DELETE FROM temp.walk_seen_by_job WHERE job = ?1")
+            .and_then(|mut s| s.execute([job]))
+            .map_err(self.sql(context))?;
+        Ok(())
     }
 
     /// Records one page of a walk in one transaction; returns how many
@@ -467,9 +477,11 @@ impl Store {
                     &item.id
                 }
             };
-            tx.prepare_cached("INSERT OR IGNORE INTO temp.walk_seen (item_id) VALUES (?1)")
-                .and_then(|mut s| s.execute([id]))
-                .map_err(err)?;
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO temp.walk_seen_by_job (job, item_id) VALUES (?1, ?2)",
+            )
+            .and_then(|mut s| s.execute([job, id]))
+            .map_err(err)?;
         }
         tx.commit().map_err(err)?;
         Ok(adopted)
@@ -486,7 +498,7 @@ impl Store {
             .prepare_cached(
                 "SELECT path, item_id FROM files WHERE job = ?1 AND state = 'synced'
                  AND item_id IS NOT NULL
-                 AND item_id NOT IN (SELECT item_id FROM temp.walk_seen)",
+                 AND item_id NOT IN (SELECT item_id FROM temp.walk_seen_by_job WHERE job = ?1)",
             )
             .and_then(|mut s| {
                 s.query_map([job], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -511,7 +523,8 @@ impl Store {
         )
         .and_then(|mut s| s.execute(params![site, library, found as i64]))
         .map_err(err)?;
-        tx.execute("DELETE FROM temp.walk_seen", []).map_err(err)?;
+        tx.execute("DELETE FROM temp.walk_seen_by_job WHERE job = ?1", [job])
+            .map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(found)
     }

@@ -1339,7 +1339,7 @@ fn delta_pages_record_changes_once_and_store_the_link_with_the_last_page() {
 
     // 410: the link goes and every job must walk again.
     assert!(store.walk_needed(JOB, site, lib).unwrap());
-    store.begin_walk().unwrap();
+    store.begin_walk(JOB).unwrap();
     store.finish_walk(JOB, site, lib).unwrap();
     assert!(!store.walk_needed(JOB, site, lib).unwrap());
     store.restart_delta(site, lib).unwrap();
@@ -1441,4 +1441,52 @@ fn keep_both_makes_their_edit_the_baseline_and_records_our_copy_once() {
         .record_delta_page(site, lib, &theirs[..1], Some("L2"))
         .unwrap();
     assert_eq!(stats.changes, 0);
+}
+
+fn remote_item(id: &str, content: &[u8]) -> crate::remote::RemoteItem {
+    crate::remote::RemoteItem {
+        id: id.into(),
+        name: "x".into(),
+        size: content.len() as u64,
+        etag: Some(format!("\"{{{id}}},1\"")),
+        ctag: None,
+        quick_xor: Some(hash_bytes(content).quick_xor),
+        mtime: None,
+        is_folder: false,
+    }
+}
+
+#[test]
+fn walks_of_two_jobs_at_once_keep_their_own_seen_items() {
+    let (_dir, mut store) = open_temp();
+    let (site, lib) = ("https://h/sites/s", "Documents");
+    store.save_drive_id(site, lib, "D").unwrap();
+    let adopt = |path: &str, id: &str| WalkAction::Adopt {
+        path: path.into(),
+        size: 3,
+        mtime_ns: 1,
+        inode: 1,
+        hashes: hash_bytes(b"aaa"),
+        item: remote_item(id, b"aaa"),
+    };
+    // Job a's walk adopts a file; job b's walk starts before a's ends (two
+    // tasks on one connection), records its own, and ends first.
+    store.begin_walk("a").unwrap();
+    store
+        .record_walk_page("a", &[adopt("a.txt", "IA")])
+        .unwrap();
+    store.begin_walk("b").unwrap();
+    store
+        .record_walk_page("b", &[adopt("b.txt", "IB")])
+        .unwrap();
+    assert_eq!(store.finish_walk("b", site, lib).unwrap(), 0);
+    assert_eq!(
+        store.finish_walk("a", site, lib).unwrap(),
+        0,
+        "a's adopted file was seen by a's walk"
+    );
+    assert!(store.pending_remote_changes("a").unwrap().is_empty());
+    // A file the walk did not see is still a remote delete.
+    store.begin_walk("a").unwrap();
+    assert_eq!(store.finish_walk("a", site, lib).unwrap(), 1);
 }

@@ -531,3 +531,46 @@ async fn renaming_a_large_file_is_one_move_and_no_upload() {
     let again = sync(&config).await;
     assert_eq!((again.uploaded, again.up_to_date), (0, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirroring_a_local_delete_never_deletes_an_edit_the_policy_kept() {
+    for policy in ["skip", "keep-both"] {
+        let (emu, fx, config) = setup(
+            Options::default(),
+            &format!("on_remote_change = \"{policy}\"\ndelete = \"mirror\""),
+        )
+        .await;
+        emu::acceptance_tree(&fx, false);
+        sync(&config).await;
+        // They edit it in SharePoint; we delete it locally, both before the
+        // next run (keep-both), or the conflict already stands (skip).
+        remote_edit(&emu, "one.bin", b"their edit").await;
+        if policy == "skip" {
+            sync(&config).await;
+            assert_eq!(store(&fx).conflicts(None).unwrap().len(), 1);
+        }
+        std::fs::remove_file(fx.source().join("one.bin")).unwrap();
+        sync(&config).await;
+        assert_eq!(
+            remote_content(&emu, "one.bin").as_deref(),
+            Some(&b"their edit"[..]),
+            "{policy}: their edit stays"
+        );
+        let st = store(&fx);
+        assert!(
+            st.file("docs", "one.bin").unwrap().is_none(),
+            "{policy}: forgotten"
+        );
+        assert!(
+            st.conflicts(None).unwrap().is_empty(),
+            "{policy}: no conflict left"
+        );
+        drop(st);
+        // A new local file at the path is ours again, not held by the old conflict.
+        emu::put(&fx, "one.bin", b"ours, new");
+        if policy == "skip" {
+            let report = sync(&config).await;
+            assert!(report.skipped.is_empty(), "{policy}: {report:?}");
+        }
+    }
+}
