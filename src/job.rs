@@ -30,7 +30,7 @@ use futures_util::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::config::{Config, JobSpec};
+use crate::config::{Config, DeleteMode, JobSpec};
 use crate::plan::{self, Action, HoldReason, PlanInput, PriorState};
 use crate::remote::auth::TokenProvider;
 use crate::remote::{GraphRemote, Remote, RemoteError};
@@ -333,16 +333,34 @@ async fn run_stages<R: Remote>(
     // New files are hashed by the uploader while it reads them (scan docs,
     // "Not hashed yet"): one read instead of two.
     options.hash_new = false;
-    let scanned = tokio::task::spawn_blocking(move || match roots {
+    let scoped = roots.is_some();
+    let full_options = options.clone();
+    let mut scanned = tokio::task::spawn_blocking(move || match roots {
         None => scan::scan(&options, known),
         Some(roots) => scan::scan_scoped(&options, known, &roots),
     })
     .await
     .expect("scan task panicked");
-    let scanned = scanned.map(|mut r| {
-        r.unchanged += outside;
-        r
-    });
+    // Remote deletes are judged against the whole tree: `max_delete`, an
+    // emptied source and deletes held by an earlier run count files a scope
+    // does not see. A scoped scan that finds files gone in a mirror job is
+    // redone over everything before anything is recorded.
+    if scoped
+        && job.delete == DeleteMode::Mirror
+        && scanned.as_ref().is_ok_and(|r| !r.vanished.is_empty())
+    {
+        tracing::debug!(job = %job.name, "files gone in a mirror job: scanning the whole tree to judge remote deletes");
+        let name = job.name.clone();
+        let known = store.call(move |s| s.known_files(&name)).await?;
+        scanned = tokio::task::spawn_blocking(move || scan::scan(&full_options, known))
+            .await
+            .expect("scan task panicked");
+    } else {
+        scanned = scanned.map(|mut r| {
+            r.unchanged += outside;
+            r
+        });
+    }
     let scanned = match scanned {
         Ok(r) => r,
         Err(e) => {

@@ -293,7 +293,7 @@ fn arm(job: &JobSpec, warned: &mut bool) -> Option<Watch> {
             return None;
         }
     };
-    match Watch::start(&root, filter, job.settings.debounce) {
+    match Watch::start(&root, filter, job.settings.debounce, job.follow_symlinks) {
         Ok(w) => {
             if *warned {
                 tracing::info!(job = %job.name, "watching again");

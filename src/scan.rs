@@ -494,7 +494,18 @@ fn scan_in(
     match roots {
         None => starts.push(source.clone()),
         Some(roots) => {
+            let mut behind_links = Vec::new();
             for rel in outermost(roots) {
+                // Below a symlink the walk does not follow, a path is the
+                // link's business: the root becomes the link itself (a
+                // full walk never goes past it, so neither does this).
+                let rel = match unfollowed_link_above(&source, &rel, opts.follow_symlinks) {
+                    Some(link) => {
+                        behind_links.push(link);
+                        continue;
+                    }
+                    None => rel,
+                };
                 let path = source.join(&rel);
                 let meta = match fs::symlink_metadata(&path) {
                     Ok(meta) => meta,
@@ -505,7 +516,13 @@ fn scan_in(
                         continue;
                     }
                 };
-                if !filter.matches(Path::new(&rel), meta.is_dir()).is_included() {
+                // A followed link is whatever it points to, as in the walk.
+                let is_dir = if meta.file_type().is_symlink() && opts.follow_symlinks {
+                    fs::metadata(&path).is_ok_and(|m| m.is_dir())
+                } else {
+                    meta.is_dir()
+                };
+                if !filter.matches(Path::new(&rel), is_dir).is_included() {
                     continue;
                 }
                 if meta.file_type().is_symlink() && !opts.follow_symlinks {
@@ -513,6 +530,17 @@ fn scan_in(
                     continue;
                 }
                 starts.push(path);
+            }
+            for link in behind_links {
+                let path = source.join(&link);
+                if starts.contains(&path) {
+                    continue;
+                }
+                // Judged as a file, as the walk judges a link it does not
+                // follow; reported and protected when the patterns let it in.
+                if filter.matches(Path::new(&link), false).is_included() {
+                    roots_seen.skip(link, SkipReason::Symlink);
+                }
             }
         }
     }
@@ -559,6 +587,30 @@ fn scan_in(
     let mut results = results.into_inner().unwrap_or_else(PoisonError::into_inner);
     results.push(roots_seen);
     Ok(finish(&filter, racy_cutoff_ns, known, results))
+}
+
+/// The outermost proper ancestor of `rel` (relative to `source`) that is a
+/// symlink the walk would not follow, if any.
+fn unfollowed_link_above(source: &Path, rel: &str, follow_symlinks: bool) -> Option<String> {
+    if follow_symlinks {
+        return None;
+    }
+    let mut at = source.to_path_buf();
+    let mut prefix = String::new();
+    let mut parts = rel.split('/').peekable();
+    while let Some(part) = parts.next() {
+        // The root itself is not "above" (it is checked as the root).
+        parts.peek()?;
+        at.push(part);
+        if !prefix.is_empty() {
+            prefix.push('/');
+        }
+        prefix.push_str(part);
+        if fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Some(prefix);
+        }
+    }
+    None
 }
 
 /// Merges the workers' findings; what is left of `known` vanished (or is
@@ -1509,15 +1561,75 @@ mod tests {
         assert_eq!(paths(&r), ["link/f"]);
 
         // A root whose lookup fails for another reason than "not there"
-        // (here a symlink loop on the way): reported, its records kept.
-        std::os::unix::fs::symlink(src.join("loop"), src.join("loop")).unwrap();
-        let known: HashMap<String, KnownFile> = [("loop/a".to_string(), synced)].into();
-        let r = scan_scoped(&opts(src), known, &["loop/a".into()]).unwrap();
+        // (here a name too long): reported, its records kept.
+        let long = format!("{}/a", "n".repeat(300));
+        let known: HashMap<String, KnownFile> = [(long.clone(), synced)].into();
+        let r = scan_scoped(&opts(src), known, std::slice::from_ref(&long)).unwrap();
         assert!(r.vanished.is_empty(), "{r:?}");
         assert!(
-            matches!(skip_of(&r, "loop/a"), Some(SkipReason::Unreadable { .. })),
+            matches!(skip_of(&r, &long), Some(SkipReason::Unreadable { .. })),
             "{r:?}"
         );
+    }
+
+    #[test]
+    fn a_scoped_root_behind_a_link_not_followed_is_the_links_business() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let outside = dir.path().join("outside");
+        write(&outside, "new.txt", b"not ours");
+        write(&src, "keep.txt", b"k");
+        std::os::unix::fs::symlink(&outside, src.join("link")).unwrap();
+        let recorded = KnownFile {
+            size: 1,
+            mtime_ns: 1,
+            inode: 1,
+            hashes: None,
+            synced: true,
+            racy: false,
+        };
+        let known: HashMap<String, KnownFile> =
+            [("link/old.txt".to_string(), recorded.clone())].into();
+        let roots = ["link/new.txt".to_string(), "link/old.txt".to_string()];
+        // As a full walk: the link is skipped (and protects what is below).
+        let r = scan_scoped(&opts(&src), known.clone(), &roots).unwrap();
+        assert!(r.entries.is_empty(), "nothing behind the link: {r:?}");
+        assert_eq!(skip_of(&r, "link"), Some(&SkipReason::Symlink));
+        assert!(r.vanished.is_empty(), "{r:?}");
+        // With include patterns the link (judged as a file) is left out, as
+        // the full walk leaves it out: nothing is uploaded from behind it.
+        let o = ScanOptions {
+            include: vec!["*.txt".into()],
+            ..opts(&src)
+        };
+        let full = scan(&o, HashMap::new()).unwrap();
+        assert_eq!(paths(&full), ["keep.txt"]);
+        let r = scan_scoped(&o, HashMap::new(), &roots).unwrap();
+        assert!(r.entries.is_empty() && r.skipped.is_empty(), "{r:?}");
+    }
+
+    #[test]
+    fn a_followed_link_named_as_a_root_is_judged_as_the_folder_it_points_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let outside = dir.path().join("notes");
+        for rel in ["a.txt", "b.txt"] {
+            write(&outside, rel, rel.as_bytes());
+            set_mtime(&outside.join(rel), 1_000_000);
+        }
+        write(&src, "keep.txt", b"k");
+        std::os::unix::fs::symlink(&outside, src.join("notes")).unwrap();
+        let o = ScanOptions {
+            include: vec!["*.txt".into()],
+            follow_symlinks: true,
+            ..opts(&src)
+        };
+        let known = known_from(&scan(&o, HashMap::new()).unwrap(), true);
+        assert!(known.contains_key("notes/a.txt"), "{known:?}");
+        // An event named the link itself (chmod of its target, say).
+        let r = scan_scoped(&o, under(&known, &["notes"]), &["notes".into()]).unwrap();
+        assert!(r.vanished.is_empty(), "the link's files are there: {r:?}");
+        assert_eq!(r.unchanged, 2, "{r:?}");
     }
 
     #[test]

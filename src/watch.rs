@@ -28,8 +28,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use notify_debouncer_full::notify::{self, EventKind, RecursiveMode, event::AccessKind};
-use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
+use notify_debouncer_full::notify::event::{AccessKind, ModifyKind};
+use notify_debouncer_full::notify::{self, EventKind, RecommendedWatcher, RecursiveMode};
+use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer_opt};
 
 use crate::filter::Filter;
 
@@ -114,8 +115,15 @@ impl std::fmt::Debug for Watch {
 impl Watch {
     /// Starts watching `root` (recursively) with `debounce` as quiet time.
     /// `root` must be the resolved source folder, so event paths strip to
-    /// the relative paths the filter and the scan use.
-    pub fn start(root: &Path, filter: Filter, debounce: Duration) -> Result<Watch, WatchError> {
+    /// the relative paths the filter and the scan use. `follow_symlinks` as
+    /// the job's: folders behind a link the scan does not follow are not
+    /// watched either (notify's default would follow them).
+    pub fn start(
+        root: &Path,
+        filter: Filter,
+        debounce: Duration,
+        follow_symlinks: bool,
+    ) -> Result<Watch, WatchError> {
         if let Some(fake) = injected_failure() {
             return Err(fake.into_error(root));
         }
@@ -124,9 +132,15 @@ impl Watch {
         let handler_root = root.to_path_buf();
         // The debouncer needs a tick; 0 would spin. 50 ms is the floor.
         let debounce = debounce.max(Duration::from_millis(50));
-        let mut debouncer = new_debouncer(debounce, None, move |result: DebounceEventResult| {
-            absorb(&handler_shared, &handler_root, &filter, result)
-        })
+        let mut debouncer = new_debouncer_opt::<_, RecommendedWatcher, RecommendedCache>(
+            debounce,
+            None,
+            move |result: DebounceEventResult| {
+                absorb(&handler_shared, &handler_root, &filter, result)
+            },
+            RecommendedCache::new(),
+            notify::Config::default().with_follow_symlinks(follow_symlinks),
+        )
         .map_err(|source| WatchError::Notify {
             root: root.to_path_buf(),
             source,
@@ -197,8 +211,18 @@ fn absorb(shared: &Shared, root: &Path, filter: &Filter, result: DebounceEventRe
                     // A path that is gone may have been a folder (moved out,
                     // deleted): keep it unless the patterns leave it out
                     // either way, or the run would not see its files go.
+                    // One that exists and was created or renamed here may
+                    // replace the other type (a folder replaced by a file
+                    // the patterns leave out): kept if either is let in.
                     let included = if path.exists() {
-                        filter.matches(rel, path.is_dir()).is_included()
+                        let is_dir = path.is_dir();
+                        filter.matches(rel, is_dir).is_included()
+                            || (matches!(
+                                event.kind,
+                                EventKind::Create(_)
+                                    | EventKind::Remove(_)
+                                    | EventKind::Modify(ModifyKind::Name(_))
+                            ) && filter.matches(rel, !is_dir).is_included())
                     } else {
                         filter.matches(rel, false).is_included()
                             || filter.matches(rel, true).is_included()
@@ -335,7 +359,7 @@ mod tests {
         let root = dir.path().canonicalize().unwrap();
         std::fs::create_dir(root.join("cache")).unwrap();
         let filter = Filter::new(&[], &["*.tmp".into(), "cache/".into()]).unwrap();
-        let watch = Watch::start(&root, filter, Duration::from_millis(50)).unwrap();
+        let watch = Watch::start(&root, filter, Duration::from_millis(50), false).unwrap();
         std::fs::write(root.join("skip.tmp"), b"x").unwrap();
         std::fs::write(root.join("cache/inner.txt"), b"x").unwrap();
         std::fs::write(root.join("keep.txt"), b"x").unwrap();
@@ -360,7 +384,7 @@ mod tests {
         std::fs::write(root.join("docs/a.txt"), b"x").unwrap();
         let root = root.canonicalize().unwrap();
         let filter = Filter::new(&["*.txt".into()], &[]).unwrap();
-        let watch = Watch::start(&root, filter, Duration::from_millis(50)).unwrap();
+        let watch = Watch::start(&root, filter, Duration::from_millis(50), false).unwrap();
         std::fs::rename(root.join("docs"), dir.path().join("elsewhere")).unwrap();
         let seen = wait_for(&watch, |d| d.paths.contains(Path::new("docs"))).await;
         assert!(!seen.rescan && seen.broken.is_none(), "{seen:?}");
@@ -371,7 +395,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().canonicalize().unwrap();
         std::fs::write(root.join("a.txt"), b"x").unwrap();
-        let watch = Watch::start(&root, Filter::everything(), Duration::from_millis(50)).unwrap();
+        let watch = Watch::start(
+            &root,
+            Filter::everything(),
+            Duration::from_millis(50),
+            false,
+        )
+        .unwrap();
         let _ = std::fs::read(root.join("a.txt")).unwrap();
         // A marker write after the read: once it shows up, the read's events
         // (older) have been delivered too.
@@ -386,7 +416,13 @@ mod tests {
         let root = dir.path().join("src");
         std::fs::create_dir(&root).unwrap();
         let root = root.canonicalize().unwrap();
-        let watch = Watch::start(&root, Filter::everything(), Duration::from_millis(50)).unwrap();
+        let watch = Watch::start(
+            &root,
+            Filter::everything(),
+            Duration::from_millis(50),
+            false,
+        )
+        .unwrap();
         std::fs::remove_dir(&root).unwrap();
         let seen = wait_for(&watch, |d| d.broken.is_some()).await;
         assert!(seen.broken.unwrap().contains("went away"));

@@ -867,3 +867,90 @@ async fn sigusr1_runs_every_job_now() {
     assert!(log.contains("SIGUSR1: running every job now"), "{log}");
     drop(d);
 }
+
+/// Sets `path`'s mtime far in the past (not racily clean: a watch run does
+/// not look at it again unless an event names it).
+fn aged(path: &std::path::Path) {
+    let f = fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000))
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_held_by_one_watch_run_still_count_when_the_next_one_empties_the_source() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    for i in 0..10 {
+        let dir = fx.source().join(if i < 6 { "a" } else { "b" });
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(format!("f{i}.txt"));
+        fs::write(&p, format!("{i}")).unwrap();
+        aged(&p);
+    }
+    let job = JobToml {
+        name: "docs",
+        source: fx.source(),
+        folder: "backup",
+        extra: "watch = true\ndelete = \"mirror\"\nmax_delete = \"50%\"",
+    };
+    let config = write_config(&fx, &emu, FAST, &[job]);
+    let d = Daemon::start(&fx, &config, &[("RUST_LOG", "sharepush=debug")]);
+    wait_remote(&emu, "backup/b/f9.txt", b"9", Duration::from_secs(30)).await;
+    d.wait_log("run finished", 1, Duration::from_secs(20)).await;
+    // 6 of 10: more than max_delete, held.
+    fs::remove_dir_all(fx.source().join("a")).unwrap();
+    d.wait_log("remote deletes held", 1, Duration::from_secs(20))
+        .await;
+    d.wait_log("run finished", 2, Duration::from_secs(20)).await;
+    // The other 4: the source is empty now, which is never mirrored. The
+    // scoped run must not count the 6 held (gone) files as still there.
+    fs::remove_dir_all(fx.source().join("b")).unwrap();
+    d.wait_log("remote deletes held", 2, Duration::from_secs(20))
+        .await;
+    d.wait_log("run finished", 3, Duration::from_secs(20)).await;
+    let log = d.log();
+    assert!(log.contains("is empty (an unmounted disk?)"), "{log}");
+    for i in 0..10 {
+        let dir = if i < 6 { "a" } else { "b" };
+        assert!(
+            emu.read_file(&format!("backup/{dir}/f{i}.txt")).is_some(),
+            "f{i} deleted remotely from an emptied source"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_replaced_by_a_file_the_patterns_leave_out_has_its_files_deleted() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    for rel in ["docs/a.txt", "keep.txt"] {
+        let p = fx.source().join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, rel).unwrap();
+        aged(&p);
+    }
+    let job = JobToml {
+        name: "docs",
+        source: fx.source(),
+        folder: "backup",
+        extra: "watch = true\ndelete = \"mirror\"\ninclude = [\"*.txt\"]",
+    };
+    let config = write_config(&fx, &emu, FAST, &[job]);
+    let d = Daemon::start(&fx, &config, &[("RUST_LOG", "sharepush=debug")]);
+    wait_remote(
+        &emu,
+        "backup/docs/a.txt",
+        b"docs/a.txt",
+        Duration::from_secs(30),
+    )
+    .await;
+    d.wait_log("run finished", 1, Duration::from_secs(20)).await;
+    // Within one debounce window: the folder's removes fold into one event
+    // for "docs", which is now a file that `*.txt` leaves out.
+    fs::remove_dir_all(fx.source().join("docs")).unwrap();
+    fs::write(fx.source().join("docs"), b"now a file").unwrap();
+    // A watch run (no full scan) deletes it.
+    wait_gone(&emu, "backup/docs/a.txt", Duration::from_secs(20)).await;
+    assert!(!d.log().contains("trigger=\"manual\""));
+    assert!(emu.read_file("backup/keep.txt").is_some());
+}
