@@ -253,6 +253,10 @@ fn verdict(name: &str, item: &RemoteItem, sent: &Hashes, size: u64) -> Verdict {
     }
 }
 
+/// 416s in a row (each answered by asking the service where it stands)
+/// before the session is started over.
+const MAX_RANGE_RESYNCS: u32 = 5;
+
 /// The local modification time as Graph takes it (UTC, whole seconds).
 fn mtime_of(mtime_ns: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(mtime_ns.div_euclid(1_000_000_000), 0).unwrap_or_default()
@@ -912,12 +916,36 @@ impl<'a, R: Remote> Uploader<'a, R> {
         let mut session: Option<(String, u64)> = None;
         if let Some(row) = saved {
             if same_source(&row.fingerprint, &fingerprint) && row.total_size == total {
-                match self.remote.query_session(&row.upload_url).await {
+                let mut asked = self.remote.query_session(&row.upload_url).await;
+                if matches!(asked, Err(RemoteError::SessionGone)) {
+                    // Busy tenants answer a transient 404: ask once more
+                    // before giving up what was sent.
+                    tokio::time::sleep(self.policy().session_gone_delay).await;
+                    asked = self.remote.query_session(&row.upload_url).await;
+                }
+                match asked {
                     Ok(s) => {
-                        tracing::info!(job = %job, path = %entry.path, offset = s.next_offset, "resuming upload session");
-                        session = Some((row.upload_url.clone(), s.next_offset));
+                        let at = s.next_offset.unwrap_or(total).min(total);
+                        tracing::info!(job = %job, path = %entry.path, offset = at, "resuming upload session");
+                        session = Some((row.upload_url.clone(), at));
                     }
-                    Err(RemoteError::SessionGone) => {}
+                    Err(RemoteError::SessionGone) => {
+                        // Stopped after the service committed the file but
+                        // before that was recorded: it is there, done.
+                        if let Some(done) = self
+                            .already_there(remote_path, entry, &file, expected)
+                            .await?
+                        {
+                            let (j, p) = (job.clone(), entry.path.clone());
+                            self.store.call(move |s| s.delete_session(&j, &p)).await?;
+                            return Ok(done);
+                        }
+                    }
+                    // The upload URL itself is refused (a 4xx no retry
+                    // fixes): start over instead of failing every retry.
+                    Err(RemoteError::Permanent { status, code }) => {
+                        tracing::info!(job = %job, path = %entry.path, status, code = %code, "saved upload session refused; starting over");
+                    }
                     Err(e) => return Err(e.into()),
                 }
             } else {
@@ -953,7 +981,11 @@ impl<'a, R: Remote> Uploader<'a, R> {
         let mut spare = BytesMut::new();
         let mut gone_once = false;
         let mut restarts = 0;
-        loop {
+        // 416s answered by asking the service where it stands, without a
+        // fragment accepted in between: bounded, so a service that keeps
+        // disagreeing is not asked forever.
+        let mut range_resyncs = 0;
+        'fragments: loop {
             if offset >= total {
                 prefetched = None;
                 // The service has every byte but we never saw the commit:
@@ -1056,112 +1088,126 @@ impl<'a, R: Remote> Uploader<'a, R> {
             if let Ok(b) = sent_buf.try_into_mut() {
                 spare = b;
             }
-            match result {
-                Ok(FragmentOutcome::Accepted {
-                    next_offset,
-                    expires,
-                }) => {
-                    self.count_sent(len as u64);
-                    // Where a large upload's time goes (-vv): waiting for the
-                    // fragment's read and hash, or for the service.
-                    tracing::debug!(
-                        job = %job,
-                        path = %entry.path,
-                        offset,
-                        len,
-                        read_wait_us = read_wait.as_micros() as u64,
-                        put_us = put_started.elapsed().as_micros() as u64,
-                        "fragment accepted"
-                    );
-                    gone_once = false;
-                    if next_offset != next_offset_expected {
-                        prefetched = None;
-                        hasher = hash_prefix(Arc::clone(&file), next_offset)
-                            .await
-                            .map_err(TransferError::Local)?;
-                    }
-                    offset = next_offset;
-                    let (j, p) = (job.clone(), entry.path.clone());
-                    let exp = expires.map(|t| t.timestamp());
-                    self.store
-                        .call(move |s| s.update_session_offset(&j, &p, offset, exp))
-                        .await?;
-                }
-                Ok(FragmentOutcome::Done(item)) => {
-                    self.count_sent(len as u64);
-                    if let Some(p) = prefetched.take() {
-                        // Committed before the last byte we know of: the
-                        // file grew or the service disagrees; hash it all.
-                        drop(p);
-                        hasher = hash_prefix(Arc::clone(&file), total)
-                            .await
-                            .map_err(TransferError::Local)?;
-                    }
-                    let (j, p) = (job.clone(), entry.path.clone());
-                    self.store.call(move |s| s.delete_session(&j, &p)).await?;
-                    return Ok((item, hasher.finish()));
-                }
-                Err(RemoteError::Range { code }) => {
-                    prefetched = None;
-                    // The service holds more or less than we thought
-                    // (a reply lost with a dropped connection): ask it.
-                    let s = match self.remote.query_session(&url).await {
-                        Ok(s) => s,
-                        Err(RemoteError::SessionGone) => {
-                            if let Some(done) = self
-                                .already_there(remote_path, entry, &file, expected)
-                                .await?
-                            {
-                                return Ok(done);
-                            }
-                            return Err(RemoteError::SessionGone.into());
-                        }
-                        Err(e) => return Err(e.into()),
-                    };
-                    tracing::debug!(job = %job, path = %entry.path, code, from = offset, to = s.next_offset, "resuming at the service's offset");
-                    offset = s.next_offset;
-                    hasher = hash_prefix(Arc::clone(&file), offset)
-                        .await
-                        .map_err(TransferError::Local)?;
-                }
-                Err(RemoteError::SessionGone) => {
-                    prefetched = None;
-                    if !gone_once {
-                        // Busy tenants answer a transient 404: ask again once.
-                        gone_once = true;
-                        tokio::time::sleep(self.policy().session_gone_delay).await;
-                        if let Ok(s) = self.remote.query_session(&url).await {
-                            offset = s.next_offset;
-                            hasher = hash_prefix(Arc::clone(&file), offset)
+            // A 416 whose query finds the session gone is handled as a
+            // session gone (below), so the match may run twice.
+            let mut result = result;
+            loop {
+                match result {
+                    Ok(FragmentOutcome::Accepted {
+                        next_offset,
+                        expires,
+                    }) => {
+                        range_resyncs = 0;
+                        self.count_sent(len as u64);
+                        // Where a large upload's time goes (-vv): waiting for the
+                        // fragment's read and hash, or for the service.
+                        tracing::debug!(
+                            job = %job,
+                            path = %entry.path,
+                            offset,
+                            len,
+                            read_wait_us = read_wait.as_micros() as u64,
+                            put_us = put_started.elapsed().as_micros() as u64,
+                            "fragment accepted"
+                        );
+                        gone_once = false;
+                        if next_offset != next_offset_expected {
+                            prefetched = None;
+                            hasher = hash_prefix(Arc::clone(&file), next_offset)
                                 .await
                                 .map_err(TransferError::Local)?;
-                            continue;
                         }
+                        offset = next_offset;
+                        let (j, p) = (job.clone(), entry.path.clone());
+                        let exp = expires.map(|t| t.timestamp());
+                        self.store
+                            .call(move |s| s.update_session_offset(&j, &p, offset, exp))
+                            .await?;
                     }
-                    // The last fragment may have been committed with its
-                    // reply lost: then the file is complete.
-                    if let Some(done) = self
-                        .already_there(remote_path, entry, &file, expected)
-                        .await?
-                    {
+                    Ok(FragmentOutcome::Done(item)) => {
+                        self.count_sent(len as u64);
+                        if let Some(p) = prefetched.take() {
+                            // Committed before the last byte we know of: the
+                            // file grew or the service disagrees; hash it all.
+                            drop(p);
+                            hasher = hash_prefix(Arc::clone(&file), total)
+                                .await
+                                .map_err(TransferError::Local)?;
+                        }
                         let (j, p) = (job.clone(), entry.path.clone());
                         self.store.call(move |s| s.delete_session(&j, &p)).await?;
-                        return Ok(done);
+                        return Ok((item, hasher.finish()));
                     }
-                    restarts += 1;
-                    if restarts > 2 {
-                        return Err(RemoteError::SessionGone.into());
+                    Err(RemoteError::Range { code }) => {
+                        prefetched = None;
+                        range_resyncs += 1;
+                        if range_resyncs > MAX_RANGE_RESYNCS {
+                            tracing::info!(job = %job, path = %entry.path, code, "the service keeps refusing the fragment's range; starting the session over");
+                            result = Err(RemoteError::SessionGone);
+                            gone_once = true;
+                            let _ = self.remote.delete_session(&url).await;
+                            continue;
+                        }
+                        // The service holds more or less than we thought
+                        // (a reply lost with a dropped connection): ask it.
+                        let s = match self.remote.query_session(&url).await {
+                            Ok(s) => s,
+                            Err(RemoteError::SessionGone) => {
+                                result = Err(RemoteError::SessionGone);
+                                continue;
+                            }
+                            Err(e) => return Err(e.into()),
+                        };
+                        // No range left: it has every byte (the loop's top
+                        // then checks whether the file was committed).
+                        let at = s.next_offset.unwrap_or(total).min(total);
+                        tracing::debug!(job = %job, path = %entry.path, code, from = offset, to = at, "resuming at the service's offset");
+                        offset = at;
+                        hasher = hash_prefix(Arc::clone(&file), offset)
+                            .await
+                            .map_err(TransferError::Local)?;
                     }
-                    tracing::info!(job = %job, path = %entry.path, "upload session expired; starting over");
-                    let (j, p) = (job.clone(), entry.path.clone());
-                    self.store.call(move |s| s.delete_session(&j, &p)).await?;
-                    (url, offset) = self
-                        .new_session(entry, remote_path, mtime, &fingerprint)
-                        .await?;
-                    hasher = ContentHasher::new();
-                    gone_once = false;
+                    Err(RemoteError::SessionGone) => {
+                        prefetched = None;
+                        if !gone_once {
+                            // Busy tenants answer a transient 404: ask again once.
+                            gone_once = true;
+                            tokio::time::sleep(self.policy().session_gone_delay).await;
+                            if let Ok(s) = self.remote.query_session(&url).await {
+                                offset = s.next_offset.unwrap_or(total).min(total);
+                                hasher = hash_prefix(Arc::clone(&file), offset)
+                                    .await
+                                    .map_err(TransferError::Local)?;
+                                continue 'fragments;
+                            }
+                        }
+                        // The last fragment may have been committed with its
+                        // reply lost: then the file is complete.
+                        if let Some(done) = self
+                            .already_there(remote_path, entry, &file, expected)
+                            .await?
+                        {
+                            let (j, p) = (job.clone(), entry.path.clone());
+                            self.store.call(move |s| s.delete_session(&j, &p)).await?;
+                            return Ok(done);
+                        }
+                        restarts += 1;
+                        if restarts > 2 {
+                            return Err(RemoteError::SessionGone.into());
+                        }
+                        tracing::info!(job = %job, path = %entry.path, "upload session expired; starting over");
+                        let (j, p) = (job.clone(), entry.path.clone());
+                        self.store.call(move |s| s.delete_session(&j, &p)).await?;
+                        (url, offset) = self
+                            .new_session(entry, remote_path, mtime, &fingerprint)
+                            .await?;
+                        hasher = ContentHasher::new();
+                        gone_once = false;
+                        range_resyncs = 0;
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                Err(e) => return Err(e.into()),
+                break;
             }
         }
     }
@@ -1186,10 +1232,11 @@ impl<'a, R: Remote> Uploader<'a, R> {
             total_size: entry.size,
             fingerprint: fingerprint.clone(),
             expires_at: s.expires.map(|t| t.timestamp()),
-            next_offset: s.next_offset,
+            next_offset: s.next_offset.unwrap_or(0),
         };
+        let at = row.next_offset;
         self.store.call(move |st| st.save_session(&row)).await?;
-        Ok((s.url, s.next_offset))
+        Ok((s.url, at))
     }
 
     /// Cancels a session whose source changed, and forgets it.
@@ -1203,7 +1250,11 @@ impl<'a, R: Remote> Uploader<'a, R> {
     }
 
     /// The remote item, if it already holds exactly this file's content
-    /// (hashed here when the scan did not, checking it held still).
+    /// (hashed here when the scan did not, checking it held still). Also
+    /// taken as ours, for the verdict to judge as after any upload: an item
+    /// with our mtime (sent in `fileSystemInfo`) whose hash is not computed
+    /// yet (same size), or of a type SharePoint rewrites (its size and hash
+    /// are the rewrite's). Asked when a commit's reply may have been lost.
     async fn already_there(
         &self,
         remote_path: &RemotePath,
@@ -1214,7 +1265,10 @@ impl<'a, R: Remote> Uploader<'a, R> {
         let Some(item) = self.remote.stat(&self.drive, remote_path).await? else {
             return Ok(None);
         };
-        if item.size != entry.size || item.quick_xor.is_none() {
+        let our_mtime = item.mtime == Some(mtime_of(entry.mtime_ns));
+        let rewritten = our_mtime && is_rewritten_type(&entry.path);
+        let hash_pending = our_mtime && item.quick_xor.is_none() && item.size == entry.size;
+        if !rewritten && !hash_pending && (item.size != entry.size || item.quick_xor.is_none()) {
             return Ok(None);
         }
         let local = match &entry.hashes {
@@ -1234,7 +1288,8 @@ impl<'a, R: Remote> Uploader<'a, R> {
                 h
             }
         };
-        if item.quick_xor.as_deref() == Some(local.quick_xor.as_str()) {
+        if rewritten || hash_pending || item.quick_xor.as_deref() == Some(local.quick_xor.as_str())
+        {
             Ok(Some((item, local)))
         } else {
             Ok(None)

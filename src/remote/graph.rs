@@ -667,7 +667,7 @@ impl Remote for GraphRemote {
         Ok(UploadSession {
             url: upload_url,
             expires: s.expires(),
-            next_offset: s.next_offset().unwrap_or(0),
+            next_offset: Some(s.next_offset().unwrap_or(0)),
         })
     }
 
@@ -732,7 +732,7 @@ impl Remote for GraphRemote {
         Ok(UploadSession {
             url: session_url.to_string(),
             expires: s.expires(),
-            next_offset: s.next_offset().unwrap_or(0),
+            next_offset: s.next_offset(),
         })
     }
 

@@ -168,8 +168,9 @@ pub struct UploadSession {
     pub url: String,
     /// When the service drops the session if nothing arrives.
     pub expires: Option<DateTime<Utc>>,
-    /// The first byte the service has not received yet.
-    pub next_offset: u64,
+    /// The first byte the service has not received yet; `None` when it
+    /// expects no more (an empty `nextExpectedRanges`: it has every byte).
+    pub next_offset: Option<u64>,
 }
 
 impl fmt::Debug for UploadSession {
@@ -452,7 +453,7 @@ mod tests {
         let s = UploadSession {
             url: "https://x/upload?tempauth=SECRET".into(),
             expires: None,
-            next_offset: 0,
+            next_offset: Some(0),
         };
         assert!(!format!("{s:?}").contains("SECRET"));
     }

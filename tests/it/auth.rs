@@ -404,6 +404,9 @@ async fn a_killed_upload_resumes_its_session_without_resending() {
     assert!(saved.next_offset > 0, "offset recorded");
     assert!(saved.next_offset <= (sent_before * fragment) as u64);
 
+    // The first question about the saved session meets a transient 404 (a
+    // busy tenant): asked again, not given up.
+    emu.add_faults("session:404:count=1").unwrap();
     let out = run_async(config, &["sync"], &[]).await;
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
@@ -428,7 +431,10 @@ async fn a_killed_upload_resumes_its_session_without_resending() {
         .iter()
         .filter(|r| r.route == "session" && r.method == "GET")
         .count();
-    assert_eq!(resumes, 1, "asked the service where it stood");
+    assert_eq!(
+        resumes, 2,
+        "asked where it stood, and once more after the 404"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -516,3 +516,61 @@ async fn touching_a_synced_file_without_editing_it_uploads_nothing() {
     assert_eq!(reports[0].changed, 0);
     assert_eq!(reports[0].up_to_date, files.len() as u64);
 }
+
+fn sessions_created(emu: &graph_emulator::Handle) -> usize {
+    emu.requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/createUploadSession"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_commit_reply_is_not_a_second_upload_even_for_rewritten_types() {
+    for (name, rewrite) in [("report.docx", true), ("plain.bin", false)] {
+        // The commit is applied, its reply never arrives.
+        let emu = emu::start(Options {
+            rewrite_office: rewrite,
+            faults: Some("upload:drop-reply:count=1".into()),
+            ..Options::default()
+        })
+        .await;
+        let fx = Fixture::new();
+        let config = emu::load(&emu::write_config(&fx, &emu, Sign::Secret, ""));
+        let content = emu::content(50_000, 4);
+        emu::put(&fx, name, &content);
+        let reports = emu::sync(&config, &emu::fast_policy()).await;
+        emu::assert_clean(&reports);
+        assert_eq!(reports[0].uploaded, 1, "{name}: {:?}", reports[0]);
+        assert_eq!(sessions_created(&emu), 1, "{name}: one version, not two");
+        if !rewrite {
+            assert_eq!(emu.read_file(&format!("{FOLDER}/{name}")).unwrap(), content);
+        }
+        // And it is settled: the next sync sends nothing.
+        let reports = emu::sync(&config, &emu::fast_policy()).await;
+        assert_eq!(reports[0].uploaded, 0, "{name}: {:?}", reports[0]);
+        assert_eq!(sessions_created(&emu), 1, "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_416_whose_query_meets_a_transient_404_resumes_instead_of_failing() {
+    // Fragment 1's reply is lost; its retry gets 416 (overlap); the query
+    // for where the session stands gets one transient 404.
+    let emu = emu::start(Options {
+        faults: Some("session:404:after=2:count=1,upload:drop-reply:count=1".into()),
+        ..Options::default()
+    })
+    .await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(&fx, &emu, Sign::Secret, ""));
+    let content = emu::content(15 * MIB, 4);
+    emu::put(&fx, "big.bin", &content);
+    let reports = emu::sync(&config, &emu::fast_policy()).await;
+    emu::assert_clean(&reports);
+    assert_eq!(reports[0].uploaded, 1);
+    assert_eq!(
+        emu.read_file(&format!("{FOLDER}/big.bin")).unwrap(),
+        content
+    );
+    assert_eq!(sessions_created(&emu), 1, "the same session, resumed");
+}
