@@ -342,8 +342,10 @@ pub async fn serve(
         &config.daemon.state_dir,
         options.policy.clone(),
     ));
+    // As `sync`: the largest `concurrency` of any job, shared by all of them
+    // (a job set higher than the default gets what it asked for).
     let throttle = Arc::new(Throttle::new(
-        config.defaults.concurrency,
+        crate::job::tenant_concurrency(&config),
         options.policy.clone(),
     ));
     let remote = GraphRemote::new(

@@ -866,3 +866,42 @@ pub async fn sync_jobs(
     }
     Ok(reports)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tenant_gets_the_largest_concurrency_any_job_asks_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s").unwrap();
+        std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let source = dir.path().join("src");
+        std::fs::create_dir(&source).unwrap();
+        let path = dir.path().join("config.toml");
+        let job = |name: &str, extra: &str| {
+            format!(
+                "[[job]]\nname = \"{name}\"\nsource = \"{}\"\nsite = \"https://contoso.sharepoint.com/sites/a\"\n\
+                 library = \"Documents\"\nfolder = \"{name}\"\nschedule = \"@daily\"\n{extra}\n",
+                source.display()
+            )
+        };
+        let text = |jobs: &str| {
+            format!(
+                "[auth]\ntenant = \"contoso.onmicrosoft.com\"\nclient_id = \"11111111-2222-3333-4444-555555555555\"\n\
+                 mode = \"client_credentials\"\nclient_secret_file = \"{}\"\n\n[daemon]\nstate_dir = \"{}\"\n\n\
+                 [defaults]\nconcurrency = 4\n\n{jobs}",
+                secret.display(),
+                dir.path().join("state").display()
+            )
+        };
+        std::fs::write(&path, text(&(job("a", "") + &job("b", "concurrency = 12")))).unwrap();
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(tenant_concurrency(&config), 12);
+        std::fs::write(&path, text(&job("a", "concurrency = 2"))).unwrap();
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(tenant_concurrency(&config), 4, "never below the default");
+    }
+}

@@ -695,6 +695,12 @@ impl<'a, R: Remote> Uploader<'a, R> {
                     match (&e, class) {
                         (RemoteError::Auth(a), ErrorClass::Reauth) => {
                             self.note_auth(a);
+                            // Waits for the sign-in as pending (not shown as
+                            // uploading while nothing is sent).
+                            let (job, path) = (self.job.name.clone(), entry.path.clone());
+                            self.store
+                                .call(move |s| s.mark_pending(&job, &path))
+                                .await?;
                             return Ok(FileOutcome::LoginNeeded);
                         }
                         (_, ErrorClass::Quota) => {

@@ -682,3 +682,54 @@ async fn a_login_stored_during_a_refresh_is_not_overwritten_by_the_old_sign_ins_
         "the new login survived the old sign-in's rotation"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_stopped_by_a_revoked_sign_in_wait_as_pending_not_uploading() {
+    use sharepush::state::FileStateKind;
+    let emu = emu::start(Options {
+        latency: Duration::from_millis(20),
+        ..Options::default()
+    })
+    .await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(
+        &fx,
+        &emu,
+        Sign::DeviceCode,
+        "concurrency = 1",
+    ));
+    emu::preset_login(&fx, &emu);
+    for name in ["a.bin", "b.bin", "c.bin", "d.bin"] {
+        emu::put(&fx, name, &emu::content(2 * MIB, 7));
+    }
+    let run = {
+        let config = config.clone();
+        tokio::spawn(async move { emu::sync(&config, &emu::fast_policy()).await })
+    };
+    // Once the first upload is under way, the sign-in is revoked and every
+    // access token expires: the next Graph call cannot get a new one.
+    assert!(
+        emu.wait_for_requests(Duration::from_secs(30), |log| log
+            .iter()
+            .any(|r| r.path.ends_with("/createUploadSession")))
+            .await
+    );
+    emu.revoke();
+    emu.expire_access_tokens();
+    let reports = run.await.unwrap();
+    assert!(reports[0].login_needed.is_some(), "{:?}", reports[0]);
+    assert!(reports[0].uploaded < 4, "{:?}", reports[0]);
+    let store = sharepush::state::Store::open_read_only(&fx.state()).unwrap();
+    let uploading = store
+        .files_in_state("docs", FileStateKind::Uploading)
+        .unwrap();
+    assert!(uploading.is_empty(), "{uploading:?}");
+    let pending = store
+        .files_in_state("docs", FileStateKind::Pending)
+        .unwrap();
+    assert_eq!(
+        pending.len() as u64 + reports[0].uploaded,
+        4,
+        "the rest wait for the login: {pending:?}"
+    );
+}
