@@ -222,11 +222,23 @@ impl Supervisor {
         };
         if new.daemon.state_dir != self.config.daemon.state_dir
             || format!("{:?}", new.auth) != format!("{:?}", self.config.auth)
-            || new.defaults.concurrency != self.config.defaults.concurrency
         {
             tracing::warn!(
-                "changes to [auth], [daemon] state_dir or the default concurrency take effect at the next restart"
+                "changes to [auth] or [daemon] state_dir take effect at the next restart"
             );
+        }
+        // The shared upload slots follow the largest `concurrency` upward
+        // now; a lower one takes effect at the next restart.
+        let wanted_slots = crate::job::tenant_concurrency(&new);
+        let slots = self.ctx.throttle.raise_upload_limit(wanted_slots);
+        if slots > wanted_slots {
+            tracing::warn!(
+                slots,
+                wanted = wanted_slots,
+                "a lower concurrency takes effect at the next restart"
+            );
+        } else if wanted_slots > crate::job::tenant_concurrency(&self.config) {
+            tracing::info!(slots, "uploads at once raised");
         }
         let wanted: HashMap<&str, &JobSpec> =
             new.jobs.iter().map(|j| (j.name.as_str(), j)).collect();

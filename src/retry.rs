@@ -78,8 +78,11 @@ impl RetryPolicy {
 pub struct Throttle {
     /// No request may start before this instant (set from `Retry-After`).
     paused_until: Mutex<Option<Instant>>,
-    /// Files uploading at once, across all jobs (`[defaults] concurrency`).
+    /// Files uploading at once, across all jobs (the largest `concurrency`).
     uploads: Semaphore,
+    /// How many slots `uploads` holds in all (it can only grow: see
+    /// [`Throttle::raise_upload_limit`]).
+    upload_limit: std::sync::atomic::AtomicUsize,
     /// Retry timing for requests through this gate.
     policy: RetryPolicy,
     /// Drive ids that answered 507, and until when no upload goes to them.
@@ -97,6 +100,7 @@ impl Throttle {
         Throttle {
             paused_until: Mutex::new(None),
             uploads: Semaphore::new(concurrency.max(1)),
+            upload_limit: std::sync::atomic::AtomicUsize::new(concurrency.max(1)),
             policy,
             full_drives: Mutex::new(HashMap::new()),
         }
@@ -164,6 +168,18 @@ impl Throttle {
             .acquire()
             .await
             .expect("the upload semaphore is never closed")
+    }
+
+    /// Raises the number of uploads at once to `limit` (a reloaded config
+    /// asked for more); returns the limit now in force. Lowering waits for
+    /// a restart: slots in use cannot be taken back.
+    pub fn raise_upload_limit(&self, limit: usize) -> usize {
+        use std::sync::atomic::Ordering;
+        let before = self.upload_limit.fetch_max(limit, Ordering::AcqRel);
+        if limit > before {
+            self.uploads.add_permits(limit - before);
+        }
+        before.max(limit)
     }
 }
 
@@ -269,5 +285,19 @@ mod tests {
         assert!(t.uploads.try_acquire().is_err());
         drop(a);
         assert!(t.uploads.try_acquire().is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_upload_limit_can_be_raised_while_slots_are_in_use() {
+        let t = Throttle::new(1, RetryPolicy::default());
+        let _held = t.upload_slot().await;
+        assert!(t.uploads.try_acquire().is_err());
+        assert_eq!(t.raise_upload_limit(3), 3);
+        let _b = t.uploads.try_acquire().unwrap();
+        let _c = t.uploads.try_acquire().unwrap();
+        assert!(t.uploads.try_acquire().is_err(), "three in all");
+        // Lower is kept for a restart.
+        assert_eq!(t.raise_upload_limit(2), 3);
+        assert!(t.uploads.try_acquire().is_err());
     }
 }

@@ -537,6 +537,26 @@ async fn sighup_keeps_the_old_jobs_on_a_broken_config_and_adds_a_new_job() {
         Duration::from_secs(20),
     )
     .await;
+
+    // A job asking for more uploads at once raises the shared limit now.
+    write_config(
+        &fx,
+        &emu,
+        FAST,
+        &[
+            watched(&fx),
+            JobToml {
+                name: "more",
+                source: more.clone(),
+                folder: "more",
+                extra: "watch = true\nconcurrency = 12",
+            },
+        ],
+    );
+    d.signal("HUP");
+    d.wait_log("uploads at once raised", 1, Duration::from_secs(10))
+        .await;
+    assert!(d.log().contains("slots=12"), "{}", d.log());
     drop(d);
 }
 
