@@ -1533,20 +1533,25 @@ mod tests {
         assert!(r.vanished.is_empty());
     }
 
-    #[test]
-    fn a_scoped_root_that_cannot_be_looked_at_is_never_taken_for_gone() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path();
-        write(src, "real/f", b"f");
-        std::os::unix::fs::symlink(src.join("real"), src.join("link")).unwrap();
-        let synced = KnownFile {
+    /// A synced record whose fingerprint no file on disk has.
+    fn synced_record() -> KnownFile {
+        KnownFile {
             size: 1,
             mtime_ns: 1,
             inode: 1,
             hashes: None,
             synced: true,
             racy: false,
-        };
+        }
+    }
+
+    #[test]
+    fn a_scoped_root_that_cannot_be_looked_at_is_never_taken_for_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path();
+        write(src, "real/f", b"f");
+        std::os::unix::fs::symlink(src.join("real"), src.join("link")).unwrap();
+        let synced = synced_record();
         let known: HashMap<String, KnownFile> = [("link/f".to_string(), synced.clone())].into();
         // A symlink not followed: skipped as a full walk skips it.
         let r = scan_scoped(&opts(src), known.clone(), &["link".into()]).unwrap();
@@ -1580,14 +1585,7 @@ mod tests {
         write(&outside, "new.txt", b"not ours");
         write(&src, "keep.txt", b"k");
         std::os::unix::fs::symlink(&outside, src.join("link")).unwrap();
-        let recorded = KnownFile {
-            size: 1,
-            mtime_ns: 1,
-            inode: 1,
-            hashes: None,
-            synced: true,
-            racy: false,
-        };
+        let recorded = synced_record();
         let known: HashMap<String, KnownFile> =
             [("link/old.txt".to_string(), recorded.clone())].into();
         let roots = ["link/new.txt".to_string(), "link/old.txt".to_string()];

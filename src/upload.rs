@@ -942,8 +942,6 @@ impl<'a, R: Remote> Uploader<'a, R> {
                             .already_there(remote_path, entry, &file, expected)
                             .await?
                         {
-                            let (j, p) = (job.clone(), entry.path.clone());
-                            self.store.call(move |s| s.delete_session(&j, &p)).await?;
                             return Ok(done);
                         }
                     }
@@ -1000,8 +998,6 @@ impl<'a, R: Remote> Uploader<'a, R> {
                     .already_there(remote_path, entry, &file, expected)
                     .await?
                 {
-                    let (j, p) = (job.clone(), entry.path.clone());
-                    self.store.call(move |s| s.delete_session(&j, &p)).await?;
                     return Ok(done);
                 }
                 let _ = self.remote.delete_session(&url).await;
@@ -1193,8 +1189,6 @@ impl<'a, R: Remote> Uploader<'a, R> {
                             .already_there(remote_path, entry, &file, expected)
                             .await?
                         {
-                            let (j, p) = (job.clone(), entry.path.clone());
-                            self.store.call(move |s| s.delete_session(&j, &p)).await?;
                             return Ok(done);
                         }
                         restarts += 1;
@@ -1260,7 +1254,8 @@ impl<'a, R: Remote> Uploader<'a, R> {
     /// taken as ours, for the verdict to judge as after any upload: an item
     /// with our mtime (sent in `fileSystemInfo`) whose hash is not computed
     /// yet (same size), or of a type SharePoint rewrites (its size and hash
-    /// are the rewrite's). Asked when a commit's reply may have been lost.
+    /// are the rewrite's). Asked when a commit's reply may have been lost;
+    /// when the file is there, its saved session row is forgotten.
     async fn already_there(
         &self,
         remote_path: &RemotePath,
@@ -1296,6 +1291,8 @@ impl<'a, R: Remote> Uploader<'a, R> {
         };
         if rewritten || hash_pending || item.quick_xor.as_deref() == Some(local.quick_xor.as_str())
         {
+            let (j, p) = (self.job.name.clone(), entry.path.clone());
+            self.store.call(move |s| s.delete_session(&j, &p)).await?;
             Ok(Some((item, local)))
         } else {
             Ok(None)

@@ -62,6 +62,20 @@ async fn approve_when_asked(emu: &Handle) {
     }
 }
 
+/// A token provider over the fixture's state dir, as a process would have.
+fn provider(
+    config: &sharepush::config::Config,
+    fx: &Fixture,
+    policy: RetryPolicy,
+) -> TokenProvider {
+    TokenProvider::new(
+        config.auth.clone(),
+        sharepush::remote::graph::http_client().unwrap(),
+        &fx.state(),
+        policy,
+    )
+}
+
 fn quick_login_options() -> Options {
     Options {
         device_code_interval: Duration::from_secs(1),
@@ -159,13 +173,7 @@ async fn expiring_access_tokens_are_refreshed_and_every_rotation_is_on_disk_firs
     // the newest token, since every older one is already refused.
     let on_disk = TokenStore::in_dir(&fx.state()).load().unwrap().unwrap();
     assert_ne!(on_disk.expose_secret(), first);
-    let http = sharepush::remote::graph::http_client().unwrap();
-    let fresh = TokenProvider::new(
-        config.auth.clone(),
-        http,
-        &fx.state(),
-        RetryPolicy::default(),
-    );
+    let fresh = provider(&config, &fx, RetryPolicy::default());
     fresh.access_token().await.expect("the stored token works");
 }
 
@@ -179,13 +187,7 @@ async fn refreshes_are_serialised_across_concurrent_callers() {
     let fx = Fixture::new();
     let config = emu::load(&emu::write_config(&fx, &emu, Sign::DeviceCode, ""));
     emu::preset_login(&fx, &emu);
-    let http = sharepush::remote::graph::http_client().unwrap();
-    let provider = Arc::new(TokenProvider::new(
-        config.auth.clone(),
-        http,
-        &fx.state(),
-        RetryPolicy::default(),
-    ));
+    let provider = Arc::new(provider(&config, &fx, RetryPolicy::default()));
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let p = Arc::clone(&provider);
@@ -299,13 +301,7 @@ async fn a_refused_sign_in_is_asked_once_for_everyone_waiting_and_a_new_login_en
     let config = emu::load(&emu::write_config(&fx, &emu, Sign::DeviceCode, ""));
     emu::preset_login(&fx, &emu);
     emu.revoke();
-    let http = sharepush::remote::graph::http_client().unwrap();
-    let provider = Arc::new(TokenProvider::new(
-        config.auth.clone(),
-        http,
-        &fx.state(),
-        RetryPolicy::default(),
-    ));
+    let provider = Arc::new(provider(&config, &fx, RetryPolicy::default()));
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let p = Arc::clone(&provider);
@@ -598,24 +594,16 @@ async fn a_captive_portal_page_is_a_network_problem_not_a_login_problem() {
     let fx = Fixture::new();
     let config = emu::load(&emu::write_config(&fx, &emu, Sign::DeviceCode, ""));
     emu::preset_login(&fx, &emu);
-    let provider = |policy| {
-        TokenProvider::new(
-            config.auth.clone(),
-            sharepush::remote::graph::http_client().unwrap(),
-            &fx.state(),
-            policy,
-        )
-    };
     // Two pages, then the real service: retried through.
     emu.add_faults("token:html:count=2").unwrap();
-    provider(emu::fast_policy().policy)
+    provider(&config, &fx, emu::fast_policy().policy)
         .access_token()
         .await
         .expect("retried past the pages");
 
     // Nothing but pages: unavailable (retried later), never "login needed".
     emu.add_faults("token:html").unwrap();
-    let e = provider(emu::fast_policy().policy)
+    let e = provider(&config, &fx, emu::fast_policy().policy)
         .access_token()
         .await
         .expect_err("no token behind the portal");
@@ -653,12 +641,7 @@ async fn a_login_stored_during_a_refresh_is_not_overwritten_by_the_old_sign_ins_
     watcher
         .watch(&fx.state(), notify::RecursiveMode::NonRecursive)
         .unwrap();
-    let provider = Arc::new(TokenProvider::new(
-        config.auth.clone(),
-        sharepush::remote::graph::http_client().unwrap(),
-        &fx.state(),
-        RetryPolicy::default(),
-    ));
+    let provider = Arc::new(provider(&config, &fx, RetryPolicy::default()));
     let p = Arc::clone(&provider);
     let refresh = tokio::spawn(async move { p.access_token().await.map(|_| ()) });
     tokio::time::timeout(Duration::from_secs(10), read_rx.recv())
