@@ -27,6 +27,11 @@
 //! again; `forget`) and `on_remote_change` (`overwrite`: ours goes up again,
 //! SharePoint keeps theirs in version history; `skip`: a conflict, uploads
 //! of that path are held; `keep-both`: see below).
+//! An item of ours that someone else renamed or moved (its name or parent
+//! folder is not where we recorded it, from the service's own replies) has
+//! left the path it backed up: a remote delete of that path, for a folder of
+//! every file below it. The walk after a `410` reaches the same verdict, and
+//! the row lets go of the item, so `mirror` never deletes it where it went.
 //! Our own uploads never count as edits: an item whose eTag is the one we
 //! recorded, or whose hash is the one we uploaded or SharePoint's rewrite we
 //! recorded, is ours, so nothing loops.
@@ -327,8 +332,10 @@ async fn walk_job<R: Remote>(
     let root_item = remote.stat(drive, &root).await?;
     match root_item {
         Some(item) if item.is_folder => {
-            let (n, id) = (name.clone(), item.id.clone());
-            store.call(move |s| s.record_folder(&n, "", &id)).await?;
+            let (n, root) = (name.clone(), item.clone());
+            store
+                .call(move |s| s.record_folder_item(&n, "", &root))
+                .await?;
             let mut stack = vec![(item.id, String::new())];
             while let Some((folder_id, rel)) = stack.pop() {
                 let mut next: Option<String> = None;
@@ -345,8 +352,10 @@ async fn walk_job<R: Remote>(
                             format!("{rel}/{local}")
                         };
                         if item.is_folder {
-                            let (n, p, id) = (name.clone(), path.clone(), item.id.clone());
-                            store.call(move |s| s.record_folder(&n, &p, &id)).await?;
+                            let (n, p, folder) = (name.clone(), path.clone(), item.clone());
+                            store
+                                .call(move |s| s.record_folder_item(&n, &p, &folder))
+                                .await?;
                             stack.push((item.id, path));
                         } else {
                             files.push((path, item));

@@ -1246,6 +1246,8 @@ mod tests {
             etag: None,
             remote_quick_xor: None,
             remote_size: None,
+            remote_name: None,
+            remote_parent: None,
         };
         store.mark_synced("j", "a.txt", &info).unwrap();
         let known = store.known_files("j").unwrap();

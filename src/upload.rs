@@ -488,17 +488,17 @@ impl<'a, R: Remote> Uploader<'a, R> {
             path = path.child(seg);
             item = Some(self.remote.ensure_folder(&self.drive, &path).await?);
         }
-        let id = match item {
-            Some(i) => i.id,
+        let root = match item {
+            Some(i) => i,
             None => match self.remote.stat(&self.drive, &RemotePath::root()).await? {
-                Some(i) => i.id,
+                Some(i) => i,
                 None => return Ok(()),
             },
         };
         let job = self.job.name.clone();
         let _ = self
             .store
-            .call(move |s| s.record_folder(&job, "", &id))
+            .call(move |s| s.record_folder_item(&job, "", &root))
             .await;
         Ok(())
     }
@@ -524,7 +524,7 @@ impl<'a, R: Remote> Uploader<'a, R> {
             Ok(item) => {
                 let (job, rel) = (self.job.name.clone(), rel.to_string());
                 self.store
-                    .call(move |s| s.record_folder(&job, &rel, &item.id))
+                    .call(move |s| s.record_folder_item(&job, &rel, &item))
                     .await
             }
             Err(RemoteError::Auth(e)) if e.needs_person() => {
@@ -801,13 +801,7 @@ impl<'a, R: Remote> Uploader<'a, R> {
                 .call(move |s| s.record_hashes(&job, &path, fp, &h, racy_cutoff_ns))
                 .await?;
         }
-        let info = SyncedInfo {
-            content: sent.clone(),
-            item_id: Some(item.id.clone()),
-            etag: item.etag.clone(),
-            remote_quick_xor: item.quick_xor.clone(),
-            remote_size: Some(item.size),
-        };
+        let info = SyncedInfo::from_item(sent.clone(), &item);
         let (job, path) = (self.job.name.clone(), entry.path.clone());
         let state = if copy {
             let (size, fp) = (item.size, (entry.size, entry.mtime_ns, entry.inode));
@@ -1333,13 +1327,7 @@ impl<'a, R: Remote> Uploader<'a, R> {
                     self.store.call(move |s| s.mark_pending(&job, &rel)).await?;
                 }
                 Verdict::Match | Verdict::Rewritten => {
-                    let info = SyncedInfo {
-                        content: hashes,
-                        item_id: Some(item.id.clone()),
-                        etag: item.etag.clone(),
-                        remote_quick_xor: item.quick_xor.clone(),
-                        remote_size: Some(item.size),
-                    };
+                    let info = SyncedInfo::from_item(hashes, &item);
                     self.store
                         .call(move |s| s.mark_synced(&job, &rel, &info))
                         .await?;
@@ -1377,6 +1365,7 @@ mod tests {
         RemoteItem {
             id: "i".into(),
             name: "n".into(),
+            parent_id: None,
             size,
             etag: None,
             ctag: None,

@@ -119,6 +119,10 @@ struct ItemJson {
     folder: Option<Value>,
     #[serde(rename = "fileSystemInfo", default)]
     fs: Option<FsInfo>,
+    #[serde(rename = "parentReference", default)]
+    parent: Option<ParentJson>,
+    #[serde(default)]
+    root: Option<Value>,
 }
 
 /// A delta entry: a driveItem, possibly a tombstone (`deleted{}`, no name).
@@ -128,10 +132,6 @@ struct DeltaItemJson {
     item: ItemJson,
     #[serde(default)]
     deleted: Option<Value>,
-    #[serde(default)]
-    root: Option<Value>,
-    #[serde(rename = "parentReference", default)]
-    parent: Option<ParentJson>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,17 +153,12 @@ struct PageJson<T> {
 
 impl From<DeltaItemJson> for DeltaItem {
     fn from(j: DeltaItemJson) -> DeltaItem {
-        let parent_id = if j.root.is_some() {
-            None
-        } else {
-            j.parent.and_then(|p| p.id)
-        };
         let deleted = j.deleted.is_some();
         let item = RemoteItem::from(j.item);
         DeltaItem {
             id: item.id,
             name: item.name,
-            parent_id,
+            parent_id: item.parent_id,
             deleted,
             is_folder: item.is_folder,
             size: item.size,
@@ -194,8 +189,14 @@ struct FsInfo {
 
 impl From<ItemJson> for RemoteItem {
     fn from(j: ItemJson) -> RemoteItem {
+        let parent_id = if j.root.is_some() {
+            None
+        } else {
+            j.parent.and_then(|p| p.id)
+        };
         RemoteItem {
             id: j.id,
+            parent_id,
             name: j.name,
             size: j.size.unwrap_or(0),
             etag: j.etag,

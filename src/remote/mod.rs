@@ -104,6 +104,9 @@ pub struct RemoteItem {
     /// Stable item id (survives renames); what delta reports.
     pub id: String,
     pub name: String,
+    /// The parent folder's id; `None` for the library root (or when the
+    /// service left it out).
+    pub parent_id: Option<String>,
     /// Bytes as stored remotely (after SharePoint's own rewrite, if any).
     pub size: u64,
     /// Changes with content and metadata; `None` if the service left it out.

@@ -11,6 +11,7 @@ use rusqlite::{OptionalExtension, params};
 
 use super::StateError;
 use super::store::{Store, sql_err, unix_now};
+use crate::remote::RemoteItem;
 
 /// What [`Store::replace_drive`] changed when a library turned out to have
 /// been deleted and recreated (same site and name, new drive id).
@@ -230,20 +231,60 @@ impl Store {
     }
 
     /// Records a folder that exists remotely, so later runs skip creating it.
+    /// Where it sits (name, parent) stays unknown: prefer
+    /// [`Store::record_folder_item`], which lets a later move by someone
+    /// else be noticed.
     pub fn record_folder(
         &mut self,
         job: &str,
         path: &str,
         item_id: &str,
     ) -> Result<(), StateError> {
+        self.record_folder_at(job, path, item_id, None, None)
+    }
+
+    /// Records a folder that exists remotely as SharePoint reported it: its
+    /// id, name and parent. A delta entry that later shows it with another
+    /// name or parent means someone else moved or renamed it.
+    pub fn record_folder_item(
+        &mut self,
+        job: &str,
+        path: &str,
+        item: &RemoteItem,
+    ) -> Result<(), StateError> {
+        self.record_folder_at(
+            job,
+            path,
+            &item.id,
+            Some(&item.name)
+                .filter(|n| !n.is_empty())
+                .map(String::as_str),
+            item.parent_id.as_deref(),
+        )
+    }
+
+    fn record_folder_at(
+        &mut self,
+        job: &str,
+        path: &str,
+        item_id: &str,
+        name: Option<&str>,
+        parent_id: Option<&str>,
+    ) -> Result<(), StateError> {
         self.conn
             .prepare_cached(
-                "INSERT INTO folders (job, path, item_id, updated_at) VALUES (?1, ?2, ?3, ?4)
+                "INSERT INTO folders (job, path, item_id, updated_at, name, parent_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (job, path) DO UPDATE SET
-                     item_id = excluded.item_id, updated_at = excluded.updated_at
-                 WHERE folders.item_id <> excluded.item_id",
+                     item_id = excluded.item_id, updated_at = excluded.updated_at,
+                     name = excluded.name, parent_id = excluded.parent_id
+                 WHERE folders.item_id <> excluded.item_id
+                     OR folders.name IS NOT excluded.name
+                     OR folders.parent_id IS NOT excluded.parent_id",
             )
-            .and_then(|mut stmt| stmt.execute(params![job, path, item_id, unix_now()]))
+            .and_then(|mut stmt| {
+                stmt.execute(params![job, path, item_id, unix_now(), name, parent_id])
+            })
             .map_err(self.sql("recording a folder"))?;
         Ok(())
     }

@@ -163,6 +163,26 @@ pub struct SyncedInfo {
     pub etag: Option<String>,
     pub remote_quick_xor: Option<String>,
     pub remote_size: Option<u64>,
+    /// Where the item sits (its name and parent folder's id), as the
+    /// service reported it: a later delta entry that places it elsewhere
+    /// means someone else moved or renamed it. `None`: not judged.
+    pub remote_name: Option<String>,
+    pub remote_parent: Option<String>,
+}
+
+impl SyncedInfo {
+    /// What the service's reply `item` says about the `content` we sent.
+    pub fn from_item(content: Hashes, item: &crate::remote::RemoteItem) -> SyncedInfo {
+        SyncedInfo {
+            content,
+            item_id: Some(item.id.clone()),
+            etag: item.etag.clone(),
+            remote_quick_xor: item.quick_xor.clone(),
+            remote_size: Some(item.size),
+            remote_name: Some(item.name.clone()).filter(|n| !n.is_empty()),
+            remote_parent: item.parent_id.clone(),
+        }
+    }
 }
 
 /// Number of files per state in one job (for `status` and run summaries).
@@ -856,7 +876,7 @@ impl Store {
             tx.prepare_cached(
                 "UPDATE files SET state = ?3, item_id = ?4, etag = ?5, remote_quick_xor = ?6,
                      remote_size = ?7, attempts = 0, next_attempt = NULL, last_error = NULL,
-                     updated_at = ?8
+                     updated_at = ?8, remote_name = ?9, remote_parent = ?10
                  WHERE job = ?1 AND path = ?2",
             )?
             .execute(params![
@@ -868,6 +888,8 @@ impl Store {
                 info.remote_quick_xor,
                 info.remote_size.map(u64_to_sql),
                 unix_now(),
+                info.remote_name,
+                info.remote_parent,
             ])?;
             Ok(if same {
                 FileState::Synced {

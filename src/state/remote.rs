@@ -215,16 +215,84 @@ fn upsert_change(
     Ok(true)
 }
 
-/// job, path, eTag, remote quickXorHash, local quickXorHash of a synced row.
+/// The name to remember for where `item` sits (`None` when the service
+/// left it out: not judged later).
+fn place_name(item: &RemoteItem) -> Option<&str> {
+    Some(item.name.as_str()).filter(|n| !n.is_empty())
+}
+
+/// Whether a delta entry places an item somewhere else than we recorded:
+/// another name (SharePoint names are case-insensitive, so a change of case
+/// alone is not a move) or another parent folder. Unknown on either side
+/// is not judged, and neither is the library's root (no parent).
+fn placed_elsewhere(
+    item: &DeltaItem,
+    recorded_name: Option<&str>,
+    recorded_parent: Option<&str>,
+) -> bool {
+    if item.parent_id.is_none() {
+        return false;
+    }
+    let renamed = match recorded_name {
+        Some(name) if !item.name.is_empty() => {
+            name != item.name && name.to_lowercase() != item.name.to_lowercase()
+        }
+        _ => false,
+    };
+    let moved = matches!(
+        (recorded_parent, item.parent_id.as_deref()),
+        (Some(before), Some(now)) if before != now
+    );
+    renamed || moved
+}
+
+/// A folder of ours is gone from its place (deleted, or moved or renamed
+/// by someone else): its rows and those below it go, and every synced file
+/// below it becomes a remote delete of its path.
+fn folder_gone(tx: &Transaction<'_>, job: &str, folder: &str) -> rusqlite::Result<u64> {
+    let mut changes = 0;
+    let prefix = if folder.is_empty() {
+        String::new()
+    } else {
+        format!("{folder}/")
+    };
+    let under = "(?2 = '' OR substr(path, 1, length(?2)) = ?2)";
+    tx.prepare_cached(&format!(
+        "DELETE FROM folders WHERE job = ?1 AND (path = ?3 OR {under})"
+    ))?
+    .execute(params![job, prefix, folder])?;
+    let files: Vec<(String, String)> = tx
+        .prepare_cached(&format!(
+            "SELECT path, item_id FROM files WHERE job = ?1 AND state = 'synced'
+             AND item_id IS NOT NULL AND {under}"
+        ))?
+        .query_map(params![job, prefix], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (path, id) in files {
+        changes += upsert_change(tx, job, &path, RemoteChangeKind::Deleted, &id, None)? as u64;
+    }
+    Ok(changes)
+}
+
+/// A synced row matched by a delta entry: (job, path, eTag, remote hash,
+/// local hash, recorded name, recorded parent).
 type SyncedRow = (
     String,
     String,
     Option<String>,
     Option<String>,
     Option<String>,
+    Option<String>,
+    Option<String>,
 );
 
 /// One delta entry against the tables; returns the changes it revealed.
+///
+/// An item of ours that someone else moved or renamed has left the path it
+/// backed up: for that path it is a remote delete (`on_remote_delete`
+/// decides), the same verdict a walk of the folder reaches after a `410`.
+/// Its row no longer points at it, so a later local delete (`mirror`)
+/// cannot delete it wherever it went.
 fn apply_delta_item(tx: &Transaction<'_>, item: &DeltaItem) -> rusqlite::Result<u64> {
     let mut changes = 0;
     if item.deleted {
@@ -244,51 +312,59 @@ fn apply_delta_item(tx: &Transaction<'_>, item: &DeltaItem) -> rusqlite::Result<
             .query_map([&item.id], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
         for (job, folder) in folders {
-            let prefix = if folder.is_empty() {
-                String::new()
-            } else {
-                format!("{folder}/")
-            };
-            let under = "(?2 = '' OR substr(path, 1, length(?2)) = ?2)";
-            tx.prepare_cached(&format!(
-                "DELETE FROM folders WHERE job = ?1 AND (path = ?3 OR {under})"
-            ))?
-            .execute(params![job, prefix, folder])?;
-            let files: Vec<(String, String)> = tx
-                .prepare_cached(&format!(
-                    "SELECT path, item_id FROM files WHERE job = ?1 AND state = 'synced'
-                     AND item_id IS NOT NULL AND {under}"
-                ))?
-                .query_map(params![job, prefix], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()?;
-            for (path, id) in files {
-                changes +=
-                    upsert_change(tx, &job, &path, RemoteChangeKind::Deleted, &id, None)? as u64;
-            }
+            changes += folder_gone(tx, &job, &folder)?;
         }
         return Ok(changes);
     }
     if item.is_folder {
-        return Ok(0);
+        // Moved or renamed by someone else: the files below it left their
+        // paths with it (drives report the folder, not each file below).
+        let folders: Vec<(String, String, Option<String>, Option<String>)> = tx
+            .prepare_cached("SELECT job, path, name, parent_id FROM folders WHERE item_id = ?1")?
+            .query_map([&item.id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        for (job, folder, name, parent) in folders {
+            if placed_elsewhere(item, name.as_deref(), parent.as_deref()) {
+                tracing::warn!(job = %job, folder = %folder, now = %item.name, "folder moved or renamed in SharePoint by someone else; for this backup its files are gone from their paths (on_remote_delete decides)");
+                changes += folder_gone(tx, &job, &folder)?;
+            }
+        }
+        return Ok(changes);
     }
     let rows: Vec<SyncedRow> = tx
         .prepare_cached(
-            "SELECT job, path, etag, remote_quick_xor, quick_xor FROM files
-             WHERE item_id = ?1 AND state = 'synced'",
+            "SELECT job, path, etag, remote_quick_xor, quick_xor, remote_name, remote_parent
+             FROM files WHERE item_id = ?1 AND state = 'synced'",
         )?
         .query_map([&item.id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
         })?
         .collect::<Result<_, _>>()?;
-    for (job, path, etag, remote_qx, local_qx) in rows {
+    for (job, path, etag, remote_qx, local_qx, name, parent) in rows {
         if etag.is_some() && etag == item.etag {
+            continue;
+        }
+        if placed_elsewhere(item, name.as_deref(), parent.as_deref()) {
+            tracing::warn!(job = %job, path = %path, now = %item.name, "moved or renamed in SharePoint by someone else; for this backup the path is empty now (on_remote_delete decides)");
+            changes +=
+                upsert_change(tx, &job, &path, RemoteChangeKind::Deleted, &item.id, None)? as u64;
             continue;
         }
         let ours =
             item.quick_xor.is_some() && (item.quick_xor == remote_qx || item.quick_xor == local_qx);
         if ours || item.quick_xor.is_none() {
-            // Our content (a rename, our own mtime PATCH, a late hash):
-            // remember the eTag so it is not looked at again.
+            // Our content (our own mtime PATCH, a late hash, a change of
+            // case): remember the eTag so it is not looked at again.
             tx.prepare_cached("UPDATE files SET etag = ?3 WHERE job = ?1 AND path = ?2")?
                 .execute(params![job, path, item.etag])?;
             continue;
@@ -415,9 +491,21 @@ impl Store {
             let id = match action {
                 WalkAction::Seen { item_id } => item_id,
                 WalkAction::Etag { path, item } => {
-                    tx.prepare_cached("UPDATE files SET etag = ?3 WHERE job = ?1 AND path = ?2")
-                        .and_then(|mut s| s.execute(params![job, path, item.etag]))
-                        .map_err(err)?;
+                    // Found at its path: where it sits now is ours.
+                    tx.prepare_cached(
+                        "UPDATE files SET etag = ?3, remote_name = ?4, remote_parent = ?5
+                         WHERE job = ?1 AND path = ?2",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            job,
+                            path,
+                            item.etag,
+                            place_name(item),
+                            item.parent_id
+                        ])
+                    })
+                    .map_err(err)?;
                     &item.id
                 }
                 WalkAction::Edited { path, item } => {
@@ -442,8 +530,10 @@ impl Store {
                 } => {
                     tx.prepare_cached(
                         "INSERT INTO files (job, path, size, mtime_ns, inode, sha1, quick_xor,
-                             item_id, etag, remote_quick_xor, remote_size, state, updated_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'synced', ?12)
+                             item_id, etag, remote_quick_xor, remote_size, state, updated_at,
+                             remote_name, remote_parent)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'synced', ?12,
+                             ?13, ?14)
                          ON CONFLICT (job, path) DO UPDATE SET size = excluded.size,
                              mtime_ns = excluded.mtime_ns, inode = excluded.inode,
                              sha1 = excluded.sha1, quick_xor = excluded.quick_xor,
@@ -451,7 +541,9 @@ impl Store {
                              remote_quick_xor = excluded.remote_quick_xor,
                              remote_size = excluded.remote_size, state = 'synced',
                              copy_to = NULL, attempts = 0, next_attempt = NULL, last_error = NULL,
-                             skip_reason = NULL, updated_at = excluded.updated_at",
+                             skip_reason = NULL, updated_at = excluded.updated_at,
+                             remote_name = excluded.remote_name,
+                             remote_parent = excluded.remote_parent",
                     )
                     .and_then(|mut s| {
                         s.execute(params![
@@ -466,7 +558,9 @@ impl Store {
                             item.etag,
                             item.quick_xor,
                             u64_to_sql(item.size),
-                            now
+                            now,
+                            place_name(item),
+                            item.parent_id
                         ])
                     })
                     .map_err(err)?;
@@ -796,7 +890,8 @@ impl Store {
             .map_err(err)?;
         tx.prepare_cached(
             "UPDATE files SET path = ?3, size = ?4, mtime_ns = ?5, inode = ?6, item_id = ?7,
-                 etag = ?8, state = 'synced', updated_at = ?9
+                 etag = ?8, state = 'synced', updated_at = ?9, remote_name = ?10,
+                 remote_parent = ?11
              WHERE job = ?1 AND path = ?2",
         )
         .and_then(|mut s| {
@@ -809,9 +904,19 @@ impl Store {
                 u64_to_sql(fingerprint.2),
                 item.id,
                 item.etag,
-                unix_now()
+                unix_now(),
+                place_name(item),
+                item.parent_id
             ])
         })
+        .map_err(err)?;
+        // A delta read by another job between our PATCH and this record
+        // may have taken the move for someone else's: it was ours.
+        tx.prepare_cached(
+            "DELETE FROM remote_changes WHERE job = ?1 AND path = ?2 AND outcome IS NULL
+                 AND kind = 'deleted' AND item_id = ?3",
+        )
+        .and_then(|mut s| s.execute(params![job, from, item.id]))
         .map_err(err)?;
         tx.commit().map_err(err)
     }

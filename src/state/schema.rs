@@ -217,6 +217,19 @@ CREATE TABLE job_libraries (
 ) WITHOUT ROWID;
 "#;
 
+/// Where each item of ours sits remotely, as SharePoint last reported it
+/// when we put it there or found it there: its name and its parent
+/// folder's id. A delta entry that places the item elsewhere means someone
+/// else renamed or moved it, so the path it backed up is empty now (handled
+/// as a remote delete of that path). NULL: not known (rows written before
+/// this migration), not judged.
+const REMOTE_PLACES: &str = r#"
+ALTER TABLE files ADD COLUMN remote_name TEXT;
+ALTER TABLE files ADD COLUMN remote_parent TEXT;
+ALTER TABLE folders ADD COLUMN name TEXT;
+ALTER TABLE folders ADD COLUMN parent_id TEXT;
+"#;
+
 /// Every migration, in order; see the module doc before changing anything.
 const MIGRATIONS: &[&str] = &[
     V1,
@@ -225,6 +238,7 @@ const MIGRATIONS: &[&str] = &[
     RACY_FILES,
     CONFLICT_COPIES,
     JOB_LIBRARIES,
+    REMOTE_PLACES,
 ];
 
 /// The schema version this binary writes and fully understands.

@@ -34,6 +34,8 @@ fn synced_info(content: &[u8]) -> SyncedInfo {
         etag: Some("\"{E1},1\"".into()),
         remote_quick_xor: Some(hash_bytes(content).quick_xor),
         remote_size: Some(content.len() as u64),
+        remote_name: None,
+        remote_parent: None,
     }
 }
 
@@ -1156,6 +1158,8 @@ fn bulk_timing() {
                 etag: None,
                 remote_quick_xor: None,
                 remote_size: None,
+                remote_name: None,
+                remote_parent: None,
             };
             store.mark_synced(JOB, &e.path, &info).unwrap();
         }
@@ -1447,6 +1451,7 @@ fn remote_item(id: &str, content: &[u8]) -> crate::remote::RemoteItem {
     crate::remote::RemoteItem {
         id: id.into(),
         name: "x".into(),
+        parent_id: None,
         size: content.len() as u64,
         etag: Some(format!("\"{{{id}}},1\"")),
         ctag: None,
@@ -1489,4 +1494,137 @@ fn walks_of_two_jobs_at_once_keep_their_own_seen_items() {
     // A file the walk did not see is still a remote delete.
     store.begin_walk("a").unwrap();
     assert_eq!(store.finish_walk("a", site, lib).unwrap(), 1);
+}
+
+/// Someone else's rename or move of one of our files, or of a folder of
+/// ours, empties the path it backed up: a remote delete of that path. Our
+/// own echo, a change of case, and rows from before places were recorded
+/// are not judged so.
+#[test]
+fn delta_entries_that_place_our_items_elsewhere_are_deletes_of_their_paths() {
+    use crate::remote::{DeltaItem, RemoteItem};
+    use crate::state::RemoteChangeKind;
+    let (_dir, mut store) = open_temp();
+    let (site, lib) = ("https://h/sites/s", "Documents");
+    store.save_drive_id(site, lib, "D").unwrap();
+    let names = [
+        "a.txt",
+        "b.txt",
+        "c.txt",
+        "old.txt",
+        "sub/d.txt",
+        "sub/e.txt",
+    ];
+    let entries: Vec<_> = names
+        .iter()
+        .map(|p| entry(p, p.as_bytes(), 1, Change::New))
+        .collect();
+    store.record_scanned(JOB, &entries).unwrap();
+    let folder = |id: &str, name: &str, parent: Option<&str>| RemoteItem {
+        id: id.into(),
+        name: name.into(),
+        parent_id: parent.map(str::to_string),
+        size: 0,
+        etag: None,
+        ctag: None,
+        quick_xor: None,
+        mtime: None,
+        is_folder: true,
+    };
+    store
+        .record_folder_item(JOB, "", &folder("ROOT", "backup", Some("LIBROOT")))
+        .unwrap();
+    store
+        .record_folder_item(JOB, "sub", &folder("SUB", "sub", Some("ROOT")))
+        .unwrap();
+    for (i, path) in names.iter().enumerate() {
+        let (parent, name) = match path.split_once('/') {
+            Some((_, n)) => ("SUB", n),
+            None => ("ROOT", *path),
+        };
+        let mut item = remote_item(&format!("I{i}"), path.as_bytes());
+        item.name = name.to_string();
+        item.parent_id = Some(parent.to_string());
+        let mut info = SyncedInfo::from_item(hash_bytes(path.as_bytes()), &item);
+        if *path == "old.txt" {
+            // Recorded before this schema knew places.
+            info.remote_name = None;
+            info.remote_parent = None;
+        }
+        store.mark_synced(JOB, path, &info).unwrap();
+    }
+    let moved = |id: &str, name: &str, parent: &str, content: &[u8]| DeltaItem {
+        id: id.into(),
+        name: name.into(),
+        parent_id: Some(parent.into()),
+        deleted: false,
+        is_folder: false,
+        size: content.len() as u64,
+        etag: Some(format!("\"{{{id}}},2\"")),
+        ctag: None,
+        quick_xor: Some(hash_bytes(content).quick_xor),
+    };
+    let page = [
+        // Renamed in place.
+        moved("I0", "a (old).txt", "ROOT", b"a.txt"),
+        // Moved out of the job's folder, name kept.
+        moved("I1", "b.txt", "ELSEWHERE", b"b.txt"),
+        // Only the case of its name changed: still at its path.
+        moved("I2", "C.TXT", "ROOT", b"c.txt"),
+        // No recorded place: not judged.
+        moved("I3", "renamed.txt", "ELSEWHERE", b"old.txt"),
+        // The job's own echo: where we put it.
+        moved("I4", "d.txt", "SUB", b"sub/d.txt"),
+    ];
+    let stats = store.record_delta_page(site, lib, &page, None).unwrap();
+    assert_eq!(stats.changes, 2);
+    let changes: Vec<(String, RemoteChangeKind)> = store
+        .pending_remote_changes(JOB)
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.path, c.kind))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("a.txt".to_string(), RemoteChangeKind::Deleted),
+            ("b.txt".to_string(), RemoteChangeKind::Deleted),
+        ]
+    );
+
+    // The folder `sub` renamed by someone else: both files below it are
+    // gone from their paths, and the folder must be created again.
+    let sub = DeltaItem {
+        id: "SUB".into(),
+        name: "sub-renamed".into(),
+        parent_id: Some("ROOT".into()),
+        deleted: false,
+        is_folder: true,
+        size: 0,
+        etag: Some("\"{SUB},3\"".into()),
+        ctag: None,
+        quick_xor: None,
+    };
+    let root_echo = DeltaItem {
+        id: "ROOT".into(),
+        name: "backup".into(),
+        parent_id: Some("LIBROOT".into()),
+        ..sub.clone()
+    };
+    let stats = store
+        .record_delta_page(site, lib, &[root_echo, sub], Some("L"))
+        .unwrap();
+    assert_eq!(stats.changes, 2);
+    let paths: Vec<String> = store
+        .pending_remote_changes(JOB)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.path)
+        .collect();
+    assert_eq!(paths, ["a.txt", "b.txt", "sub/d.txt", "sub/e.txt"]);
+    let folders = store.known_folders(JOB).unwrap();
+    assert!(
+        folders.contains("") && !folders.contains("sub"),
+        "{folders:?}"
+    );
 }

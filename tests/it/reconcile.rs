@@ -574,3 +574,100 @@ async fn mirroring_a_local_delete_never_deletes_an_edit_the_policy_kept() {
         }
     }
 }
+
+/// Renames or moves `rel` (under the job folder) through Graph as another
+/// user: `body` is the PATCH (`name`, `parentReference`).
+async fn remote_patch(emu: &Handle, rel: &str, body: serde_json::Value) {
+    let r = http()
+        .patch(item_url(emu, rel, ""))
+        .bearer_auth(other_token(emu))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "patch {rel}: {}", r.status());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_or_move_by_someone_else_empties_the_path_it_backed_up() {
+    let (emu, fx, config) = setup(Options::default(), "delete = \"mirror\"").await;
+    emu::put(&fx, "a.txt", b"alpha");
+    emu::put(&fx, "sub/b.txt", b"bravo");
+    emu::put(&fx, "sub/c.txt", b"charlie");
+    emu::put(&fx, "d.txt", b"delta");
+    assert_eq!(sync(&config).await.uploaded, 4);
+
+    // Someone renames a file in place, moves another into a folder of
+    // theirs, and renames one of our folders.
+    remote_patch(&emu, "a.txt", serde_json::json!({"name": "a (theirs).txt"})).await;
+    let theirs = http()
+        .post(format!(
+            "{}/drives/{}/root/children",
+            emu.graph_url(),
+            emu.drive_id()
+        ))
+        .bearer_auth(other_token(&emu))
+        .json(&serde_json::json!({"name": "theirs", "folder": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(theirs.status().is_success());
+    let to_theirs = format!("/drives/{}/root:/theirs", emu.drive_id());
+    remote_patch(
+        &emu,
+        "d.txt",
+        serde_json::json!({"parentReference": {"path": to_theirs}}),
+    )
+    .await;
+    remote_patch(&emu, "sub", serde_json::json!({"name": "sub-old"})).await;
+
+    // For this backup each path is empty now: restored (the default), and
+    // what they moved stays where they put it.
+    let report = sync(&config).await;
+    assert_eq!(report.uploaded, 4, "{report:?}");
+    for (rel, bytes) in [
+        ("a.txt", &b"alpha"[..]),
+        ("sub/b.txt", b"bravo"),
+        ("sub/c.txt", b"charlie"),
+        ("d.txt", b"delta"),
+        ("a (theirs).txt", b"alpha"),
+        ("sub-old/b.txt", b"bravo"),
+    ] {
+        assert_eq!(remote_content(&emu, rel).as_deref(), Some(bytes), "{rel}");
+    }
+    assert_eq!(
+        emu.read_file("theirs/d.txt").as_deref(),
+        Some(&b"delta"[..])
+    );
+    let changes = store(&fx).remote_changes("docs").unwrap();
+    assert_eq!(changes.len(), 4, "{changes:?}");
+    assert!(
+        changes.iter().all(
+            |c| c.kind == RemoteChangeKind::Deleted && c.outcome.as_deref() == Some("restored")
+        ),
+        "{changes:?}"
+    );
+    let again = sync(&config).await;
+    assert_eq!((again.uploaded, again.up_to_date), (0, 4), "{again:?}");
+
+    // Mirror deletes what is at our paths, never what they moved away.
+    for rel in ["a.txt", "d.txt", "sub/b.txt"] {
+        std::fs::remove_file(fx.source().join(rel)).unwrap();
+    }
+    sync(&config).await;
+    for rel in ["a.txt", "d.txt", "sub/b.txt"] {
+        assert!(remote_content(&emu, rel).is_none(), "{rel} mirrored");
+    }
+    assert_eq!(
+        remote_content(&emu, "a (theirs).txt").as_deref(),
+        Some(&b"alpha"[..])
+    );
+    assert_eq!(
+        emu.read_file("theirs/d.txt").as_deref(),
+        Some(&b"delta"[..])
+    );
+    assert_eq!(
+        remote_content(&emu, "sub-old/b.txt").as_deref(),
+        Some(&b"bravo"[..])
+    );
+}

@@ -435,6 +435,8 @@ async fn an_upload_without_a_remote_hash_is_verified_on_a_later_run() {
             etag: None,
             remote_quick_xor: None,
             remote_size: None,
+            remote_name: None,
+            remote_parent: None,
         };
         store.mark_synced("docs", "a.txt", &info).unwrap();
         assert_eq!(store.unconfirmed_synced("docs").unwrap().len(), 1);
