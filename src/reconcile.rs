@@ -23,6 +23,8 @@
 //! re-uploaded for it.
 //!
 //! Remote deletes and edits of our files are recorded as `remote_changes`
+//! (an edit also while the file's own local change waits to go up: pending
+//! or failed, never mid-upload, whose echo may arrive before it is recorded)
 //! and then resolved by the job's `on_remote_delete` (`restore`: upload
 //! again; `forget`) and `on_remote_change` (`overwrite`: ours goes up again,
 //! SharePoint keeps theirs in version history; `skip`: a conflict, uploads

@@ -165,6 +165,7 @@ impl From<DeltaItemJson> for DeltaItem {
             etag: item.etag,
             ctag: item.ctag,
             quick_xor: item.quick_xor,
+            mtime: item.mtime,
         }
     }
 }

@@ -137,6 +137,9 @@ pub struct DeltaItem {
     pub etag: Option<String>,
     pub ctag: Option<String>,
     pub quick_xor: Option<String>,
+    /// `fileSystemInfo.lastModifiedDateTime`: the mtime our upload set, or
+    /// the time of someone else's edit.
+    pub mtime: Option<DateTime<Utc>>,
 }
 
 /// Where a delta page says to go next.

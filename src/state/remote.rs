@@ -274,17 +274,19 @@ fn folder_gone(tx: &Transaction<'_>, job: &str, folder: &str) -> rusqlite::Resul
     Ok(changes)
 }
 
-/// A synced row matched by a delta entry: (job, path, eTag, remote hash,
-/// local hash, recorded name, recorded parent).
-type SyncedRow = (
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-);
+/// A row matched by a delta entry.
+struct MatchedRow {
+    job: String,
+    path: String,
+    /// Not yet uploaded as it is locally (`pending` or `failed`).
+    waiting: bool,
+    mtime_ns: i64,
+    etag: Option<String>,
+    remote_quick_xor: Option<String>,
+    quick_xor: Option<String>,
+    remote_name: Option<String>,
+    remote_parent: Option<String>,
+}
 
 /// One delta entry against the tables; returns the changes it revealed.
 ///
@@ -333,35 +335,55 @@ fn apply_delta_item(tx: &Transaction<'_>, item: &DeltaItem) -> rusqlite::Result<
         }
         return Ok(changes);
     }
-    let rows: Vec<SyncedRow> = tx
+    // Synced rows, and rows whose local change waits to go up (pending,
+    // failed): an edit made meanwhile must not be overwritten unseen by
+    // that upload. Rows being uploaded are left out: the echo of our own
+    // commit may arrive before it is recorded.
+    let rows: Vec<MatchedRow> = tx
         .prepare_cached(
-            "SELECT job, path, etag, remote_quick_xor, quick_xor, remote_name, remote_parent
-             FROM files WHERE item_id = ?1 AND state = 'synced'",
+            "SELECT job, path, state <> 'synced', mtime_ns, etag, remote_quick_xor, quick_xor,
+                 remote_name, remote_parent
+             FROM files WHERE item_id = ?1 AND state IN ('synced', 'pending', 'failed')",
         )?
         .query_map([&item.id], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-            ))
+            Ok(MatchedRow {
+                job: r.get(0)?,
+                path: r.get(1)?,
+                waiting: r.get(2)?,
+                mtime_ns: r.get(3)?,
+                etag: r.get(4)?,
+                remote_quick_xor: r.get(5)?,
+                quick_xor: r.get(6)?,
+                remote_name: r.get(7)?,
+                remote_parent: r.get(8)?,
+            })
         })?
         .collect::<Result<_, _>>()?;
-    for (job, path, etag, remote_qx, local_qx, name, parent) in rows {
-        if etag.is_some() && etag == item.etag {
+    for row in rows {
+        let (job, path) = (&row.job, &row.path);
+        if row.etag.is_some() && row.etag == item.etag {
             continue;
         }
-        if placed_elsewhere(item, name.as_deref(), parent.as_deref()) {
+        if placed_elsewhere(
+            item,
+            row.remote_name.as_deref(),
+            row.remote_parent.as_deref(),
+        ) {
             tracing::warn!(job = %job, path = %path, now = %item.name, "moved or renamed in SharePoint by someone else; for this backup the path is empty now (on_remote_delete decides)");
             changes +=
-                upsert_change(tx, &job, &path, RemoteChangeKind::Deleted, &item.id, None)? as u64;
+                upsert_change(tx, job, path, RemoteChangeKind::Deleted, &item.id, None)? as u64;
             continue;
         }
-        let ours =
-            item.quick_xor.is_some() && (item.quick_xor == remote_qx || item.quick_xor == local_qx);
+        // A waiting row's upload may have been committed with its reply
+        // lost: that item carries the local mtime we sent (whole seconds).
+        let our_upload = row.waiting
+            && item
+                .mtime
+                .is_some_and(|t| t.timestamp() == row.mtime_ns.div_euclid(1_000_000_000));
+        let (remote_qx, local_qx) = (row.remote_quick_xor, row.quick_xor);
+        let ours = our_upload
+            || item.quick_xor.is_some()
+                && (item.quick_xor == remote_qx || item.quick_xor == local_qx);
         if ours || item.quick_xor.is_none() {
             // Our content (our own mtime PATCH, a late hash, a change of
             // case): remember the eTag so it is not looked at again.
@@ -371,8 +393,8 @@ fn apply_delta_item(tx: &Transaction<'_>, item: &DeltaItem) -> rusqlite::Result<
         }
         changes += upsert_change(
             tx,
-            &job,
-            &path,
+            job,
+            path,
             RemoteChangeKind::Edited,
             &item.id,
             Some((&item.etag, &item.quick_xor, item.size)),

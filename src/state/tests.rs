@@ -1238,6 +1238,7 @@ fn delta_item(id: &str, deleted: bool, etag: &str, content: &[u8]) -> crate::rem
         etag: Some(etag.into()),
         ctag: None,
         quick_xor: (!deleted).then(|| hash_bytes(content).quick_xor),
+        mtime: None,
     }
 }
 
@@ -1563,6 +1564,7 @@ fn delta_entries_that_place_our_items_elsewhere_are_deletes_of_their_paths() {
         etag: Some(format!("\"{{{id}}},2\"")),
         ctag: None,
         quick_xor: Some(hash_bytes(content).quick_xor),
+        mtime: None,
     };
     let page = [
         // Renamed in place.
@@ -1604,6 +1606,7 @@ fn delta_entries_that_place_our_items_elsewhere_are_deletes_of_their_paths() {
         etag: Some("\"{SUB},3\"".into()),
         ctag: None,
         quick_xor: None,
+        mtime: None,
     };
     let root_echo = DeltaItem {
         id: "ROOT".into(),
@@ -1626,5 +1629,85 @@ fn delta_entries_that_place_our_items_elsewhere_are_deletes_of_their_paths() {
     assert!(
         folders.contains("") && !folders.contains("sub"),
         "{folders:?}"
+    );
+}
+
+/// An edit by someone else while our own change of the file waits to go up
+/// (pending or failed) is a remote edit like any other, so the policy sees
+/// it before that upload could replace it. The item our lost-reply upload
+/// committed (it carries the local mtime) and a row being uploaded are not.
+#[test]
+fn edits_meanwhile_of_files_waiting_to_go_up_are_remote_edits() {
+    use crate::state::RemoteChangeKind;
+    let (_dir, mut store) = open_temp();
+    let (site, lib) = ("https://h/sites/s", "Documents");
+    store.save_drive_id(site, lib, "D").unwrap();
+    let paths = [
+        "pending.txt",
+        "failed.txt",
+        "uploading.txt",
+        "committed.txt",
+    ];
+    let mtime_ns = 1_700_000_000_250_000_000;
+    let first: Vec<_> = paths
+        .iter()
+        .map(|p| entry(p, b"v1", mtime_ns - 60_000_000_000, Change::New))
+        .collect();
+    store.record_scanned(JOB, &first).unwrap();
+    for (i, p) in paths.iter().enumerate() {
+        let mut info = synced_info(b"v1");
+        info.item_id = Some(format!("I{i}"));
+        info.etag = Some(format!("\"{{I{i}}},1\""));
+        store.mark_synced(JOB, p, &info).unwrap();
+    }
+    // Each edited locally (v2) and not uploaded yet.
+    let second: Vec<_> = paths
+        .iter()
+        .map(|p| entry(p, b"v2", mtime_ns, Change::Changed))
+        .collect();
+    store.record_scanned(JOB, &second).unwrap();
+    store
+        .mark_failed(JOB, "failed.txt", "423 locked", Some(i64::MAX))
+        .unwrap();
+    store.mark_uploading(JOB, "uploading.txt").unwrap();
+    store
+        .mark_failed(JOB, "committed.txt", "reply lost", None)
+        .unwrap();
+
+    let edit = |i: usize, content: &[u8], mtime_s: i64| crate::remote::DeltaItem {
+        mtime: chrono::DateTime::from_timestamp(mtime_s, 0),
+        ..delta_item(&format!("I{i}"), false, &format!("\"{{I{i}}},2\""), content)
+    };
+    let page = [
+        edit(0, b"theirs", 1_800_000_000),
+        edit(1, b"theirs", 1_800_000_000),
+        edit(2, b"theirs", 1_800_000_000),
+        // Ours, rewritten by SharePoint (another hash), with our mtime.
+        edit(3, b"rewritten v2", mtime_ns / 1_000_000_000),
+    ];
+    let stats = store.record_delta_page(site, lib, &page, None).unwrap();
+    assert_eq!(stats.changes, 2);
+    let changes: Vec<(String, RemoteChangeKind)> = store
+        .pending_remote_changes(JOB)
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.path, c.kind))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("failed.txt".to_string(), RemoteChangeKind::Edited),
+            ("pending.txt".to_string(), RemoteChangeKind::Edited),
+        ]
+    );
+    assert_eq!(
+        store
+            .file(JOB, "committed.txt")
+            .unwrap()
+            .unwrap()
+            .etag
+            .as_deref(),
+        Some("\"{I3},2\""),
+        "our own commit: its eTag is taken in"
     );
 }

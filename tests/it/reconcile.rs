@@ -671,3 +671,71 @@ async fn a_rename_or_move_by_someone_else_empties_the_path_it_backed_up() {
         Some(&b"bravo"[..])
     );
 }
+
+/// Our local edit cannot go up (the library is full for a moment), and
+/// meanwhile someone edits the file in SharePoint.
+async fn edited_while_waiting(policy: &str) -> (Handle, Fixture, Config, JobReport) {
+    let (emu, fx, config) = setup(
+        Options::default(),
+        &format!("on_remote_change = \"{policy}\""),
+    )
+    .await;
+    emu::put(&fx, "a.txt", b"ours v1");
+    assert_eq!(sync(&config).await.uploaded, 1);
+    emu::put(&fx, "a.txt", b"ours, edited locally");
+    emu.add_faults("upload:507:count=1").unwrap();
+    let reports = emu::sync(&config, &emu::fast_policy()).await;
+    assert!(reports[0].quota_full.is_some(), "{:?}", reports[0]);
+    assert_eq!(
+        remote_content(&emu, "a.txt").as_deref(),
+        Some(&b"ours v1"[..])
+    );
+    remote_edit(&emu, "a.txt", b"their edit").await;
+    let report = sync(&config).await;
+    let changes = store(&fx).remote_changes("docs").unwrap();
+    assert_eq!(changes.len(), 1, "{policy}: {changes:?}");
+    assert_eq!(
+        (changes[0].path.as_str(), changes[0].kind),
+        ("a.txt", RemoteChangeKind::Edited),
+        "{policy}"
+    );
+    (emu, fx, config, report)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_made_while_our_change_waits_to_go_up_meets_the_policy() {
+    // `skip`: their edit stays, ours is held as a conflict.
+    let (emu, fx, config, report) = edited_while_waiting("skip").await;
+    assert_eq!(report.uploaded, 0, "{report:?}");
+    assert_eq!(store(&fx).conflicts(None).unwrap().len(), 1);
+    let again = sync(&config).await;
+    assert_eq!(again.uploaded, 0);
+    assert_eq!(
+        remote_content(&emu, "a.txt").as_deref(),
+        Some(&b"their edit"[..])
+    );
+
+    // `keep-both`: theirs stays at the path, ours goes up beside it.
+    let (emu, fx, config, report) = edited_while_waiting("keep-both").await;
+    assert_eq!(report.uploaded, 1, "{report:?}");
+    assert_eq!(
+        remote_content(&emu, "a.txt").as_deref(),
+        Some(&b"their edit"[..])
+    );
+    let copies = store(&fx).conflict_copies("docs").unwrap();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert_eq!(
+        remote_content(&emu, &copies[0].path).as_deref(),
+        Some(&b"ours, edited locally"[..])
+    );
+    assert_eq!(sync(&config).await.uploaded, 0);
+
+    // `overwrite` (the default): ours goes up, as the log says; theirs is
+    // in the file's version history.
+    let (emu, _fx, _config, report) = edited_while_waiting("overwrite").await;
+    assert_eq!(report.uploaded, 1, "{report:?}");
+    assert_eq!(
+        remote_content(&emu, "a.txt").as_deref(),
+        Some(&b"ours, edited locally"[..])
+    );
+}
