@@ -1497,6 +1497,16 @@ fn walks_of_two_jobs_at_once_keep_their_own_seen_items() {
     assert_eq!(store.finish_walk("a", site, lib).unwrap(), 1);
 }
 
+/// The job's open remote changes as (path, kind).
+fn open_changes(store: &Store) -> Vec<(String, crate::state::RemoteChangeKind)> {
+    store
+        .pending_remote_changes(JOB)
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.path, c.kind))
+        .collect()
+}
+
 /// Someone else's rename or move of one of our files, or of a folder of
 /// ours, empties the path it backed up: a remote delete of that path. Our
 /// own echo, a change of case, and rows from before places were recorded
@@ -1580,12 +1590,7 @@ fn delta_entries_that_place_our_items_elsewhere_are_deletes_of_their_paths() {
     ];
     let stats = store.record_delta_page(site, lib, &page, None).unwrap();
     assert_eq!(stats.changes, 2);
-    let changes: Vec<(String, RemoteChangeKind)> = store
-        .pending_remote_changes(JOB)
-        .unwrap()
-        .into_iter()
-        .map(|c| (c.path, c.kind))
-        .collect();
+    let changes = open_changes(&store);
     assert_eq!(
         changes,
         [
@@ -1687,12 +1692,7 @@ fn edits_meanwhile_of_files_waiting_to_go_up_are_remote_edits() {
     ];
     let stats = store.record_delta_page(site, lib, &page, None).unwrap();
     assert_eq!(stats.changes, 2);
-    let changes: Vec<(String, RemoteChangeKind)> = store
-        .pending_remote_changes(JOB)
-        .unwrap()
-        .into_iter()
-        .map(|c| (c.path, c.kind))
-        .collect();
+    let changes = open_changes(&store);
     assert_eq!(
         changes,
         [
