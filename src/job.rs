@@ -16,6 +16,11 @@
 //! the deletes are then held (counted, logged once per run) and decided
 //! again next run. A missing source never gets this far: the scan fails.
 //!
+//! Two files whose paths differ only in case would be one item remotely
+//! (SharePoint names are case-insensitive): before the uploads, the one
+//! that keeps the name is chosen (`Store::case_twins`) and the other is
+//! skipped for now, looked at again by every run until it can go up.
+//!
 //! The library's drive id is resolved once and cached (`drive_id`); a
 //! `404` from the drive makes reconcile ask again (`recheck_drive`): a
 //! recreated library (new id) requeues every job on it, a library that no
@@ -481,6 +486,49 @@ async fn run_stages<R: Remote>(
             }
             !held
         });
+    }
+    // Two files whose paths differ only in case would be one item in
+    // SharePoint (names are case-insensitive), each upload replacing the
+    // other: the one that keeps the name goes up, the other is reported.
+    if !uploads.is_empty() {
+        let (name, paths): (String, Vec<String>) = (
+            job.name.clone(),
+            uploads.iter().map(|e| e.path.clone()).collect(),
+        );
+        // Rows forgotten or moved away before the uploads free their name;
+        // a mirror delete comes after them, so its row still keeps it.
+        let leaving: HashSet<String> = forget
+            .iter()
+            .cloned()
+            .chain(moves.iter().map(|m| m.from.clone()))
+            .collect();
+        let twins = store
+            .call(move |s| s.case_twins(&name, &paths, &leaving))
+            .await?;
+        if !twins.is_empty() {
+            let mut skipped = Vec::new();
+            uploads.retain(|e| {
+                let Some(twin) = twins.get(&e.path) else {
+                    return true;
+                };
+                let reason = format!(
+                    "{twin:?} differs from it only in case, and SharePoint names are \
+                     case-insensitive: both would be one file there, each upload replacing \
+                     the other; rename one of them (this one goes up once {twin:?} is gone)"
+                );
+                tracing::warn!(job = %job.name, path = %e.path, reason, "not uploaded");
+                skipped.push((e.path.clone(), reason));
+                false
+            });
+            let (name, rows) = (job.name.clone(), skipped.clone());
+            store
+                .call(move |s| {
+                    rows.iter()
+                        .try_for_each(|(p, r)| s.record_skipped_for_now(&name, p, r))
+                })
+                .await?;
+            report.skipped.extend(skipped);
+        }
     }
     // A vanished file that was moved on the server is not deleted.
     deletes.retain(|(p, _)| !moves.iter().any(|m| m.from == *p));

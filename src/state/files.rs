@@ -33,7 +33,7 @@
 //! transitions) while keeping the row's remote side pointing at the other
 //! person's version.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use rusqlite::types::{Type, ValueRef};
 use rusqlite::{OptionalExtension, Row, Transaction, params};
@@ -578,6 +578,67 @@ impl Store {
             }
         }
         tx.commit().map_err(sql_err(&self.db_path, context))
+    }
+
+    /// For each of `paths`, another file of `job` whose path differs only
+    /// in (ASCII) case and keeps the name remotely, if one does: SharePoint
+    /// names are case-insensitive, so both would be one item, each upload
+    /// replacing the other. The keeper is the one that already has a
+    /// remote item, else the first in byte order; skipped rows, and the
+    /// rows in `leaving` (gone locally: forgotten or moved away before the
+    /// uploads), never keep. Returns path -> twin for the paths that have
+    /// one.
+    pub fn case_twins(
+        &self,
+        job: &str,
+        paths: &[String],
+        leaving: &HashSet<String>,
+    ) -> Result<HashMap<String, String>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                // Named: left to itself, the planner walks the job's rows
+                // by primary key (`t.path < ?2` looks like a range on it).
+                "SELECT t.path FROM files t INDEXED BY files_by_folded_path
+                 LEFT JOIN files me ON me.job = ?1 AND me.path = ?2
+                 WHERE t.job = ?1 AND lower(t.path) = lower(?2) AND t.path <> ?2
+                     AND t.state <> 'skipped'
+                     AND ((t.item_id IS NOT NULL AND me.item_id IS NULL)
+                         OR ((t.item_id IS NULL) = (me.item_id IS NULL) AND t.path < ?2))
+                 ORDER BY t.item_id IS NULL, t.path",
+            )
+            .map_err(self.sql("looking for paths that differ only in case"))?;
+        let mut twins = HashMap::new();
+        for path in paths {
+            let found: Vec<String> = stmt
+                .query_map([job, path], |r| r.get(0))
+                .and_then(|rows| rows.collect())
+                .map_err(self.sql("looking for paths that differ only in case"))?;
+            if let Some(twin) = found.into_iter().find(|t| !leaving.contains(t)) {
+                twins.insert(path.clone(), twin);
+            }
+        }
+        Ok(twins)
+    }
+
+    /// Records that `path` is not uploaded now for a reason that depends on
+    /// other files (one of [`Store::case_twins`]): skipped, with an empty
+    /// fingerprint so every scan looks at it again and it goes up once the
+    /// reason is gone.
+    pub fn record_skipped_for_now(
+        &mut self,
+        job: &str,
+        path: &str,
+        reason: &str,
+    ) -> Result<(), StateError> {
+        self.record_skipped(job, path, reason)?;
+        self.conn
+            .prepare_cached(
+                "UPDATE files SET size = 0, mtime_ns = 0, inode = 0 WHERE job = ?1 AND path = ?2",
+            )
+            .and_then(|mut s| s.execute([job, path]))
+            .map_err(self.sql("recording a skipped file"))?;
+        Ok(())
     }
 
     /// Records that a scan (or a naming rule) will not upload `path`, with a

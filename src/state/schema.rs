@@ -230,6 +230,14 @@ ALTER TABLE folders ADD COLUMN name TEXT;
 ALTER TABLE folders ADD COLUMN parent_id TEXT;
 "#;
 
+/// Case-insensitive lookups of a job's paths: SharePoint names are
+/// case-insensitive, so two local files whose paths differ only in case
+/// would be one remote item (`Store::case_twin`). SQLite's `lower()` folds
+/// ASCII only.
+const FOLDED_PATHS: &str = r#"
+CREATE INDEX files_by_folded_path ON files (job, lower(path));
+"#;
+
 /// Every migration, in order; see the module doc before changing anything.
 const MIGRATIONS: &[&str] = &[
     V1,
@@ -239,6 +247,7 @@ const MIGRATIONS: &[&str] = &[
     CONFLICT_COPIES,
     JOB_LIBRARIES,
     REMOTE_PLACES,
+    FOLDED_PATHS,
 ];
 
 /// The schema version this binary writes and fully understands.

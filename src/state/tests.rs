@@ -1711,3 +1711,38 @@ fn edits_meanwhile_of_files_waiting_to_go_up_are_remote_edits() {
         "our own commit: its eTag is taken in"
     );
 }
+
+/// Which of two paths that differ only in case keeps the name: the one
+/// with a remote item, else the first in byte order; skipped rows and rows
+/// leaving this run never do.
+#[test]
+fn case_twins_keep_the_name_for_the_uploaded_one_else_the_first() {
+    use std::collections::HashSet;
+    let (_dir, mut store) = open_temp();
+    let names = [
+        "A.txt", "a.txt", "b.TXT", "B.txt", "c.txt", "C.txt", "d.txt",
+    ];
+    let entries: Vec<_> = names
+        .iter()
+        .map(|p| entry(p, p.as_bytes(), 1, Change::New))
+        .collect();
+    store.record_scanned(JOB, &entries).unwrap();
+    // b.TXT was uploaded before: it keeps the name over B.txt.
+    let mut info = synced_info(b"b.TXT");
+    info.item_id = Some("B".into());
+    store.mark_synced(JOB, "b.TXT", &info).unwrap();
+    store.record_skipped(JOB, "C.txt", "invalid name").unwrap();
+    let all: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let twins = store.case_twins(JOB, &all, &HashSet::new()).unwrap();
+    let mut got: Vec<(&str, &str)> = twins
+        .iter()
+        .map(|(p, t)| (p.as_str(), t.as_str()))
+        .collect();
+    got.sort();
+    assert_eq!(got, [("B.txt", "b.TXT"), ("a.txt", "A.txt")]);
+    // A.txt leaves this run (moved away or forgotten): a.txt keeps.
+    let leaving: HashSet<String> = ["A.txt".to_string()].into();
+    let twins = store.case_twins(JOB, &all, &leaving).unwrap();
+    assert_eq!(twins.get("a.txt"), None);
+    assert_eq!(twins.get("B.txt").map(String::as_str), Some("b.TXT"));
+}

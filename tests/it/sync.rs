@@ -576,3 +576,64 @@ async fn a_416_whose_query_meets_a_transient_404_resumes_instead_of_failing() {
     );
     assert_eq!(sessions_created(&emu), 1, "the same session, resumed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_whose_paths_differ_only_in_case_are_reported_not_sent_over_each_other() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(&fx, &emu, Sign::Secret, ""));
+    emu::put(&fx, "Report.txt", b"upper");
+    emu::put(&fx, "report.txt", b"lower, longer");
+    emu::put(&fx, "Docs/a.txt", b"one");
+    emu::put(&fx, "docs/a.txt", b"two");
+    emu::put(&fx, "docs/b.txt", b"bee");
+    let first = &emu::sync(&config, &emu::fast_policy()).await[0];
+    assert_eq!(first.uploaded, 3, "{first:?}");
+    let skipped: Vec<&str> = first.skipped.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(skipped, ["docs/a.txt", "report.txt"]);
+    assert!(
+        first.skipped[1]
+            .1
+            .contains("\"Report.txt\" differs from it only in case"),
+        "{:?}",
+        first.skipped
+    );
+    let arrived = |rel: &str| emu.read_file(&format!("{FOLDER}/{rel}"));
+    assert_eq!(arrived("Report.txt").as_deref(), Some(&b"upper"[..]));
+    assert_eq!(arrived("Docs/a.txt").as_deref(), Some(&b"one"[..]));
+    assert_eq!(arrived("docs/b.txt").as_deref(), Some(&b"bee"[..]));
+
+    // Nothing alternates: the next run sends nothing and says the same.
+    let before = emu.requests().len();
+    let second = &emu::sync(&config, &emu::fast_policy()).await[0];
+    assert_eq!(second.uploaded, 0, "{second:?}");
+    assert_eq!(second.skipped.len(), 2, "{second:?}");
+    assert!(
+        !emu.requests()[before..]
+            .iter()
+            .any(|r| r.method == "PUT" || r.path.ends_with("/createUploadSession")),
+        "no upload requests"
+    );
+    let store = sharepush::state::Store::open_read_only(&fx.state()).unwrap();
+    let row = store.file("docs", "report.txt").unwrap().unwrap();
+    assert!(
+        matches!(row.state, FileState::Skipped { .. }),
+        "{:?}",
+        row.state
+    );
+    drop(store);
+
+    // Once its twin is gone (renamed), it goes up by itself.
+    std::fs::rename(
+        fx.source().join("Report.txt"),
+        fx.source().join("Report (old).txt"),
+    )
+    .unwrap();
+    let third = &emu::sync(&config, &emu::fast_policy()).await[0];
+    assert_eq!(third.skipped.len(), 1, "{third:?}");
+    assert_eq!(
+        arrived("report.txt").as_deref(),
+        Some(&b"lower, longer"[..])
+    );
+    assert_eq!(arrived("Report (old).txt").as_deref(), Some(&b"upper"[..]));
+}
