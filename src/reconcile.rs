@@ -451,17 +451,39 @@ fn walk_decision(
             WalkAction::Edited { path, item }
         };
     }
-    match local_match(source, &path, &item, record) {
-        Some((fp, hashes)) => WalkAction::Adopt {
+    if let Some((fp, hashes)) = local_match(source, &path, &item, record) {
+        return WalkAction::Adopt {
             path,
             size: fp.size,
             mtime_ns: fp.mtime_ns,
             inode: fp.inode,
             hashes,
             item,
-        },
-        None => WalkAction::Seen { item_id: item.id },
+        };
     }
+    // Our item while the file's own local change waits to go up (pending,
+    // failed; never mid-upload): an edit by someone else meanwhile is an
+    // edit, as in the delta (`record_delta_page`).
+    if let Some(r) = record
+        && matches!(r.state, FileState::Pending | FileState::Failed { .. })
+        && r.item_id.as_deref() == Some(item.id.as_str())
+        && r.etag.is_some()
+        && r.etag != item.etag
+    {
+        let our_upload = item
+            .mtime
+            .is_some_and(|t| t.timestamp() == r.mtime_ns.div_euclid(1_000_000_000));
+        let ours = our_upload
+            || item.quick_xor.is_none()
+            || item.quick_xor == r.remote_quick_xor
+            || item.quick_xor.as_ref() == r.hashes.as_ref().map(|h| &h.quick_xor);
+        return if ours {
+            WalkAction::Etag { path, item }
+        } else {
+            WalkAction::Edited { path, item }
+        };
+    }
+    WalkAction::Seen { item_id: item.id }
 }
 
 /// The local file's fingerprint and hashes when its content equals the
@@ -908,6 +930,7 @@ mod tests {
                 },
                 item_id: item.map(str::to_string),
                 etag: None,
+                remote_quick_xor: None,
                 updated_at: 0,
             },
         )

@@ -148,6 +148,9 @@ pub struct FileRecord {
     pub item_id: Option<String>,
     /// The eTag last seen for `item_id`.
     pub etag: Option<String>,
+    /// The quickXorHash SharePoint reported for `item_id` when we last put
+    /// or found our content there (kept in every state, like `item_id`).
+    pub remote_quick_xor: Option<String>,
     /// When this row last changed (Unix seconds).
     pub updated_at: i64,
 }
@@ -221,6 +224,7 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<FileRecord> {
     let hashes = hashes_from(row.get(5)?, row.get(6)?);
     let item_id: Option<String> = row.get(7)?;
     let etag: Option<String> = row.get(8)?;
+    let remote_quick_xor: Option<String> = row.get(9)?;
     let state_text: String = row.get(11)?;
     let state = match FileStateKind::parse(&state_text) {
         Some(FileStateKind::Pending) => FileState::Pending,
@@ -228,7 +232,7 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<FileRecord> {
         Some(FileStateKind::Synced) => FileState::Synced {
             item_id: item_id.clone(),
             etag: etag.clone(),
-            remote_quick_xor: row.get(9)?,
+            remote_quick_xor: remote_quick_xor.clone(),
             remote_size: row.get::<_, Option<i64>>(10)?.map(u64_from_sql),
         },
         Some(FileStateKind::Failed) => FileState::Failed {
@@ -257,6 +261,7 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<FileRecord> {
         state,
         item_id,
         etag,
+        remote_quick_xor,
         updated_at: row.get(16)?,
     })
 }

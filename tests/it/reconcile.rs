@@ -673,8 +673,9 @@ async fn a_rename_or_move_by_someone_else_empties_the_path_it_backed_up() {
 }
 
 /// Our local edit cannot go up (the library is full for a moment), and
-/// meanwhile someone edits the file in SharePoint.
-async fn edited_while_waiting(policy: &str) -> (Handle, Fixture, Config, JobReport) {
+/// meanwhile someone edits the file in SharePoint; the next run learns it
+/// from the delta, or with `walk` from a walk of the folder (after a 410).
+async fn edited_while_waiting(policy: &str, walk: bool) -> (Handle, Fixture, Config, JobReport) {
     let (emu, fx, config) = setup(
         Options::default(),
         &format!("on_remote_change = \"{policy}\""),
@@ -691,7 +692,15 @@ async fn edited_while_waiting(policy: &str) -> (Handle, Fixture, Config, JobRepo
         Some(&b"ours v1"[..])
     );
     remote_edit(&emu, "a.txt", b"their edit").await;
+    if walk {
+        emu.add_faults("delta:410:count=1").unwrap();
+    }
     let report = sync(&config).await;
+    assert_eq!(
+        report.reconcile.as_ref().unwrap().walked,
+        walk,
+        "{report:?}"
+    );
     let changes = store(&fx).remote_changes("docs").unwrap();
     assert_eq!(changes.len(), 1, "{policy}: {changes:?}");
     assert_eq!(
@@ -705,7 +714,7 @@ async fn edited_while_waiting(policy: &str) -> (Handle, Fixture, Config, JobRepo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edit_made_while_our_change_waits_to_go_up_meets_the_policy() {
     // `skip`: their edit stays, ours is held as a conflict.
-    let (emu, fx, config, report) = edited_while_waiting("skip").await;
+    let (emu, fx, config, report) = edited_while_waiting("skip", false).await;
     assert_eq!(report.uploaded, 0, "{report:?}");
     assert_eq!(store(&fx).conflicts(None).unwrap().len(), 1);
     let again = sync(&config).await;
@@ -716,7 +725,7 @@ async fn an_edit_made_while_our_change_waits_to_go_up_meets_the_policy() {
     );
 
     // `keep-both`: theirs stays at the path, ours goes up beside it.
-    let (emu, fx, config, report) = edited_while_waiting("keep-both").await;
+    let (emu, fx, config, report) = edited_while_waiting("keep-both", false).await;
     assert_eq!(report.uploaded, 1, "{report:?}");
     assert_eq!(
         remote_content(&emu, "a.txt").as_deref(),
@@ -732,10 +741,22 @@ async fn an_edit_made_while_our_change_waits_to_go_up_meets_the_policy() {
 
     // `overwrite` (the default): ours goes up, as the log says; theirs is
     // in the file's version history.
-    let (emu, _fx, _config, report) = edited_while_waiting("overwrite").await;
+    let (emu, _fx, _config, report) = edited_while_waiting("overwrite", false).await;
     assert_eq!(report.uploaded, 1, "{report:?}");
     assert_eq!(
         remote_content(&emu, "a.txt").as_deref(),
         Some(&b"ours, edited locally"[..])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_walk_after_410_also_sees_an_edit_made_while_our_change_waits() {
+    let (emu, fx, config, report) = edited_while_waiting("skip", true).await;
+    assert_eq!(report.uploaded, 0, "{report:?}");
+    assert_eq!(store(&fx).conflicts(None).unwrap().len(), 1);
+    assert_eq!(sync(&config).await.uploaded, 0);
+    assert_eq!(
+        remote_content(&emu, "a.txt").as_deref(),
+        Some(&b"their edit"[..])
     );
 }
