@@ -147,7 +147,8 @@ pub struct Settings {
     pub settle: Duration,
     /// Bytes per second for uploads, `None` = unlimited.
     pub bandwidth_limit: Option<u64>,
-    /// Larger files are skipped with a reason, `None` = no limit (SharePoint's 250 GB applies).
+    /// Larger files are skipped with a reason; `None`: SharePoint's limit
+    /// of 250 GiB ([`crate::scan::SHAREPOINT_MAX_FILE_SIZE`]).
     pub max_file_size: Option<u64>,
     /// What to do with names SharePoint refuses (`: ? |`, trailing dots...).
     pub invalid_names: InvalidNames,

@@ -145,6 +145,28 @@ pub const PIPELINE_MIN: u64 = 8 * 1024 * 1024;
 /// Read buffers in flight between the reading and the SHA-1 thread.
 const PIPELINE_DEPTH: usize = 4;
 
+/// Opens `path` for reading only if it is a regular file. A scan judges a
+/// path from its `stat`, but by the time it is read (by the scan, or by an
+/// upload much later) it may have been replaced by a FIFO, whose plain
+/// `open` blocks until a writer comes (forever, for a backup run), or by a
+/// device. Opening without blocking and `fstat`ing the handle rules both
+/// out; `O_NONBLOCK` changes nothing for reads of regular files. Anything
+/// else is [`io::ErrorKind::InvalidInput`], "not a regular file".
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file (replaced by a FIFO, socket, device or folder since it was scanned)",
+        ));
+    }
+    Ok(file)
+}
+
 /// Hashes whole files with one reusable read buffer. Keep one per thread so a
 /// scan of 100,000 small files allocates the buffer once, not 100,000 times.
 ///
@@ -192,7 +214,7 @@ impl FileHasher {
     /// Opens and hashes the file at `path`; returns the hashes and the number
     /// of bytes read.
     pub fn hash_file(&mut self, path: &Path) -> io::Result<(Hashes, u64)> {
-        let mut file = File::open(path)?;
+        let mut file = open_regular(path)?;
         let expected = file.metadata()?.len();
         self.hash_reader(&mut file, expected)
     }

@@ -246,12 +246,10 @@ impl Settle {
 /// Size and mtime (ns) of a regular file; `None` for anything else.
 fn stat(path: &std::path::Path) -> Option<(u64, i64)> {
     let meta = std::fs::symlink_metadata(path).ok()?;
-    meta.is_file().then(|| {
-        (
-            meta.size(),
-            meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-        )
-    })
+    // As the scan's fingerprint: an mtime past 2262 or before 1677 must
+    // saturate, not overflow.
+    meta.is_file()
+        .then(|| (meta.size(), crate::scan::Fingerprint::of(&meta).mtime_ns))
 }
 
 /// When a file last changed: the later of its mtime and ctime.

@@ -43,7 +43,7 @@
 //! names against SharePoint's rules (that is the uploader's).
 
 use std::collections::HashMap;
-use std::fs::{self, File, Metadata};
+use std::fs::{self, Metadata};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -263,6 +263,11 @@ impl From<&JobSpec> for ScanOptions {
     }
 }
 
+/// The largest file SharePoint stores (250 GB, read as GiB); larger files
+/// are skipped with a reason unless the job's `max_file_size` says
+/// otherwise, instead of being read and sent until the service refuses.
+pub const SHAREPOINT_MAX_FILE_SIZE: u64 = 250 << 30;
+
 /// Why a file or directory was left out of this scan. It stays in the state
 /// database as it was (never reported vanished); the next scan tries again.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -306,6 +311,11 @@ impl std::fmt::Display for SkipReason {
             SkipReason::BrokenSymlink { error } => write!(f, "broken symbolic link: {error}"),
             SkipReason::SymlinkLoop => f.write_str("symbolic link loop"),
             SkipReason::Special { kind } => write!(f, "special file ({kind:?})"),
+            SkipReason::TooLarge { size, limit } if *limit == SHAREPOINT_MAX_FILE_SIZE => write!(
+                f,
+                "{size} bytes, above SharePoint's limit of 250 GiB per file \
+                 (an explicit max_file_size overrides it)"
+            ),
             SkipReason::TooLarge { size, limit } => {
                 write!(f, "{size} bytes, above max_file_size {limit}")
             }
@@ -867,9 +877,12 @@ impl Worker<'_> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(rel);
-        if let Some(limit) = self.shared.opts.max_file_size
-            && before.size > limit
-        {
+        let limit = self
+            .shared
+            .opts
+            .max_file_size
+            .unwrap_or(SHAREPOINT_MAX_FILE_SIZE);
+        if before.size > limit {
             self.skip(
                 rel.to_owned(),
                 SkipReason::TooLarge {
@@ -958,7 +971,14 @@ impl Worker<'_> {
                 }
             }
         };
-        let mut file = File::open(path).map_err(unreadable)?;
+        let mut file = match crate::hash::open_regular(path) {
+            // Replaced since its stat (by a FIFO, a device, a folder): the
+            // next scan sees what it is now.
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                return Err(SkipReason::ChangedWhileHashing);
+            }
+            other => other.map_err(unreadable)?,
+        };
         let hasher = self.hasher.get_or_insert_with(FileHasher::new);
         // Reading stops after `size` bytes without the extra `read` that
         // would confirm end of file: the `fstat` below proves the file still
@@ -1082,6 +1102,7 @@ mod tests {
     use super::*;
     use crate::hash::hash_bytes;
     use std::ffi::OsStr;
+    use std::fs::File;
     use std::io::Write;
     use std::os::unix::ffi::OsStrExt;
     use std::time::{Duration, SystemTime};
@@ -1925,6 +1946,38 @@ mod tests {
         );
         assert!(report.vanished.is_empty());
         assert_eq!(report.unchanged, 1);
+    }
+
+    /// Without `max_file_size`, a file SharePoint cannot store is skipped
+    /// with a reason that says so, not read and sent until refused; an
+    /// explicit limit above it is the administrator's call.
+    #[test]
+    fn files_above_sharepoints_limit_are_skipped_unless_a_limit_says_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let huge = File::create(dir.path().join("huge.img")).unwrap();
+        // Sparse: nothing is written.
+        huge.set_len(SHAREPOINT_MAX_FILE_SIZE + 1).unwrap();
+        write(dir.path(), "small", b"x");
+        let mut o = opts(dir.path());
+        o.hash_new = false;
+        let report = scan(&o, HashMap::new()).unwrap();
+        let why = skip_of(&report, "huge.img").expect("skipped");
+        assert_eq!(
+            why,
+            &SkipReason::TooLarge {
+                size: SHAREPOINT_MAX_FILE_SIZE + 1,
+                limit: SHAREPOINT_MAX_FILE_SIZE
+            }
+        );
+        assert!(
+            why.to_string().contains("SharePoint's limit of 250 GiB"),
+            "{why}"
+        );
+        assert_eq!(report.entries.len(), 1);
+        o.max_file_size = Some(SHAREPOINT_MAX_FILE_SIZE * 2);
+        let report = scan(&o, HashMap::new()).unwrap();
+        assert_eq!(skip_of(&report, "huge.img"), None);
+        assert_eq!(report.entries.len(), 2);
     }
 
     #[test]

@@ -839,7 +839,15 @@ impl<'a, R: Remote> Uploader<'a, R> {
             mtime_ns: entry.mtime_ns,
             inode: entry.inode,
         };
-        let file = Arc::new(open(&local).await.map_err(TransferError::Local)?);
+        let file = match open(&local).await {
+            Ok(f) => Arc::new(f),
+            // No longer a regular file (a FIFO would block the run forever):
+            // it changed since the scan, which looks again next run.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                return Err(TransferError::Changed);
+            }
+            Err(e) => return Err(TransferError::Local(e)),
+        };
         if fstat(Arc::clone(&file))
             .await
             .map_err(TransferError::Local)?
@@ -1340,7 +1348,7 @@ impl<'a, R: Remote> Uploader<'a, R> {
 
 async fn open(path: &Path) -> std::io::Result<File> {
     let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || File::open(path))
+    tokio::task::spawn_blocking(move || crate::hash::open_regular(&path))
         .await
         .expect("open task panicked")
 }

@@ -637,3 +637,58 @@ async fn files_whose_paths_differ_only_in_case_are_reported_not_sent_over_each_o
     );
     assert_eq!(arrived("Report (old).txt").as_deref(), Some(&b"upper"[..]));
 }
+
+/// A file replaced by a FIFO after the scan: opening a FIFO to read it
+/// blocks until a writer comes, which used to hang the run forever. It is
+/// requeued as changed, and the next scan leaves it out as what it is now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_replaced_by_a_fifo_before_its_upload_does_not_hang_the_run() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(
+        &fx,
+        &emu,
+        Sign::Secret,
+        "concurrency = 1",
+    ));
+    emu::put(&fx, "a.bin", &emu::content(MIB, 1));
+    emu::put(&fx, "b.txt", b"a regular file when scanned");
+    // a.bin's fragment is held long enough to swap b.txt for a FIFO.
+    emu.add_faults("upload:latency:ms=500:count=1").unwrap();
+    let cfg = config.clone();
+    let run = tokio::spawn(async move { emu::sync(&cfg, &emu::fast_policy()).await });
+    let started = tokio::time::timeout(Duration::from_secs(30), async {
+        while !emu
+            .requests()
+            .iter()
+            .any(|r| r.path.contains("a.bin") && r.path.ends_with("createUploadSession"))
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(started.is_ok(), "a.bin's upload never started");
+    let b = fx.source().join("b.txt");
+    std::fs::remove_file(&b).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&b)
+        .status()
+        .unwrap();
+    assert!(made.success());
+
+    let reports = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the run hung on the FIFO")
+        .unwrap();
+    assert_eq!(reports[0].uploaded, 1, "{:?}", reports[0]);
+    assert_eq!(reports[0].requeued, ["b.txt"], "{:?}", reports[0]);
+    let again = &emu::sync(&config, &emu::fast_policy()).await[0];
+    assert_eq!(again.uploaded, 0, "{again:?}");
+    assert!(
+        again
+            .skipped
+            .iter()
+            .any(|(p, why)| p == "b.txt" && why.contains("special file")),
+        "{again:?}"
+    );
+}
