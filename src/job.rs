@@ -430,6 +430,11 @@ async fn run_stages<R: Remote>(
             .map(|(path, r)| (path.clone(), prior_state(r)))
             .collect(),
         remote_folders: folders,
+        remote_items: records
+            .iter()
+            .filter(|(_, r)| !matches!(r.state, FileState::Synced { .. }))
+            .filter_map(|(path, r)| Some((path.clone(), r.item_id.clone()?)))
+            .collect(),
     };
     let plan = plan::plan(&scanned, &input, job.delete, SystemTime::now());
     report.up_to_date = plan.summary.up_to_date;

@@ -59,6 +59,11 @@ pub struct PlanInput {
     /// Remote folders (relative to the job's folder, `/`-separated) known to
     /// exist. The job's own folder ("") is the uploader's to ensure.
     pub remote_folders: HashSet<String>,
+    /// The remote item of a path in `files` that is not synced but still
+    /// holds one: an earlier version of a file whose change waits to go up
+    /// (pending, uploading, failed) or that a scan skipped since. Mirroring
+    /// deletes it too when the file is gone locally.
+    pub remote_items: HashMap<String, String>,
 }
 
 /// Why a file is uploaded; shown in logs and `scan` output.
@@ -184,6 +189,7 @@ impl Plan {
 /// | unchanged              | failed, next attempt later  | Skip Backoff{until}                   |
 /// | unchanged              | skipped{reason}             | Skip PreviouslySkipped{reason}        |
 /// | vanished               | synced, delete = mirror     | DeleteRemote{item_id}                 |
+/// | vanished               | other, with a remote item, delete = mirror | DeleteRemote{item_id} (the earlier version) |
 /// | vanished               | synced, delete = keep       | Forget Vanished                       |
 /// | vanished               | anything else / none        | Forget Vanished                       |
 /// | deselected (patterns)  | anything                    | Forget Deselected (never deleted)     |
@@ -255,6 +261,12 @@ pub fn plan(report: &ScanReport, input: &PlanInput, delete: DeleteMode, now: Sys
                 deletes.push(Action::DeleteRemote {
                     path: path.clone(),
                     item_id: item_id.clone(),
+                });
+            }
+            (Some(_), DeleteMode::Mirror) if input.remote_items.contains_key(path) => {
+                deletes.push(Action::DeleteRemote {
+                    path: path.clone(),
+                    item_id: input.remote_items[path].clone(),
                 });
             }
             _ => forgets.push(Action::Forget {
@@ -607,6 +619,42 @@ mod tests {
         };
         assert_eq!(got, want);
         assert_eq!(plan.summary.forget + plan.summary.delete_remote, 1);
+    }
+
+    /// A file whose change waited to go up (or that a scan skipped since)
+    /// still has its earlier version remotely: mirroring deletes that too;
+    /// keep leaves it, and a row without an item is only forgotten.
+    #[rstest::rstest]
+    #[case::pending(PriorState::Pending)]
+    #[case::uploading(PriorState::Uploading)]
+    #[case::failed(PriorState::Failed { next_attempt: None })]
+    #[case::skipped(PriorState::Skipped { reason: "unreadable".into() })]
+    fn a_gone_file_with_an_earlier_version_remotely_is_mirrored(#[case] prior: PriorState) {
+        let mut report = ScanReport::default();
+        report.vanished.push("d/f.txt".into());
+        let mut input = PlanInput::default();
+        input.files.insert("d/f.txt".into(), prior);
+        let forgotten = plan(&report, &input, DeleteMode::Mirror, now());
+        assert!(
+            matches!(forgotten.actions.as_slice(), [Action::Forget { .. }]),
+            "{:?}",
+            forgotten.actions
+        );
+        input.remote_items.insert("d/f.txt".into(), "OLD".into());
+        let mirrored = plan(&report, &input, DeleteMode::Mirror, now());
+        assert_eq!(
+            mirrored.actions,
+            [Action::DeleteRemote {
+                path: "d/f.txt".into(),
+                item_id: "OLD".into()
+            }]
+        );
+        let kept = plan(&report, &input, DeleteMode::Keep, now());
+        assert!(
+            matches!(kept.actions.as_slice(), [Action::Forget { .. }]),
+            "{:?}",
+            kept.actions
+        );
     }
 
     #[test]

@@ -637,9 +637,13 @@ impl Store {
         reason: &str,
     ) -> Result<(), StateError> {
         self.record_skipped(job, path, reason)?;
+        // Not the keeper, so not the owner of any remote item: rows from
+        // before twins were noticed may share the keeper's item, which a
+        // mirror delete of this path must never take.
         self.conn
             .prepare_cached(
-                "UPDATE files SET size = 0, mtime_ns = 0, inode = 0 WHERE job = ?1 AND path = ?2",
+                "UPDATE files SET size = 0, mtime_ns = 0, inode = 0, item_id = NULL, etag = NULL
+                 WHERE job = ?1 AND path = ?2",
             )
             .and_then(|mut s| s.execute([job, path]))
             .map_err(self.sql("recording a skipped file"))?;

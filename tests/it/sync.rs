@@ -692,3 +692,33 @@ async fn a_file_replaced_by_a_fifo_before_its_upload_does_not_hang_the_run() {
         "{again:?}"
     );
 }
+
+/// Mirror: a file whose new version could not go up yet, then deleted
+/// locally, used to be only forgotten, leaving its earlier version in
+/// SharePoint for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_deletes_the_earlier_version_of_a_file_whose_change_never_went_up() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let path = emu::write_config(&fx, &emu, Sign::Secret, "");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("delete = \"mirror\"\n");
+    std::fs::write(&path, text).unwrap();
+    let config = emu::load(&path);
+    for i in 0..5 {
+        emu::put(&fx, &format!("keep{i}.txt"), b"k");
+    }
+    emu::put(&fx, "f.txt", b"version 1");
+    emu::assert_clean(&emu::sync(&config, &emu::fast_policy()).await);
+    // The edit cannot go up (the library is full for a moment)...
+    emu::put(&fx, "f.txt", b"version 2, longer");
+    emu.add_faults("upload:507:count=1").unwrap();
+    let r = &emu::sync(&config, &emu::fast_policy()).await[0];
+    assert!(r.quota_full.is_some(), "{r:?}");
+    // ... and then the file is deleted.
+    std::fs::remove_file(fx.source().join("f.txt")).unwrap();
+    let r = &emu::sync(&config, &emu::fast_policy()).await[0];
+    assert_eq!(r.deleted, 1, "{r:?}");
+    assert!(emu.read_file(&format!("{FOLDER}/f.txt")).is_none());
+    assert!(emu.read_file(&format!("{FOLDER}/keep0.txt")).is_some());
+}
