@@ -666,9 +666,21 @@ impl<'a, R: Remote> Uploader<'a, R> {
                 }
                 Err(TransferError::Changed) => {
                     let (job, path) = (self.job.name.clone(), entry.path.clone());
-                    self.store
-                        .call(move |s| s.mark_pending(&job, &path))
+                    let times = self
+                        .store
+                        .call(move |s| s.note_changed_while_sending(&job, &path))
                         .await?;
+                    if times >= UNSTABLE_AFTER {
+                        // Written to all the time: no consistent copy can be
+                        // read, and a quiet requeue would hide that forever.
+                        let error = format!(
+                            "changed while being uploaded, {times} uploads in a row: it is \
+                             written to all the time, so no consistent copy could be sent; \
+                             back it up from a snapshot or a copy the application makes, \
+                             or exclude it"
+                        );
+                        return self.fail(entry, error, ErrorClass::Backoff).await;
+                    }
                     tracing::info!(job = %self.job.name, path = %entry.path, "changed while uploading; queued again");
                     return Ok(FileOutcome::Requeued);
                 }
@@ -1352,6 +1364,10 @@ async fn open(path: &Path) -> std::io::Result<File> {
         .await
         .expect("open task panicked")
 }
+
+/// Uploads in a row that found the file changing while it was read before
+/// that is reported as a failure (a file written to all the time).
+const UNSTABLE_AFTER: u32 = 3;
 
 /// Facts about one upload attempt that [`Uploader`]'s `finish` needs.
 #[derive(Debug, Clone, Copy)]

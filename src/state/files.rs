@@ -946,7 +946,8 @@ impl Store {
             tx.prepare_cached(
                 "UPDATE files SET state = ?3, item_id = ?4, etag = ?5, remote_quick_xor = ?6,
                      remote_size = ?7, attempts = 0, next_attempt = NULL, last_error = NULL,
-                     updated_at = ?8, remote_name = ?9, remote_parent = ?10
+                     updated_at = ?8, remote_name = ?9, remote_parent = ?10,
+                     changed_while_sending = 0
                  WHERE job = ?1 AND path = ?2",
             )?
             .execute(params![
@@ -1090,6 +1091,22 @@ impl Store {
                 unix_now()
             ])?;
             Ok(attempts)
+        })
+    }
+
+    /// The file changed while it was being uploaded: queued again, and
+    /// counted. Returns how many uploads in a row met it changing (reset
+    /// only when one goes through, not by the scan's requeue).
+    pub fn note_changed_while_sending(&mut self, job: &str, path: &str) -> Result<u32, StateError> {
+        self.transition(job, path, "marking a file pending", |tx, _current| {
+            tx.prepare_cached(
+                "UPDATE files SET state = 'pending', next_attempt = NULL,
+                     changed_while_sending = changed_while_sending + 1, updated_at = ?3
+                 WHERE job = ?1 AND path = ?2
+                 RETURNING changed_while_sending",
+            )?
+            .query_row(params![job, path, unix_now()], |r| r.get(0))
+            .map_err(Into::into)
         })
     }
 

@@ -238,6 +238,15 @@ const FOLDED_PATHS: &str = r#"
 CREATE INDEX files_by_folded_path ON files (job, lower(path));
 "#;
 
+/// How many uploads of the file in a row found it changed while it was
+/// read (reset when one goes through): a file written to all the time is
+/// never sent, and after a few tries that is reported as a failure instead
+/// of being requeued quietly forever. The scan's requeue of a changed file
+/// does not reset it.
+const UNSTABLE_FILES: &str = r#"
+ALTER TABLE files ADD COLUMN changed_while_sending INTEGER NOT NULL DEFAULT 0;
+"#;
+
 /// Every migration, in order; see the module doc before changing anything.
 const MIGRATIONS: &[&str] = &[
     V1,
@@ -248,6 +257,7 @@ const MIGRATIONS: &[&str] = &[
     JOB_LIBRARIES,
     REMOTE_PLACES,
     FOLDED_PATHS,
+    UNSTABLE_FILES,
 ];
 
 /// The schema version this binary writes and fully understands.

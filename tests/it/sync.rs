@@ -722,3 +722,57 @@ async fn mirror_deletes_the_earlier_version_of_a_file_whose_change_never_went_up
     assert!(emu.read_file(&format!("{FOLDER}/f.txt")).is_none());
     assert!(emu.read_file(&format!("{FOLDER}/keep0.txt")).is_some());
 }
+
+/// A file written to all the time is never sent whole; after three uploads
+/// in a row met it changing, that is a failure the run reports (exit 1,
+/// `status`), not a quiet requeue forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_keeps_changing_while_uploaded_is_reported_after_three_tries() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(&fx, &emu, Sign::Secret, ""));
+    let path = fx.source().join("app.log");
+    std::fs::write(&path, emu::content(4 * MIB, 0)).unwrap();
+    emu.add_faults("upload:latency:ms=150").unwrap();
+    let mut accepted = 0;
+    for run in 1..=3u8 {
+        let sync = {
+            let config = config.clone();
+            tokio::spawn(async move { emu::sync(&config, &emu::fast_policy()).await })
+        };
+        let seen = accepted;
+        assert!(
+            emu.wait_for_requests(Duration::from_secs(20), |log| {
+                log.iter()
+                    .filter(|r| r.route == "upload" && r.status == 202)
+                    .count()
+                    > seen
+            })
+            .await
+        );
+        std::fs::write(&path, emu::content(4 * MIB, run)).unwrap();
+        let r = sync.await.unwrap().remove(0);
+        accepted = emu
+            .requests()
+            .iter()
+            .filter(|r| r.route == "upload" && r.status == 202)
+            .count();
+        if run < 3 {
+            assert_eq!(r.requeued, ["app.log"], "run {run}: {r:?}");
+            assert!(r.failed.is_empty(), "run {run}: {r:?}");
+        } else {
+            assert_eq!(r.failed.len(), 1, "{r:?}");
+            assert_eq!(r.failed[0].0, "app.log");
+            assert!(
+                r.failed[0].1.contains("3 uploads in a row"),
+                "{:?}",
+                r.failed
+            );
+        }
+    }
+    // Once it holds still, it goes up.
+    emu.clear_faults();
+    let r = emu::sync(&config, &emu::fast_policy()).await.remove(0);
+    assert_eq!(r.uploaded, 1, "{r:?}");
+    assert!(emu.read_file(&format!("{FOLDER}/app.log")).unwrap() == emu::content(4 * MIB, 3));
+}
