@@ -21,7 +21,21 @@ use crate::state::Store;
 /// Loads the config named by the global options and applies `--state-dir`.
 /// On failure prints every problem to `err` and returns exit code 78.
 pub fn load_config(global: &GlobalArgs, err: &mut dyn Write) -> Result<Config, ExitCode> {
-    match Config::load(&global.config) {
+    report_config(global, Config::load(&global.config), err)
+}
+
+/// [`load_config`] for `check` and `status`, which only look: a systemd
+/// credential name is a warning outside the service, not an error.
+fn load_config_to_inspect(global: &GlobalArgs, err: &mut dyn Write) -> Result<Config, ExitCode> {
+    report_config(global, Config::load_to_inspect(&global.config), err)
+}
+
+fn report_config(
+    global: &GlobalArgs,
+    loaded: Result<Config, crate::config::ConfigErrors>,
+    err: &mut dyn Write,
+) -> Result<Config, ExitCode> {
+    match loaded {
         Ok(config) => Ok(config.with_state_dir_override(global.state_dir.clone())),
         Err(errors) => {
             let _ = writeln!(err, "{errors}");
@@ -39,7 +53,7 @@ pub fn load_config(global: &GlobalArgs, err: &mut dyn Write) -> Result<Config, E
 /// `sharepush check`: every job with its target, schedule and next three
 /// runs, or every config error (exit 78).
 pub fn check(global: &GlobalArgs, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
-    let config = match load_config(global, err) {
+    let config = match load_config_to_inspect(global, err) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -738,14 +752,15 @@ fn dry_run(
 /// (works while the daemon runs). A config that cannot be loaded is
 /// reported on `err` and the report comes from the state alone (the state
 /// directory from `--state-dir`, else the default). Exit 0 healthy, 1 a job
-/// has failures, 77 login needed, 75 the state cannot be read.
+/// has failures, 77 login needed, 75 the state cannot be read, 78 the
+/// config cannot be loaded (the state is still shown).
 pub fn status(
     global: &GlobalArgs,
     json: bool,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> ExitCode {
-    let config = match load_config(global, err) {
+    let config = match load_config_to_inspect(global, err) {
         Ok(c) => Some(c),
         Err(_) => {
             let _ = writeln!(
@@ -790,6 +805,11 @@ pub fn status(
             );
         }
         report.write_text(out);
+    }
+    // A config the daemon could not start with is not healthy, whatever
+    // the state says (the running daemon may still use an older one).
+    if config.is_none() {
+        return ExitCode::Config;
     }
     report.exit_code()
 }

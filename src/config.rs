@@ -404,6 +404,10 @@ pub struct ConfigEnv {
     /// systemd's `$CREDENTIALS_DIRECTORY` (set when the unit has `LoadCredential=`):
     /// relative auth paths are credential names resolved against it.
     pub credentials_directory: Option<PathBuf>,
+    /// Only looking (`check`, `status` from a shell): a credential name
+    /// cannot be resolved outside the service, so it is a warning, not an
+    /// error, and the file is not checked.
+    pub inspect_only: bool,
 }
 
 impl ConfigEnv {
@@ -413,6 +417,7 @@ impl ConfigEnv {
             credentials_directory: std::env::var_os("CREDENTIALS_DIRECTORY")
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),
+            inspect_only: false,
         }
     }
 }
@@ -420,6 +425,21 @@ impl ConfigEnv {
 impl Config {
     /// Reads and checks the config file at `path`, with the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        Config::load_with_env(path, &ConfigEnv::from_process())
+    }
+
+    /// [`Config::load`] for commands that only look (`check`, `status`): run
+    /// from a shell, outside the systemd unit, a credential name (`LoadCredential=`)
+    /// cannot be resolved, which is then a warning instead of an error.
+    pub fn load_to_inspect(path: &Path) -> Result<Config, ConfigErrors> {
+        let env = ConfigEnv {
+            inspect_only: true,
+            ..ConfigEnv::from_process()
+        };
+        Config::load_with_env(path, &env)
+    }
+
+    fn load_with_env(path: &Path, env: &ConfigEnv) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             let message = match e.kind() {
                 std::io::ErrorKind::NotFound => format!(
@@ -440,7 +460,7 @@ impl Config {
                 message,
             })
         })?;
-        Config::from_str_with_env(&text, path, &ConfigEnv::from_process())
+        Config::from_str_with_env(&text, path, env)
     }
 
     /// Checks config text that came from `path` (used for messages and for
@@ -1185,6 +1205,19 @@ fn compile_auth(
     let path_of = |ctx: &mut Ctx<'_>, key: &str, secret: bool| -> Option<PathBuf> {
         let (s, span) = t.str(key)?;
         let dotted = format!("auth.{key}");
+        if env.inspect_only && env.credentials_directory.is_none() && !s.contains('/') {
+            ctx.warn(
+                Some(span),
+                None,
+                Some(&dotted),
+                format!(
+                    "{s:?} names a systemd credential (LoadCredential=): not checked here, \
+                     where CREDENTIALS_DIRECTORY is not set; the service checks it when it \
+                     starts"
+                ),
+            );
+            return Some(PathBuf::from(s));
+        }
         let path = match resolve_auth_path(s, config_dir, env) {
             Ok(p) => p,
             Err(e) => {
@@ -1681,11 +1714,17 @@ fn compile_job(
             })
         }
         Some((other, span)) => {
+            let shown = match other {
+                RawValue::Int(n) => n.to_string(),
+                RawValue::Bool(b) => b.to_string(),
+                RawValue::Str(s) => format!("{s:?}"),
+                RawValue::List(_) => "a list".to_string(),
+            };
             ctx.bad(
                 Some(span),
                 job,
                 "job.max_delete",
-                format!("{other:?} is not a number of files or a percentage"),
+                format!("{shown} is not a number of files or a percentage"),
             );
             MaxDelete::Default
         }
@@ -3175,6 +3214,13 @@ mod tests {
                 .message
                 .contains("150%")
         );
+        // The value as written, never Rust's Debug form of it.
+        let e = one_error(&with_job_lines("max_delete = -1"));
+        assert!(
+            e.message.starts_with("-1 is not a number of files"),
+            "{}",
+            e.message
+        );
 
         // Default: 100 files, or 10% when that is more.
         assert!(MaxDelete::Default.allows(100, 100));
@@ -3439,6 +3485,7 @@ mod tests {
         let text = app_only("client_secret_file = \"client-secret\"");
         let env = ConfigEnv {
             credentials_directory: Some(dir.path().to_path_buf()),
+            inspect_only: false,
         };
         let c = parse_env(&text, &env).unwrap();
         assert_eq!(

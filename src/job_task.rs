@@ -571,7 +571,11 @@ pub async fn run_job<R: Remote>(
             }
             m = manual.recv(), if manual_open => match m {
                 Some(()) => {
-                    pending.get_or_insert(RunTrigger::Manual);
+                    // "Now": an administrator who fixed what made the last
+                    // run fail (a mount, a permission) does not wait out
+                    // its retry delay.
+                    pending = Some(RunTrigger::Manual);
+                    retry_at = None;
                     full = true;
                 }
                 None => manual_open = false,

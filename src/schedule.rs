@@ -236,11 +236,23 @@ impl Schedule {
             .build()
             .parse(&six_field)
             .map_err(|e| err(e.to_string()))?;
-        Ok(Schedule {
+        let schedule = Schedule {
             expr: trimmed.to_string(),
             six_field,
             cron,
-        })
+        };
+        // Accepted field by field, yet no date may match (`0 0 31 2 *`,
+        // `0 0 30 2 *`): the job would run at startup and never again.
+        // croner searches years ahead, so leap days still count.
+        let start = DateTime::<Utc>::from_timestamp(946_684_800, 0).expect("2000-01-01 is valid");
+        if schedule.next_after(start).is_none() {
+            return Err(err(
+                "no date matches it, so it would never run (a day the month never has, \
+                 like February 30 or April 31?)"
+                    .into(),
+            ));
+        }
+        Ok(schedule)
     }
 
     /// The first run strictly after `t`, in `t`'s time zone (the daemon passes
@@ -514,11 +526,23 @@ mod tests {
         assert_eq!(next, at("2024-03-03T00:00:00Z"));
     }
 
+    /// A schedule no date matches would run the job once at startup and
+    /// never again while every check looked healthy: refused, saying why.
+    /// Leap days and either-day rules still pass.
     #[test]
-    fn impossible_date_has_no_next_run() {
-        let s = Schedule::parse("0 0 31 2 *").unwrap();
-        assert!(s.next_after(at("2024-01-01T00:00:00Z")).is_none());
-        assert!(s.next_n(at("2024-01-01T00:00:00Z"), 3).is_empty());
+    fn a_schedule_no_date_matches_is_refused() {
+        for expr in ["0 0 31 2 *", "0 0 30 2 *", "15 4 31 4,6,9,11 *"] {
+            let e = Schedule::parse(expr).unwrap_err();
+            assert!(e.to_string().contains("would never run"), "{expr}: {e}");
+            assert!(e.to_string().contains(expr), "{e}");
+        }
+        let leap = Schedule::parse("0 0 29 2 *").unwrap();
+        assert_eq!(
+            leap.next_after(at("2025-01-01T00:00:00Z")),
+            Some(at("2028-02-29T00:00:00Z"))
+        );
+        // February 31 or any Monday (vixie's either-day rule).
+        assert!(Schedule::parse("0 0 31 2 mon").is_ok());
     }
 
     #[test]

@@ -184,3 +184,44 @@ fn scan_of_an_unknown_job_is_a_usage_error() {
         "lists the jobs there are: {stderr}"
     );
 }
+
+/// The README's systemd setup names the client secret as a credential
+/// (`client_secret_file = "client-secret"`), which only the service can
+/// resolve. From a shell `check` and `status` warn and check the rest;
+/// commands that would sign in still refuse the config.
+#[test]
+fn a_credential_name_is_a_warning_for_check_and_status_outside_the_service() {
+    let fx = Fixture::new();
+    let config = fx.path("config.toml");
+    fs::write(
+        &config,
+        format!(
+            "[auth]\ntenant = \"contoso.onmicrosoft.com\"\n\
+             client_id = \"11111111-2222-3333-4444-555555555555\"\n\
+             mode = \"client_credentials\"\nclient_secret_file = \"client-secret\"\n\n\
+             [[job]]\nname = \"docs\"\nsource = \"{}\"\n\
+             site = \"https://contoso.sharepoint.com/sites/demo\"\n\
+             library = \"Documents\"\nschedule = \"@daily\"\n",
+            fx.source().display()
+        ),
+    )
+    .unwrap();
+    let out = fx.sharepush(&config, &["check"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("warning:") && stdout.contains("names a systemd credential"),
+        "{stdout}"
+    );
+    let out = fx.sharepush(&config, &["status"]);
+    let (stdout, stderr) = text(&out);
+    assert!(!stderr.contains("showing the state only"), "{stderr}");
+    assert!(stdout.contains("job docs"), "{stdout}");
+    let out = fx.sharepush(&config, &["sync", "--dry-run"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("CREDENTIALS_DIRECTORY is not set"),
+        "{stderr}"
+    );
+}

@@ -974,3 +974,37 @@ async fn a_folder_replaced_by_a_file_the_patterns_leave_out_has_its_files_delete
     assert!(!d.log().contains("trigger=\"manual\""));
     assert!(emu.read_file("backup/keep.txt").is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_runs_a_failed_job_now_instead_of_after_its_retry_delay() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = docs_job(
+        &fx,
+        &emu,
+        "schedule = \"0 0 1 1 *\"\nwatch = false\nreconcile_interval = \"off\"",
+    );
+    // The source is not there (an unmounted disk): the startup run fails
+    // and waits to be retried.
+    let source = fx.source();
+    fs::remove_dir_all(&source).unwrap();
+    let d = Daemon::start(&fx, &config, &[]);
+    d.wait_log("retrying with backoff", 1, Duration::from_secs(30))
+        .await;
+    // Fixed; the administrator asks for a run now.
+    fs::create_dir_all(&source).unwrap();
+    fs::write(source.join("back.txt"), b"mounted again").unwrap();
+    d.signal("USR1");
+    // Well inside the first retry delay.
+    assert!(sharepush::job_task::retry_delay(1) >= Duration::from_secs(15));
+    wait_remote(
+        &emu,
+        "backup/back.txt",
+        b"mounted again",
+        Duration::from_secs(10),
+    )
+    .await;
+    d.wait_log("trigger=\"manual\"", 1, Duration::from_secs(10))
+        .await;
+    drop(d);
+}

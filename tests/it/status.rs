@@ -383,7 +383,8 @@ async fn with_a_broken_config_status_still_reports_what_the_state_holds() {
     let state = fx.state();
     let out = sharepush(&config, &["--state-dir", state.to_str().unwrap(), "status"]).await;
     let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    // Not healthy: the next start of the daemon would fail (exit 78).
+    assert_eq!(out.status.code(), Some(78), "{stdout}\n{stderr}");
     assert!(
         stderr.contains("bogus"),
         "the config problem is named: {stderr}"
