@@ -193,15 +193,6 @@ impl Supervisor {
         ready_rx
     }
 
-    async fn stop(&mut self, name: &str) {
-        if let Some(r) = self.jobs.remove(name) {
-            r.cancel.cancel();
-            if tokio::time::timeout(STOP_GRACE, r.handle).await.is_err() {
-                tracing::warn!(job = name, "job did not stop in time");
-            }
-        }
-    }
-
     /// SIGHUP: apply a new config, or keep the old one if it is broken.
     async fn reload(&mut self) {
         let path = self.config.path.clone();
@@ -244,19 +235,34 @@ impl Supervisor {
             new.jobs.iter().map(|j| (j.name.as_str(), j)).collect();
         let (mut added, mut removed, mut restarted) = (Vec::new(), Vec::new(), Vec::new());
         let current: Vec<String> = self.jobs.keys().cloned().collect();
+        // Every job that goes or changes is told to stop at once, then all
+        // are awaited within one grace period: one after another, busy jobs
+        // held this loop (and its watchdog pings) for a grace period each.
+        let mut stopping = Vec::new();
         for name in current {
-            match wanted.get(name.as_str()) {
-                None => {
-                    self.stop(&name).await;
-                    removed.push(name);
-                }
-                Some(job) if fingerprint(job) != self.jobs[&name].fingerprint => {
-                    self.stop(&name).await;
-                    drop(self.spawn(job));
-                    restarted.push(name);
-                }
-                Some(_) => {}
+            let changed = match wanted.get(name.as_str()) {
+                None => false,
+                Some(job) if fingerprint(job) != self.jobs[&name].fingerprint => true,
+                Some(_) => continue,
+            };
+            if let Some(r) = self.jobs.remove(&name) {
+                r.cancel.cancel();
+                stopping.push((name.clone(), r.handle));
             }
+            if changed {
+                restarted.push(name);
+            } else {
+                removed.push(name);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        for (name, handle) in stopping {
+            if tokio::time::timeout_at(deadline, handle).await.is_err() {
+                tracing::warn!(job = name, "job did not stop in time");
+            }
+        }
+        for name in &restarted {
+            drop(self.spawn(wanted[name.as_str()]));
         }
         for job in &new.jobs {
             if !self.jobs.contains_key(&job.name) {

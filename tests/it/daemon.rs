@@ -1008,3 +1008,60 @@ async fn sigusr1_runs_a_failed_job_now_instead_of_after_its_retry_delay() {
         .await;
     drop(d);
 }
+
+/// A reload that changes several busy jobs stops them all at once, within
+/// one grace period: one after another it held the supervisor (and its
+/// watchdog pings) for a grace period per busy job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_stops_the_busy_jobs_it_changes_all_at_once() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let names = ["a", "b", "c"];
+    let jobs: Vec<JobToml> = names
+        .iter()
+        .map(|&n| {
+            let source = fx.path(n);
+            fs::create_dir_all(&source).unwrap();
+            fs::write(source.join("big.bin"), emu::content(emu::MIB, 1)).unwrap();
+            JobToml {
+                name: n,
+                source,
+                folder: n,
+                extra: "watch = true",
+            }
+        })
+        .collect();
+    // Every fragment hangs, so each job is mid-upload at the reload.
+    emu.add_faults("upload:latency:ms=60000").unwrap();
+    let config = write_config(&fx, &emu, FAST, &jobs);
+    let d = Daemon::start(&fx, &config, &[]);
+    assert!(
+        emu.wait_for_requests(Duration::from_secs(30), |log| {
+            log.iter()
+                .filter(|r| r.path.ends_with("/createUploadSession"))
+                .count()
+                >= 3
+        })
+        .await,
+        "three uploads in flight"
+    );
+    // A [defaults] change changes every job.
+    write_config(
+        &fx,
+        &emu,
+        &format!("{FAST}\nbandwidth_limit = \"100MiB/s\""),
+        &jobs,
+    );
+    let asked = std::time::Instant::now();
+    d.signal("HUP");
+    d.wait_log("configuration reloaded", 1, Duration::from_secs(30))
+        .await;
+    let took = asked.elapsed();
+    assert!(
+        took < sharepush::daemon::STOP_GRACE + Duration::from_secs(3),
+        "reload took {took:?}:\n{}",
+        d.log()
+    );
+    emu.clear_faults();
+    drop(d);
+}
