@@ -405,11 +405,16 @@ async fn run_stages<R: Remote>(
     let mut paths: Vec<String> = scanned.entries.iter().map(|e| e.path.clone()).collect();
     paths.extend(scanned.vanished.iter().cloned());
     paths.extend(scanned.deselected.iter().cloned());
-    let (name, entries, skipped) = (
-        job.name.clone(),
-        scanned.entries.clone(),
-        report.skipped.clone(),
-    );
+    // Only what describes the file itself is recorded as skipped: a synced
+    // file unreadable or written to for a moment stays synced (recorded as
+    // skipped, it was held, then sent again as a new version).
+    let lasting: Vec<(String, String)> = scanned
+        .skipped
+        .iter()
+        .filter(|s| !s.reason.is_transient())
+        .map(|s| (s.path.clone(), s.reason.to_string()))
+        .collect();
+    let (name, entries, skipped) = (job.name.clone(), scanned.entries.clone(), lasting);
     let (verified, racy_cutoff_ns) = (scanned.verified.clone(), scanned.racy_cutoff_ns);
     let (records, folders, run) = store
         .call(move |s| -> Result<_, StateError> {

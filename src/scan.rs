@@ -300,6 +300,23 @@ pub enum SkipReason {
     SizeMismatch { size: u64, read: u64 },
 }
 
+impl SkipReason {
+    /// A passing state of the file (gone for a moment, unreadable for a
+    /// moment, written to while read): the next scan looks again, and the
+    /// file's record stays as it was. The others describe the file itself
+    /// (its name, its type, its size) and are recorded as skipped.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            SkipReason::Unreadable { .. }
+                | SkipReason::UnreadableDir { .. }
+                | SkipReason::Vanished
+                | SkipReason::ChangedWhileHashing
+                | SkipReason::SizeMismatch { .. }
+        )
+    }
+}
+
 impl std::fmt::Display for SkipReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -776,3 +776,41 @@ async fn a_file_that_keeps_changing_while_uploaded_is_reported_after_three_tries
     assert_eq!(r.uploaded, 1, "{r:?}");
     assert!(emu.read_file(&format!("{FOLDER}/app.log")).unwrap() == emu::content(4 * MIB, 3));
 }
+
+/// A synced file that a scan could not read properly for a moment (here: a
+/// pseudo-file swapped in, whose stat and content disagree) stays synced:
+/// recorded as skipped, it was sent again as a new version once it was
+/// back, although nothing had changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_unreadable_for_one_scan_stays_synced() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let path = emu::write_config(&fx, &emu, Sign::Secret, "");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("follow_symlinks = true\n");
+    std::fs::write(&path, text).unwrap();
+    let config = emu::load(&path);
+    emu::put(&fx, "x.txt", b"steady content");
+    emu::assert_clean(&emu::sync(&config, &emu::fast_policy()).await);
+    let x = fx.source().join("x.txt");
+    let kept = fx.path("x.keep");
+    std::fs::rename(&x, &kept).unwrap();
+    std::os::unix::fs::symlink("/proc/self/status", &x).unwrap();
+    let r = emu::sync(&config, &emu::fast_policy()).await.remove(0);
+    assert_eq!(r.uploaded, 0, "{r:?}");
+    assert!(
+        r.skipped.iter().any(|(p, _)| p == "x.txt"),
+        "skipped this run: {r:?}"
+    );
+    std::fs::remove_file(&x).unwrap();
+    std::fs::rename(&kept, &x).unwrap();
+    let r = emu::sync(&config, &emu::fast_policy()).await.remove(0);
+    assert_eq!((r.uploaded, r.up_to_date), (0, 1), "{r:?}");
+    let store = sharepush::state::Store::open_read_only(&fx.state()).unwrap();
+    let row = store.file("docs", "x.txt").unwrap().unwrap();
+    assert!(
+        matches!(row.state, FileState::Synced { .. }),
+        "{:?}",
+        row.state
+    );
+}
