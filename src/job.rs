@@ -713,6 +713,31 @@ async fn run_stages<R: Remote>(
     Ok(report)
 }
 
+/// Mirror deletes: each item deleted remotely, then its row forgotten.
+async fn delete_remote<R: Remote>(
+    remote: &R,
+    store: &SharedStore,
+    job: &JobSpec,
+    drive: &str,
+    deletes: &[(String, String)],
+    report: &mut JobReport,
+) -> Result<(), StateError> {
+    for (path, item_id) in deletes {
+        match remote.delete_item(drive, item_id).await {
+            Ok(()) => {
+                let (name, p) = (job.name.clone(), vec![path.clone()]);
+                store.call(move |s| s.forget(&name, &p)).await?;
+                report.deleted += 1;
+                tracing::info!(job = %job.name, path, "deleted remotely (mirror)");
+            }
+            Err(e) => report
+                .failed
+                .push((path.clone(), format!("remote delete: {e}"))),
+        }
+    }
+    Ok(())
+}
+
 /// The remote part of a run: drive, job folder, folders, files.
 #[allow(clippy::too_many_arguments)]
 async fn execute<R: Remote>(
@@ -754,6 +779,17 @@ async fn execute<R: Remote>(
         return Ok(());
     }
     uploader.verify_unconfirmed().await?;
+    // Deletes come last (a file moved without being noticed as a move is
+    // up at its new path before the old one goes), except a file whose
+    // path is now a folder: that folder cannot be created, nor anything
+    // below it uploaded, while the file is there.
+    let (blocking, deletes): (Vec<_>, Vec<_>) = deletes
+        .iter()
+        .cloned()
+        .partition(|(path, _)| folders.contains(path));
+    if !cancel.is_cancelled() {
+        delete_remote(remote, store, job, &uploader_drive, &blocking, report).await?;
+    }
     for folder in folders {
         uploader.create_folder(folder).await?;
     }
@@ -811,19 +847,7 @@ async fn execute<R: Remote>(
     if cancel.is_cancelled() {
         report.cancelled = true;
     } else {
-        for (path, item_id) in deletes {
-            match remote.delete_item(&uploader_drive, item_id).await {
-                Ok(()) => {
-                    let (name, p) = (job.name.clone(), vec![path.clone()]);
-                    store.call(move |s| s.forget(&name, &p)).await?;
-                    report.deleted += 1;
-                    tracing::info!(job = %job.name, path, "deleted remotely (mirror)");
-                }
-                Err(e) => report
-                    .failed
-                    .push((path.clone(), format!("remote delete: {e}"))),
-            }
-        }
+        delete_remote(remote, store, job, &uploader_drive, &deletes, report).await?;
     }
     report.bytes = uploader
         .sent_bytes

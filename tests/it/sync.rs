@@ -814,3 +814,31 @@ async fn a_file_unreadable_for_one_scan_stays_synced() {
         row.state
     );
 }
+
+/// Mirror: a file replaced by a folder of the same name. The file is
+/// deleted remotely before the folder is created (deletes otherwise come
+/// last), so what is in the folder goes up in the same run instead of
+/// failing and waiting hours for a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_makes_way_for_a_folder_that_replaced_a_file() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let path = emu::write_config(&fx, &emu, Sign::Secret, "");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("delete = \"mirror\"\n");
+    std::fs::write(&path, text).unwrap();
+    let config = emu::load(&path);
+    emu::put(&fx, "keep1.txt", b"k1");
+    emu::put(&fx, "keep2.txt", b"k2");
+    emu::put(&fx, "a", b"i was a file");
+    emu::assert_clean(&emu::sync(&config, &emu::fast_policy()).await);
+    std::fs::remove_file(fx.source().join("a")).unwrap();
+    emu::put(&fx, "a/x.txt", b"inside the new folder");
+    let r = emu::sync(&config, &emu::fast_policy()).await.remove(0);
+    assert!(r.failed.is_empty(), "{r:?}");
+    assert_eq!((r.uploaded, r.deleted), (1, 1), "{r:?}");
+    assert_eq!(
+        emu.read_file(&format!("{FOLDER}/a/x.txt")).as_deref(),
+        Some(&b"inside the new folder"[..])
+    );
+}
