@@ -1972,6 +1972,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "s" => Duration::from_secs(n),
             "m" => Duration::from_secs(n.saturating_mul(60)),
             "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "" if rest.starts_with(['.', ',']) => {
+                return Err(format!(
+                    "{t:?} has a fraction, and durations take whole numbers only: use a \
+                     smaller unit (\"1500ms\" for 1.5s, \"90s\" for 1.5m)"
+                ));
+            }
             "" => return Err(format!("{n} has no unit (units: ms, s, m, h)")),
             u => return Err(format!("unknown unit {u:?} (units: ms, s, m, h)")),
         };
@@ -2901,6 +2907,7 @@ mod tests {
             ("concurrency = 65", "concurrency", "65 is out of range"),
             ("debounce = \"11m\"", "debounce", "longer than 10m"),
             ("debounce = \"2\"", "debounce", "has no unit"),
+            ("debounce = \"1.5s\"", "debounce", "whole numbers only"),
             ("settle = \"2h\"", "settle", "longer than 1h"),
             ("bandwidth_limit = 100", "bandwidth_limit", "too low"),
             (

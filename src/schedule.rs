@@ -351,8 +351,14 @@ fn normalize_field(field: &Field, text: &str) -> Result<String, String> {
         } else if let Some((a, b)) = range.split_once('-') {
             let (lo, hi) = (value(field, a)?, value(field, b)?);
             if lo > hi {
+                // `mon-sun`: Sunday is 0, but also 7 (`mon-7`, `1-7`).
+                let hint = if field.name == "day of week" && hi == 0 {
+                    format!("; Sunday is also 7: write {a}-7")
+                } else {
+                    String::new()
+                };
                 return Err(format!(
-                    "{} range {range} is reversed (write the smaller value first)",
+                    "{} range {range} is reversed (write the smaller value first{hint})",
                     field.name
                 ));
             }
@@ -690,6 +696,7 @@ mod tests {
             ("@sometimes", "unknown shorthand @sometimes"),
             ("", "empty"),
             ("5-1 * * * *", "reversed"),
+            ("0 0 * * mon-sun", "Sunday is also 7: write mon-7"),
             ("*/0 * * * *", "step \"0\" must be a number >= 1"),
             ("5/10 * * * *", "a step needs a range"),
             ("* * L * *", "is not a number"),
