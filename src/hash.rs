@@ -150,7 +150,7 @@ const PIPELINE_DEPTH: usize = 4;
 /// upload much later) it may have been replaced by a FIFO, whose plain
 /// `open` blocks until a writer comes (forever, for a backup run), or by a
 /// device. Opening without blocking and `fstat`ing the handle rules both
-/// out; `O_NONBLOCK` changes nothing for reads of regular files. Anything
+/// out (the flag is cleared again once the file is known to be regular). Anything
 /// else is [`io::ErrorKind::InvalidInput`], "not a regular file".
 pub fn open_regular(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt as _;
@@ -164,6 +164,9 @@ pub fn open_regular(path: &Path) -> io::Result<File> {
             "not a regular file (replaced by a FIFO, socket, device or folder since it was scanned)",
         ));
     }
+    // Back to blocking reads: some FUSE file systems pass the flag on.
+    let flags = rustix::fs::fcntl_getfl(&file)?;
+    rustix::fs::fcntl_setfl(&file, flags - rustix::fs::OFlags::NONBLOCK)?;
     Ok(file)
 }
 
