@@ -623,7 +623,8 @@ impl Remote for GraphRemote {
                     .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
                     .body(content.clone())
             })
-            .await?;
+            .await
+            .map_err(folder_in_the_way)?;
         let item: RemoteItem = reply.json::<ItemJson>("simple upload")?.into();
         // Simple uploads cannot carry fileSystemInfo (section 5): set it after.
         let patch_url = format!(
@@ -658,7 +659,8 @@ impl Remote for GraphRemote {
             .send("create upload session", Auth::Bearer, |c| {
                 c.post(&url).json(&body)
             })
-            .await?;
+            .await
+            .map_err(folder_in_the_way)?;
         let s: SessionJson = reply.json("create upload session")?;
         let Some(upload_url) = s.upload_url.clone() else {
             return Err(RemoteError::Protocol {
@@ -872,6 +874,21 @@ impl GraphRemote {
             items: page.value.into_iter().map(DeltaItem::from).collect(),
             next,
         })
+    }
+}
+
+/// A `409` on a file upload: the path is taken by a folder (a local folder
+/// replaced by a file of its name, the folder still in SharePoint). Said so,
+/// as the service's code alone does not.
+fn folder_in_the_way(e: RemoteError) -> RemoteError {
+    match e {
+        RemoteError::Permanent { status: 409, code } => RemoteError::Permanent {
+            status: 409,
+            code: format!(
+                "{code} (a folder has this file's name in SharePoint; move or delete it there)"
+            ),
+        },
+        other => other,
     }
 }
 

@@ -842,3 +842,25 @@ async fn mirror_makes_way_for_a_folder_that_replaced_a_file() {
         Some(&b"inside the new folder"[..])
     );
 }
+
+/// A local folder replaced by a file of its name: in SharePoint the folder
+/// is still there and the file cannot take its place. The failure says so
+/// (the service's code alone, `nameAlreadyExists`, does not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_blocked_by_a_remote_folder_of_its_name_says_so() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(&fx, &emu, Sign::Secret, ""));
+    emu::put(&fx, "d/x.txt", b"in a folder");
+    emu::assert_clean(&emu::sync(&config, &emu::fast_policy()).await);
+    std::fs::remove_dir_all(fx.source().join("d")).unwrap();
+    emu::put(&fx, "d", b"now a file");
+    let r = emu::sync(&config, &emu::fast_policy()).await.remove(0);
+    assert_eq!(r.failed.len(), 1, "{r:?}");
+    assert_eq!(r.failed[0].0, "d");
+    assert!(
+        r.failed[0].1.contains("a folder has this file's name"),
+        "{:?}",
+        r.failed
+    );
+}
