@@ -148,6 +148,19 @@ pub fn load(config: &Path) -> Config {
     Config::load(config).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// [`write_config`] (secret sign-in, no `[defaults]`) with `job_lines`
+/// added to the job's table, loaded.
+pub fn config_with_job_lines(fx: &Fixture, emu: &Handle, job_lines: &str) -> Config {
+    let path = write_config(fx, emu, Sign::Secret, "");
+    if !job_lines.is_empty() {
+        let mut text = fs::read_to_string(&path).unwrap();
+        text.push_str(job_lines);
+        text.push('\n');
+        fs::write(&path, text).unwrap();
+    }
+    load(&path)
+}
+
 /// Deterministic content: `len` bytes from a seed.
 pub fn content(len: usize, seed: u8) -> Vec<u8> {
     let mut x = 0x9E37_79B9u32 ^ seed as u32;

@@ -8,7 +8,7 @@ use sharepush::config::Config;
 use sharepush::job::JobReport;
 use sharepush::state::{FileState, RemoteChangeKind, Store};
 
-use crate::emu::{self, CLIENT_ID, FOLDER, MIB, Sign};
+use crate::emu::{self, CLIENT_ID, FOLDER, MIB};
 use crate::support::Fixture;
 
 /// Someone else's access token (a second signed-in user session).
@@ -71,14 +71,8 @@ fn remote_content(emu: &Handle, rel: &str) -> Option<Vec<u8>> {
 async fn setup(opts: Options, job_lines: &str) -> (Handle, Fixture, Config) {
     let emu = emu::start(opts).await;
     let fx = Fixture::new();
-    let path = emu::write_config(&fx, &emu, Sign::Secret, "");
-    if !job_lines.is_empty() {
-        let mut text = std::fs::read_to_string(&path).unwrap();
-        text.push_str(job_lines);
-        text.push('\n');
-        std::fs::write(&path, text).unwrap();
-    }
-    (emu, fx, emu::load(&path))
+    let config = emu::config_with_job_lines(&fx, &emu, job_lines);
+    (emu, fx, config)
 }
 
 async fn sync(config: &Config) -> JobReport {

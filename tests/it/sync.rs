@@ -700,11 +700,7 @@ async fn a_file_replaced_by_a_fifo_before_its_upload_does_not_hang_the_run() {
 async fn mirror_deletes_the_earlier_version_of_a_file_whose_change_never_went_up() {
     let emu = emu::start(Options::default()).await;
     let fx = Fixture::new();
-    let path = emu::write_config(&fx, &emu, Sign::Secret, "");
-    let mut text = std::fs::read_to_string(&path).unwrap();
-    text.push_str("delete = \"mirror\"\n");
-    std::fs::write(&path, text).unwrap();
-    let config = emu::load(&path);
+    let config = emu::config_with_job_lines(&fx, &emu, "delete = \"mirror\"");
     for i in 0..5 {
         emu::put(&fx, &format!("keep{i}.txt"), b"k");
     }
@@ -785,11 +781,7 @@ async fn a_file_that_keeps_changing_while_uploaded_is_reported_after_three_tries
 async fn a_file_unreadable_for_one_scan_stays_synced() {
     let emu = emu::start(Options::default()).await;
     let fx = Fixture::new();
-    let path = emu::write_config(&fx, &emu, Sign::Secret, "");
-    let mut text = std::fs::read_to_string(&path).unwrap();
-    text.push_str("follow_symlinks = true\n");
-    std::fs::write(&path, text).unwrap();
-    let config = emu::load(&path);
+    let config = emu::config_with_job_lines(&fx, &emu, "follow_symlinks = true");
     emu::put(&fx, "x.txt", b"steady content");
     emu::assert_clean(&emu::sync(&config, &emu::fast_policy()).await);
     let x = fx.source().join("x.txt");
@@ -823,11 +815,7 @@ async fn a_file_unreadable_for_one_scan_stays_synced() {
 async fn mirror_makes_way_for_a_folder_that_replaced_a_file() {
     let emu = emu::start(Options::default()).await;
     let fx = Fixture::new();
-    let path = emu::write_config(&fx, &emu, Sign::Secret, "");
-    let mut text = std::fs::read_to_string(&path).unwrap();
-    text.push_str("delete = \"mirror\"\n");
-    std::fs::write(&path, text).unwrap();
-    let config = emu::load(&path);
+    let config = emu::config_with_job_lines(&fx, &emu, "delete = \"mirror\"");
     emu::put(&fx, "keep1.txt", b"k1");
     emu::put(&fx, "keep2.txt", b"k2");
     emu::put(&fx, "a", b"i was a file");
