@@ -442,9 +442,13 @@ fn walk_decision(
         if etag.is_some() && *etag == item.etag {
             return WalkAction::Seen { item_id: item.id };
         }
-        let ours = item.quick_xor.is_none()
-            || item.quick_xor == *remote_quick_xor
-            || item.quick_xor.as_ref() == r.hashes.as_ref().map(|h| &h.quick_xor);
+        let ours = crate::state::holds_our_content(
+            item.quick_xor.as_deref(),
+            item.mtime,
+            remote_quick_xor.as_deref(),
+            r.hashes.as_ref().map(|h| h.quick_xor.as_str()),
+            None,
+        );
         return if ours {
             WalkAction::Etag { path, item }
         } else {
@@ -470,13 +474,13 @@ fn walk_decision(
         && r.etag.is_some()
         && r.etag != item.etag
     {
-        let our_upload = item
-            .mtime
-            .is_some_and(|t| t.timestamp() == r.mtime_ns.div_euclid(1_000_000_000));
-        let ours = our_upload
-            || item.quick_xor.is_none()
-            || item.quick_xor == r.remote_quick_xor
-            || item.quick_xor.as_ref() == r.hashes.as_ref().map(|h| &h.quick_xor);
+        let ours = crate::state::holds_our_content(
+            item.quick_xor.as_deref(),
+            item.mtime,
+            r.remote_quick_xor.as_deref(),
+            r.hashes.as_ref().map(|h| h.quick_xor.as_str()),
+            Some(r.mtime_ns),
+        );
         return if ours {
             WalkAction::Etag { path, item }
         } else {

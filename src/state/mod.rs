@@ -73,7 +73,7 @@ pub use files::{FileRecord, FileState, FileStateKind, StateCounts, SyncedInfo};
 pub use health::{AuthStateRow, DaemonRow, Refusal, WatchRow, WatchState};
 pub use remote::{
     ConflictCopy, DeltaPageStats, DriveStatus, RemoteChange, RemoteChangeKind, RemoteChangeOutcome,
-    WalkAction,
+    WalkAction, holds_our_content,
 };
 pub use runs::{RunCounts, RunId, RunOutcome, RunRow, RunSummary, RunTrigger};
 pub use schema::SCHEMA_VERSION;

@@ -274,6 +274,29 @@ fn folder_gone(tx: &Transaction<'_>, job: &str, folder: &str) -> rusqlite::Resul
     Ok(changes)
 }
 
+/// Whether a remote item of ours still holds our content, so a new eTag is
+/// no one else's edit: no hash reported yet (not judged), the hash we
+/// uploaded or SharePoint's rewrite we recorded (`remote_quick_xor`), or the
+/// local content (`local_quick_xor`). For a row whose change waits to go up
+/// (`waiting_mtime_ns`: its local mtime), also an item carrying the mtime we
+/// send, our own commit whose reply was lost. Shared by the delta and the
+/// walk, so both reach the same verdict.
+pub fn holds_our_content(
+    item_quick_xor: Option<&str>,
+    item_mtime: Option<chrono::DateTime<chrono::Utc>>,
+    remote_quick_xor: Option<&str>,
+    local_quick_xor: Option<&str>,
+    waiting_mtime_ns: Option<i64>,
+) -> bool {
+    let our_upload = waiting_mtime_ns.is_some_and(|ns| {
+        item_mtime.is_some_and(|t| t.timestamp() == ns.div_euclid(1_000_000_000))
+    });
+    our_upload
+        || item_quick_xor.is_none()
+        || item_quick_xor == remote_quick_xor
+        || item_quick_xor == local_quick_xor
+}
+
 /// A row matched by a delta entry.
 struct MatchedRow {
     job: String,
@@ -374,19 +397,17 @@ fn apply_delta_item(tx: &Transaction<'_>, item: &DeltaItem) -> rusqlite::Result<
                 upsert_change(tx, job, path, RemoteChangeKind::Deleted, &item.id, None)? as u64;
             continue;
         }
-        // A waiting row's upload may have been committed with its reply
-        // lost: that item carries the local mtime we sent (whole seconds).
-        let our_upload = row.waiting
-            && item
-                .mtime
-                .is_some_and(|t| t.timestamp() == row.mtime_ns.div_euclid(1_000_000_000));
-        let (remote_qx, local_qx) = (row.remote_quick_xor, row.quick_xor);
-        let ours = our_upload
-            || item.quick_xor.is_some()
-                && (item.quick_xor == remote_qx || item.quick_xor == local_qx);
-        if ours || item.quick_xor.is_none() {
+        let ours = holds_our_content(
+            item.quick_xor.as_deref(),
+            item.mtime,
+            row.remote_quick_xor.as_deref(),
+            row.quick_xor.as_deref(),
+            row.waiting.then_some(row.mtime_ns),
+        );
+        if ours {
             // Our content (our own mtime PATCH, a late hash, a change of
-            // case): remember the eTag so it is not looked at again.
+            // case, our own commit): remember the eTag so it is not looked
+            // at again.
             tx.prepare_cached("UPDATE files SET etag = ?3 WHERE job = ?1 AND path = ?2")?
                 .execute(params![job, path, item.etag])?;
             continue;

@@ -232,7 +232,7 @@ ALTER TABLE folders ADD COLUMN parent_id TEXT;
 
 /// Case-insensitive lookups of a job's paths: SharePoint names are
 /// case-insensitive, so two local files whose paths differ only in case
-/// would be one remote item (`Store::case_twin`). SQLite's `lower()` folds
+/// would be one remote item (`Store::case_twins`). SQLite's `lower()` folds
 /// ASCII only.
 const FOLDED_PATHS: &str = r#"
 CREATE INDEX files_by_folded_path ON files (job, lower(path));
