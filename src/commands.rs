@@ -546,10 +546,11 @@ pub fn report_sync(
             } else {
                 format!(", {} changed while uploading (next run)", r.requeued.len())
             },
-            match (r.deleted, r.deletes_held) {
-                (0, 0) => String::new(),
-                (d, 0) => format!(", {d} deleted remotely"),
-                (_, h) => format!(", {h} remote delete(s) held"),
+            match (r.deleted, r.deletes_held, r.folders_deleted) {
+                (0, 0, 0) => String::new(),
+                (d, 0, 0) => format!(", {d} deleted remotely"),
+                (d, 0, f) => format!(", {d} file(s) and {f} folder(s) deleted remotely"),
+                (_, h, _) => format!(", {h} remote delete(s) held"),
             },
         );
         if r.cancelled {

@@ -15,6 +15,10 @@
 //! mount point) or when it would delete more than the job's `max_delete`;
 //! the deletes are then held (counted, logged once per run) and decided
 //! again next run. A missing source never gets this far: the scan fails.
+//! After the file deletes, a mirror run deletes the remote folders the job
+//! recorded whose local folder is gone, when they hold nothing else
+//! (`prune_folders`); a folder replaced locally by a file of its name is
+//! emptied and pruned before the uploads, so the file can take the name.
 //!
 //! Two files whose paths differ only in case would be one item remotely
 //! (SharePoint names are case-insensitive): before the uploads, the one
@@ -80,6 +84,9 @@ pub struct JobReport {
     pub moved: Vec<(String, String)>,
     /// Files deleted remotely this run (`delete = "mirror"`).
     pub deleted: u64,
+    /// Remote folders deleted this run (`delete = "mirror"`): folders this
+    /// job created whose local folder is gone and that held nothing else.
+    pub folders_deleted: u64,
     /// Why uploads stopped for a sign-in problem (says to run `sharepush login`).
     pub login_needed: Option<String>,
     /// Why the job could not run at all (missing source, unknown library...).
@@ -600,6 +607,23 @@ async fn run_stages<R: Remote>(
         let name = job.name.clone();
         store.call(move |s| s.forget(&name, &forget)).await?;
     }
+    // Mirror also deletes the remote folders whose local folder is gone,
+    // unless the guard held this run's deletes (or would have: an empty
+    // source is an unmounted disk until shown otherwise).
+    let prune = job.delete == DeleteMode::Mirror
+        && report.deletes_held == 0
+        && !(scanned.entries.is_empty() && scanned.unchanged == 0);
+    // Files to upload where a recorded folder is: that folder was replaced
+    // locally by a file of its name.
+    let replaced: Vec<String> = if prune {
+        uploads
+            .iter()
+            .filter(|e| input.remote_folders.contains(&e.path))
+            .map(|e| e.path.clone())
+            .collect()
+    } else {
+        Vec::new()
+    };
 
     let folders: Vec<String> = plan
         .actions
@@ -642,6 +666,10 @@ async fn run_stages<R: Remote>(
             &moves,
             uploads,
             &deletes,
+            Mirror {
+                prune,
+                replaced: &replaced,
+            },
             &mut report,
             progress,
             cancel,
@@ -651,7 +679,10 @@ async fn run_stages<R: Remote>(
         // them in now, as part of this run, not at the next run or in the
         // daemon's periodic reconcile while idle (100,000 uploads are 500
         // delta pages).
-        let changed_remote = report.uploaded > 0 || !moves.is_empty() || !deletes.is_empty();
+        let changed_remote = report.uploaded > 0
+            || !moves.is_empty()
+            || !deletes.is_empty()
+            || report.folders_deleted > 0;
         if changed_remote
             && !cancel.is_cancelled()
             && let Err(e) = crate::reconcile::absorb_own_changes(remote, store, job).await?
@@ -738,6 +769,123 @@ async fn delete_remote<R: Remote>(
     Ok(())
 }
 
+/// Mirror: the remote folders this job recorded whose local folder is gone
+/// (deleted, or replaced by a file), at `within` and below it or all of
+/// them, deepest first. One that holds nothing is deleted. One that still
+/// holds something is left alone: an item someone else put there, or a
+/// file of ours whose delete failed or was kept; when no file of this job
+/// is recorded below it any more, the folder is forgotten (it is theirs
+/// now) so later runs do not ask again.
+async fn prune_folders<R: Remote>(
+    remote: &R,
+    store: &SharedStore,
+    job: &JobSpec,
+    drive: &str,
+    within: Option<&str>,
+    report: &mut JobReport,
+) -> Result<(), StateError> {
+    let name = job.name.clone();
+    let folders = store.call(move |s| s.folder_items(&name)).await?;
+    if folders.is_empty() {
+        return Ok(());
+    }
+    let (source, follow) = (job.source.clone(), job.follow_symlinks);
+    let (gone, present): (Vec<_>, Vec<_>) = tokio::task::spawn_blocking(move || {
+        folders
+            .into_iter()
+            .partition(|(p, _)| local_folder_gone(&source.join(p), follow))
+    })
+    .await
+    .expect("folder check panicked");
+    // A folder renamed locally only in case ("Docs" -> "docs") is still
+    // the same remote folder (names are case-insensitive): never delete
+    // one that a present local folder also stands for.
+    let live: HashSet<&str> = present.iter().map(|(_, id)| id.as_str()).collect();
+    let mut gone: Vec<(String, String)> = gone
+        .iter()
+        .filter(|(p, _)| {
+            within.is_none_or(|top| {
+                p == top || p.strip_prefix(top).is_some_and(|r| r.starts_with('/'))
+            })
+        })
+        .cloned()
+        .collect();
+    // Deepest first: a parent is looked at once its subfolders are gone.
+    gone.sort_by(|a, b| {
+        let depth = |p: &str| p.matches('/').count();
+        depth(&b.0).cmp(&depth(&a.0)).then_with(|| b.0.cmp(&a.0))
+    });
+    for (path, item_id) in gone {
+        let forget = |path: String| {
+            let name = job.name.clone();
+            store.call(move |s| s.forget_folder_tree(&name, &path))
+        };
+        if live.contains(item_id.as_str()) {
+            forget(path).await?;
+            continue;
+        }
+        let first = match remote.list_children(drive, &item_id, None).await {
+            Ok(page) => page,
+            // Deleted or moved away by someone else: nothing left to do.
+            Err(e) if e.is_not_found() => {
+                forget(path).await?;
+                continue;
+            }
+            Err(e) => {
+                report
+                    .failed
+                    .push((format!("{path}/"), format!("remote folder delete: {e}")));
+                continue;
+            }
+        };
+        if !first.items.is_empty() {
+            let (name, p) = (job.name.clone(), path.clone());
+            if !store.call(move |s| s.has_files_under(&name, &p)).await? {
+                tracing::info!(job = %job.name, folder = %path, "gone locally, kept in SharePoint: it holds items this job did not upload; no longer looked after");
+                forget(path).await?;
+            }
+            continue;
+        }
+        match remote.delete_item(drive, &item_id).await {
+            Ok(()) => {
+                tracing::info!(job = %job.name, folder = %path, "folder deleted remotely (mirror)");
+                forget(path).await?;
+                report.folders_deleted += 1;
+            }
+            Err(e) => report
+                .failed
+                .push((format!("{path}/"), format!("remote folder delete: {e}"))),
+        }
+    }
+    Ok(())
+}
+
+/// Whether the local folder at `path` is gone as a scan sees it: missing,
+/// now something other than a folder, or a link the job does not follow.
+/// An error other than "not there" (an unreadable parent) is not "gone".
+fn local_folder_gone(path: &std::path::Path, follow_symlinks: bool) -> bool {
+    use std::io::ErrorKind::{NotADirectory, NotFound};
+    let meta = if follow_symlinks {
+        std::fs::metadata(path)
+    } else {
+        std::fs::symlink_metadata(path)
+    };
+    match meta {
+        Ok(m) => !m.is_dir(),
+        Err(e) => matches!(e.kind(), NotFound | NotADirectory),
+    }
+}
+
+/// What a mirror run deletes beyond files (see [`prune_folders`]).
+#[derive(Clone, Copy)]
+struct Mirror<'a> {
+    /// Delete the remote folders whose local folder is gone.
+    prune: bool,
+    /// Recorded folders whose path is now a file to upload: pruned before
+    /// the uploads.
+    replaced: &'a [String],
+}
+
 /// The remote part of a run: drive, job folder, folders, files.
 #[allow(clippy::too_many_arguments)]
 async fn execute<R: Remote>(
@@ -749,6 +897,7 @@ async fn execute<R: Remote>(
     moves: &[crate::reconcile::Move],
     mut uploads: Vec<crate::scan::LocalEntry>,
     deletes: &[(String, String)],
+    mirror: Mirror<'_>,
     report: &mut JobReport,
     progress: Option<Arc<Progress>>,
     cancel: &CancellationToken,
@@ -780,15 +929,23 @@ async fn execute<R: Remote>(
     }
     uploader.verify_unconfirmed().await?;
     // Deletes come last (a file moved without being noticed as a move is
-    // up at its new path before the old one goes), except a file whose
-    // path is now a folder: that folder cannot be created, nor anything
-    // below it uploaded, while the file is there.
-    let (blocking, deletes): (Vec<_>, Vec<_>) = deletes
-        .iter()
-        .cloned()
-        .partition(|(path, _)| folders.contains(path));
+    // up at its new path before the old one goes), except where they make
+    // way: a file whose path is now a folder (that folder cannot be
+    // created, nor anything below it uploaded, while the file is there),
+    // and the files of a folder whose path is now a file (the folder goes
+    // too, if nothing else is in it, so the file can take its name).
+    let (blocking, deletes): (Vec<_>, Vec<_>) = deletes.iter().cloned().partition(|(path, _)| {
+        folders.contains(path)
+            || mirror.replaced.iter().any(|f| {
+                path.strip_prefix(f.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+            })
+    });
     if !cancel.is_cancelled() {
         delete_remote(remote, store, job, &uploader_drive, &blocking, report).await?;
+        for folder in mirror.replaced {
+            prune_folders(remote, store, job, &uploader_drive, Some(folder), report).await?;
+        }
     }
     for folder in folders {
         uploader.create_folder(folder).await?;
@@ -848,6 +1005,9 @@ async fn execute<R: Remote>(
         report.cancelled = true;
     } else {
         delete_remote(remote, store, job, &uploader_drive, &deletes, report).await?;
+        if mirror.prune {
+            prune_folders(remote, store, job, &uploader_drive, None, report).await?;
+        }
     }
     report.bytes = uploader
         .sent_bytes

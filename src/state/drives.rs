@@ -289,6 +289,46 @@ impl Store {
         Ok(())
     }
 
+    /// Every folder of a job recorded as existing remotely, below its root
+    /// (`""` left out): (relative path, item id), sorted by path.
+    pub fn folder_items(&self, job: &str) -> Result<Vec<(String, String)>, StateError> {
+        let context = "listing folders";
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT path, item_id FROM folders WHERE job = ?1 AND path <> '' ORDER BY path",
+            )
+            .map_err(self.sql(context))?;
+        stmt.query_map([job], |row| Ok((row.get(0)?, row.get(1)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(self.sql(context))
+    }
+
+    /// Forgets the folder at `path` and every folder recorded below it (the
+    /// remote folder is gone, or no longer this job's to look after).
+    pub fn forget_folder_tree(&mut self, job: &str, path: &str) -> Result<usize, StateError> {
+        self.conn
+            .prepare_cached(
+                "DELETE FROM folders WHERE job = ?1
+                 AND (path = ?2 OR substr(path, 1, length(?2) + 1) = ?2 || '/')",
+            )
+            .and_then(|mut s| s.execute([job, path]))
+            .map_err(self.sql("forgetting folders"))
+    }
+
+    /// Whether any file of `job` is recorded below folder `path`.
+    pub fn has_files_under(&self, job: &str, path: &str) -> Result<bool, StateError> {
+        // A range on the primary key, not a scan of the job's rows: every
+        // path below "a" sorts from "a/" up to (not including) "a0".
+        self.conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM files WHERE job = ?1
+                 AND path >= ?2 || '/' AND path < ?2 || '0')",
+            )
+            .and_then(|mut s| s.query_row([job, path], |r| r.get(0)))
+            .map_err(self.sql("looking for files in a folder"))
+    }
+
     /// Every folder path of a job known to exist remotely: the planner emits
     /// "create folder" only for the others.
     pub fn known_folders(&self, job: &str) -> Result<HashSet<String>, StateError> {

@@ -1746,3 +1746,44 @@ fn case_twins_keep_the_name_for_the_uploaded_one_else_the_first() {
     assert_eq!(twins.get("a.txt"), None);
     assert_eq!(twins.get("B.txt").map(String::as_str), Some("b.TXT"));
 }
+
+#[test]
+fn folder_trees_are_forgotten_and_searched_by_prefix_not_by_name_start() {
+    let (_dir, mut store) = open_temp();
+    for (path, id) in [
+        ("", "root"),
+        ("a", "1"),
+        ("a/b", "2"),
+        ("ab", "3"),
+        ("a0", "4"),
+    ] {
+        store.record_folder("j", path, id).unwrap();
+    }
+    let all = store.folder_items("j").unwrap();
+    assert_eq!(all.len(), 4, "the job's own folder is left out: {all:?}");
+    let rows = [
+        entry("ab/x", b"x", 1, Change::New),
+        entry("a0", b"x", 1, Change::New),
+    ];
+    store.record_scanned("j", &rows).unwrap();
+    assert!(
+        !store.has_files_under("j", "a").unwrap(),
+        "ab/x and a0 are not below a"
+    );
+    assert!(store.has_files_under("j", "ab").unwrap());
+    store
+        .record_scanned("j", &[entry("a/b/c", b"x", 1, Change::New)])
+        .unwrap();
+    assert!(store.has_files_under("j", "a").unwrap());
+    assert!(!store.has_files_under("other", "a").unwrap());
+
+    assert_eq!(store.forget_folder_tree("j", "a").unwrap(), 2);
+    let left: Vec<String> = store
+        .folder_items("j")
+        .unwrap()
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(left, ["a0", "ab"]);
+    assert_eq!(store.folder_item("j", "").unwrap().as_deref(), Some("root"));
+}

@@ -260,3 +260,48 @@ pub fn requests_besides_delta(emu: &Handle, before: usize) -> Vec<graph_emulator
         .cloned()
         .collect()
 }
+
+/// Someone else's access token (a second signed-in user session).
+pub fn other_token(emu: &Handle) -> String {
+    let reply = emu.user_tokens(CLIENT_ID, "Files.ReadWrite.All Sites.ReadWrite.All");
+    reply["access_token"].as_str().unwrap().to_string()
+}
+
+pub fn item_url(emu: &Handle, rel: &str, route: &str) -> String {
+    format!(
+        "{}/drives/{}/root:/{FOLDER}/{rel}:{route}",
+        emu.graph_url(),
+        emu.drive_id()
+    )
+}
+
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+/// The HTTP status of a Graph lookup of `rel` (under the job folder) by
+/// another user: 200 when an item is there, 404 when not.
+pub async fn remote_status(emu: &Handle, rel: &str) -> u16 {
+    http()
+        .get(item_url(emu, rel, ""))
+        .bearer_auth(other_token(emu))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Puts a small file at `rel` (under the job folder) through Graph as
+/// another user.
+pub async fn remote_put(emu: &Handle, rel: &str, bytes: &[u8]) {
+    let r = http()
+        .put(item_url(emu, rel, "/content"))
+        .bearer_auth(other_token(emu))
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "put {rel}: {}", r.status());
+}

@@ -8,27 +8,8 @@ use sharepush::config::Config;
 use sharepush::job::JobReport;
 use sharepush::state::{FileState, RemoteChangeKind, Store};
 
-use crate::emu::{self, CLIENT_ID, FOLDER, MIB};
+use crate::emu::{self, FOLDER, MIB, http, item_url, other_token};
 use crate::support::Fixture;
-
-/// Someone else's access token (a second signed-in user session).
-fn other_token(emu: &Handle) -> String {
-    let reply = emu.user_tokens(CLIENT_ID, "Files.ReadWrite.All Sites.ReadWrite.All");
-    reply["access_token"].as_str().unwrap().to_string()
-}
-
-fn item_url(emu: &Handle, rel: &str, route: &str) -> String {
-    format!(
-        "{}/drives/{}/root:/{FOLDER}/{rel}:{route}",
-        emu.graph_url(),
-        emu.drive_id()
-    )
-}
-
-fn http() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
-}
 
 /// Deletes `rel` (under the job folder) through Graph as another user.
 async fn remote_delete(emu: &Handle, rel: &str) {
@@ -39,18 +20,6 @@ async fn remote_delete(emu: &Handle, rel: &str) {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 204, "delete {rel}");
-}
-
-/// Replaces `rel`'s content through Graph as another user.
-async fn remote_edit(emu: &Handle, rel: &str, bytes: &[u8]) {
-    let r = http()
-        .put(item_url(emu, rel, "/content"))
-        .bearer_auth(other_token(emu))
-        .body(bytes.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "edit {rel}: {}", r.status());
 }
 
 fn uploads_since(emu: &Handle, from: usize) -> Vec<String> {
@@ -173,7 +142,7 @@ async fn a_remote_edit_is_overwritten_by_default_once() {
     let (emu, fx, config) = setup(Options::default(), "").await;
     let files = emu::acceptance_tree(&fx, false);
     sync(&config).await;
-    remote_edit(&emu, "nested/deeper/deepest/note.txt", b"their edit").await;
+    emu::remote_put(&emu, "nested/deeper/deepest/note.txt", b"their edit").await;
     let report = sync(&config).await;
     assert_eq!(report.uploaded, 1, "{report:?}");
     emu::assert_arrived(&emu, &files);
@@ -192,7 +161,7 @@ async fn the_default_overwrite_of_a_remote_edit_is_logged() {
     let (emu, fx, config) = setup(Options::default(), "").await;
     emu::put(&fx, "report.txt", b"ours");
     sync(&config).await;
-    remote_edit(&emu, "report.txt", b"their edit").await;
+    emu::remote_put(&emu, "report.txt", b"their edit").await;
     // The real binary, for the log line an administrator sees.
     let out = fx.sharepush(&config.path, &["sync"]);
     let (_, err) = crate::support::text(&out);
@@ -214,7 +183,7 @@ async fn a_remote_edit_is_left_as_a_conflict_with_skip() {
     let (emu, fx, config) = setup(Options::default(), "on_remote_change = \"skip\"").await;
     emu::acceptance_tree(&fx, false);
     sync(&config).await;
-    remote_edit(&emu, "one.bin", b"theirs").await;
+    emu::remote_put(&emu, "one.bin", b"theirs").await;
     let report = sync(&config).await;
     assert_eq!(report.uploaded, 0);
     assert_eq!(remote_content(&emu, "one.bin").unwrap(), b"theirs");
@@ -266,7 +235,7 @@ async fn a_remote_edit_stays_and_ours_goes_beside_it_with_keep_both() {
     let original = format!("{FOLDER}/nested/ten.bin");
     let their_id = item(&original).unwrap().id;
     let ours = std::fs::read(fx.source().join("nested/ten.bin")).unwrap();
-    remote_edit(&emu, "nested/ten.bin", b"their edit").await;
+    emu::remote_put(&emu, "nested/ten.bin", b"their edit").await;
 
     let before = emu.requests().len();
     let report = sync(&config).await;
@@ -374,7 +343,7 @@ async fn keep_both_picks_a_free_name_when_the_conflict_name_is_taken() {
         .enumerate()
     {
         emu::put(&fx, "one.bin", format!("ours {round}").as_bytes());
-        remote_edit(&emu, "one.bin", theirs).await;
+        emu::remote_put(&emu, "one.bin", theirs).await;
         let report = sync(&config).await;
         assert_eq!(report.uploaded, 1, "{report:?}");
         assert_eq!(remote_content(&emu, "one.bin").unwrap(), theirs);
@@ -445,9 +414,9 @@ async fn a_delta_broken_between_pages_is_repeated_from_the_stored_link() {
     // Five changes: three delta pages of two.
     remote_delete(&emu, "one.bin").await;
     remote_delete(&emu, "empty.bin").await;
-    remote_edit(&emu, "nested/ten.bin", b"x").await;
+    emu::remote_put(&emu, "nested/ten.bin", b"x").await;
     remote_delete(&emu, "nested/deeper/k320.bin").await;
-    remote_edit(&emu, "nested/deeper/deepest/note.txt", b"y").await;
+    emu::remote_put(&emu, "nested/deeper/deepest/note.txt", b"y").await;
     // The second page's connection drops every time (more than retries).
     emu.add_faults("delta:drop:after=1:count=1000").unwrap();
     let reports = emu::sync(&config, &emu::fast_policy()).await;
@@ -538,7 +507,7 @@ async fn mirroring_a_local_delete_never_deletes_an_edit_the_policy_kept() {
         sync(&config).await;
         // They edit it in SharePoint; we delete it locally, both before the
         // next run (keep-both), or the conflict already stands (skip).
-        remote_edit(&emu, "one.bin", b"their edit").await;
+        emu::remote_put(&emu, "one.bin", b"their edit").await;
         if policy == "skip" {
             sync(&config).await;
             assert_eq!(store(&fx).conflicts(None).unwrap().len(), 1);
@@ -685,7 +654,7 @@ async fn edited_while_waiting(policy: &str, walk: bool) -> (Handle, Fixture, Con
         remote_content(&emu, "a.txt").as_deref(),
         Some(&b"ours v1"[..])
     );
-    remote_edit(&emu, "a.txt", b"their edit").await;
+    emu::remote_put(&emu, "a.txt", b"their edit").await;
     if walk {
         emu.add_faults("delta:410:count=1").unwrap();
     }

@@ -852,3 +852,144 @@ async fn a_file_blocked_by_a_remote_folder_of_its_name_says_so() {
         r.failed
     );
 }
+
+/// Mirror: a local folder deleted with everything in it goes from
+/// SharePoint too, subfolders first. A folder that still holds something
+/// someone else put there stays (only our files in it go), and is no longer
+/// looked at by later runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_deletes_a_folder_deleted_locally_unless_it_holds_someone_elses_files() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::config_with_job_lines(&fx, &emu, "delete = \"mirror\"");
+    for i in 0..5 {
+        emu::put(&fx, &format!("keep{i}.txt"), b"k");
+    }
+    emu::put(&fx, "d/a.txt", b"alpha");
+    emu::put(&fx, "d/sub/b.txt", b"bravo");
+    emu::put(&fx, "shared/ours.txt", b"ours");
+    emu::put(&fx, "stays/c.txt", b"charlie");
+    emu::assert_clean(&emu::sync(&config, &emu::fast_policy()).await);
+    emu::remote_put(&emu, "shared/theirs.txt", b"theirs").await;
+
+    std::fs::remove_dir_all(fx.source().join("d")).unwrap();
+    std::fs::remove_dir_all(fx.source().join("shared")).unwrap();
+    let r = emu::sync(&config, &emu::fast_policy()).await.remove(0);
+    assert!(r.failed.is_empty(), "{r:?}");
+    assert_eq!((r.deleted, r.folders_deleted), (3, 2), "{r:?}");
+    for gone in ["d/sub", "d", "shared/ours.txt"] {
+        assert_eq!(emu::remote_status(&emu, gone).await, 404, "{gone}");
+    }
+    for kept in ["shared", "shared/theirs.txt", "stays", "stays/c.txt"] {
+        assert_eq!(emu::remote_status(&emu, kept).await, 200, "{kept}");
+    }
+    let store = sharepush::state::Store::open_read_only(&fx.state()).unwrap();
+    let folders: Vec<String> = store
+        .folder_items("docs")
+        .unwrap()
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(folders, ["stays"], "the kept folder is theirs now");
+    drop(store);
+
+    // Nothing left to decide: the next run asks nothing about folders.
+    let before = emu.requests().len();
+    emu::put(&fx, "keep0.txt", b"edited");
+    let r = emu::sync(&config, &emu::fast_policy()).await.remove(0);
+    assert_eq!((r.uploaded, r.folders_deleted), (1, 0), "{r:?}");
+    let listings = emu.requests()[before..]
+        .iter()
+        .filter(|q| q.path.ends_with("/children"))
+        .count();
+    assert_eq!(listings, 0);
+}
+
+/// Mirror: a local folder replaced by a file of its name. Our files in the
+/// folder are deleted and then the folder, before the file goes up: the
+/// file takes its name in the same run instead of failing with 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_makes_way_for_a_file_that_replaced_a_folder() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::config_with_job_lines(&fx, &emu, "delete = \"mirror\"");
+    for i in 0..5 {
+        emu::put(&fx, &format!("keep{i}.txt"), b"k");
+    }
+    emu::put(&fx, "d/x.txt", b"in a folder");
+    emu::put(&fx, "d/deeper/y.txt", b"further in");
+    emu::assert_clean(&emu::sync(&config, &emu::fast_policy()).await);
+    std::fs::remove_dir_all(fx.source().join("d")).unwrap();
+    emu::put(&fx, "d", b"now a file");
+    let r = emu::sync(&config, &emu::fast_policy()).await.remove(0);
+    assert!(r.failed.is_empty(), "{r:?}");
+    assert_eq!(
+        (r.uploaded, r.deleted, r.folders_deleted),
+        (1, 2, 2),
+        "{r:?}"
+    );
+    assert_eq!(
+        emu.read_file(&format!("{FOLDER}/d")).as_deref(),
+        Some(&b"now a file"[..])
+    );
+    emu::assert_clean(&emu::sync(&config, &emu::fast_policy()).await);
+}
+
+/// `delete = "keep"` never deletes a folder, and neither does a mirror run
+/// whose deletes the guard holds (here: the source looks unmounted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folders_stay_under_keep_and_when_mirror_deletes_are_held() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let keep = emu::config_with_job_lines(&fx, &emu, "");
+    emu::put(&fx, "d/a.txt", b"alpha");
+    emu::put(&fx, "e/b.txt", b"bravo");
+    emu::assert_clean(&emu::sync(&keep, &emu::fast_policy()).await);
+    std::fs::remove_dir_all(fx.source().join("d")).unwrap();
+    let r = emu::sync(&keep, &emu::fast_policy()).await.remove(0);
+    assert_eq!((r.deleted, r.folders_deleted), (0, 0), "{r:?}");
+    assert_eq!(emu::remote_status(&emu, "d/a.txt").await, 200);
+
+    let mirror = emu::config_with_job_lines(&fx, &emu, "delete = \"mirror\"");
+    std::fs::remove_dir_all(fx.source().join("e")).unwrap();
+    let r = emu::sync(&mirror, &emu::fast_policy()).await.remove(0);
+    assert_eq!(
+        (r.deleted, r.deletes_held, r.folders_deleted),
+        (0, 1, 0),
+        "{r:?}"
+    );
+    assert_eq!(emu::remote_status(&emu, "e/b.txt").await, 200);
+    assert_eq!(emu::remote_status(&emu, "d").await, 200);
+}
+
+/// Mirror: a folder renamed locally only in case is the same folder in
+/// SharePoint (names are case-insensitive); it is never deleted as gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_keeps_a_folder_renamed_only_in_case() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::config_with_job_lines(&fx, &emu, "delete = \"mirror\"");
+    for i in 0..5 {
+        emu::put(&fx, &format!("keep{i}.txt"), b"k");
+    }
+    emu::put(&fx, "Docs/a.txt", b"alpha");
+    emu::put(&fx, "Docs/b.txt", b"bravo");
+    emu::assert_clean(&emu::sync(&config, &emu::fast_policy()).await);
+    std::fs::rename(fx.source().join("Docs"), fx.source().join("docs")).unwrap();
+    // Edited too, so the files are new ones, not moves: the old ones are
+    // deleted, leaving the folder empty for a moment.
+    emu::put(&fx, "docs/a.txt", b"alpha 2");
+    emu::put(&fx, "docs/b.txt", b"bravo 2");
+    for run in 0..3 {
+        let r = emu::sync(&config, &emu::fast_policy()).await.remove(0);
+        assert!(r.failed.is_empty(), "run {run}: {r:?}");
+        assert_eq!(r.folders_deleted, 0, "run {run}: {r:?}");
+    }
+    for (f, content) in [("a.txt", "alpha 2"), ("b.txt", "bravo 2")] {
+        assert_eq!(
+            emu.read_file(&format!("{FOLDER}/docs/{f}")).as_deref(),
+            Some(content.as_bytes()),
+            "{f}"
+        );
+    }
+}
