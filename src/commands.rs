@@ -35,8 +35,8 @@ fn report_config(
     loaded: Result<Config, crate::config::ConfigErrors>,
     err: &mut dyn Write,
 ) -> Result<Config, ExitCode> {
-    match loaded {
-        Ok(config) => Ok(config.with_state_dir_override(global.state_dir.clone())),
+    match loaded.and_then(|c| c.with_state_dir_override(global.state_dir.clone())) {
+        Ok(config) => Ok(config),
         Err(errors) => {
             let _ = writeln!(err, "{errors}");
             let _ = writeln!(

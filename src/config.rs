@@ -510,13 +510,38 @@ impl Config {
 
     /// Applies `--state-dir` / `SHAREPUSH_STATE_DIR`, which win over
     /// `[daemon] state_dir`. A relative override is taken from the current
-    /// directory (it came from a shell, not from the file).
-    pub fn with_state_dir_override(mut self, dir: Option<PathBuf>) -> Config {
-        if let Some(dir) = dir {
-            let abs = std::path::absolute(&dir).unwrap_or(dir);
-            self.daemon.state_dir = normalize_lexically(&abs);
+    /// directory (it came from a shell, not from the file). Refused, as
+    /// `[daemon] state_dir` is, when it lies inside a job's source.
+    pub fn with_state_dir_override(mut self, dir: Option<PathBuf>) -> Result<Config, ConfigErrors> {
+        let Some(dir) = dir else {
+            return Ok(self);
+        };
+        let abs = std::path::absolute(&dir).unwrap_or(dir);
+        self.daemon.state_dir = normalize_lexically(&abs);
+        let inside: Vec<ConfigError> = self
+            .jobs
+            .iter()
+            .filter(|job| self.daemon.state_dir.starts_with(&job.source))
+            .map(|job| ConfigError {
+                file: self.path.clone(),
+                line: None,
+                column: None,
+                job: Some(job.name.clone()),
+                key: Some("--state-dir".into()),
+                message: format!(
+                    "the state directory {} (from --state-dir or SHAREPUSH_STATE_DIR) is \
+                     inside this job's source {}: the job would back up its own database; \
+                     choose a state directory outside every source",
+                    self.daemon.state_dir.display(),
+                    job.source.display()
+                ),
+            })
+            .collect();
+        if inside.is_empty() {
+            Ok(self)
+        } else {
+            Err(ConfigErrors(inside))
         }
-        self
     }
 
     /// The job called `name`, for CLI job selection.
@@ -2712,15 +2737,32 @@ mod tests {
         );
         let c = ok(&text);
         assert_eq!(c.daemon.state_dir, PathBuf::from("/var/lib/x"));
-        let c = c.with_state_dir_override(Some("/tmp/override/".into()));
+        let c = c
+            .with_state_dir_override(Some("/tmp/override/".into()))
+            .unwrap();
         assert_eq!(c.daemon.state_dir, PathBuf::from("/tmp/override"));
-        let c = c.with_state_dir_override(None);
+        let c = c.with_state_dir_override(None).unwrap();
         assert_eq!(c.daemon.state_dir, PathBuf::from("/tmp/override"));
-        let c = c.with_state_dir_override(Some("rel".into()));
+        let c = c.with_state_dir_override(Some("rel".into())).unwrap();
         assert_eq!(
             c.daemon.state_dir,
             std::env::current_dir().unwrap().join("rel")
         );
+    }
+
+    #[test]
+    fn a_state_dir_override_inside_a_source_is_refused_naming_the_flag_and_the_job() {
+        let c = ok(&format!("{AUTH}{}{}", job("a", "A"), job("b", "B")));
+        let errors = c
+            .with_state_dir_override(Some("/srv/b/../a/sub/./state".into()))
+            .unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{errors}");
+        let text = errors.to_string();
+        assert!(
+            text.contains("job \"a\": key `--state-dir`: the state directory /srv/a/sub/state"),
+            "{text}"
+        );
+        assert!(text.contains("outside every source"), "{text}");
     }
 
     #[test]

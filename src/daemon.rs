@@ -196,8 +196,10 @@ impl Supervisor {
     /// SIGHUP: apply a new config, or keep the old one if it is broken.
     async fn reload(&mut self) {
         let path = self.config.path.clone();
-        let new = match Config::load(&path) {
-            Ok(c) => c.with_state_dir_override(self.options.state_dir_override.clone()),
+        let loaded = Config::load(&path)
+            .and_then(|c| c.with_state_dir_override(self.options.state_dir_override.clone()));
+        let new = match loaded {
+            Ok(c) => c,
             Err(errors) => {
                 for e in &errors.0 {
                     tracing::error!("{e}");

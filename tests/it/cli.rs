@@ -171,6 +171,32 @@ fn a_second_process_on_the_same_state_dir_fails_fast_naming_the_holder() {
     );
 }
 
+/// `--state-dir` (what the shipped units pass) meets the same rule as
+/// `[daemon] state_dir`: never inside a job's source, where the job would
+/// back up its own database. Refused before anything is created.
+#[test]
+fn a_state_dir_flag_inside_a_source_is_refused() {
+    let fx = Fixture::new();
+    let config = fx.write_config();
+    let inside = fx.source().join(".sharepush-state");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sharepush"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(&inside)
+        .arg("scan")
+        .env_remove("SHAREPUSH_STATE_DIR")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(78), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("key `--state-dir`") && stderr.contains("inside this job's source"),
+        "{stderr}"
+    );
+    assert!(!inside.exists(), "nothing was created");
+}
+
 #[test]
 fn scan_of_an_unknown_job_is_a_usage_error() {
     let fx = Fixture::new();
