@@ -156,12 +156,27 @@ pub enum Change {
 /// recorded as racy and hashed again by the next scan (see [`KnownFile::racy`]).
 pub const RACY_MARGIN_NS: i64 = 2_000_000_000;
 
+/// How far ahead of our clock an mtime may be and still be "just now" on
+/// the clock of the file system that set it (a file server ahead of this
+/// host). Beyond that the mtime is simply in the future (`touch -d`, an
+/// archive with bad dates): a write now would set an earlier mtime, so the
+/// fingerprint cannot hold still through an edit and the file is not racy.
+pub const FUTURE_MTIME_SLACK_NS: i64 = 86_400 * 1_000_000_000;
+
 /// The mtime from which a file hashed by a scan starting now is racy.
 pub fn racy_cutoff_now() -> i64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
     now.saturating_sub(RACY_MARGIN_NS)
+}
+
+/// Whether a file with `mtime_ns`, hashed by a scan whose cutoff is
+/// `cutoff_ns` ([`racy_cutoff_now`]), is racy: modified too close to the
+/// scan for its fingerprint to be trusted, and not far in the future.
+pub fn is_racy(mtime_ns: i64, cutoff_ns: i64) -> bool {
+    mtime_ns >= cutoff_ns
+        && mtime_ns.saturating_sub(cutoff_ns) < RACY_MARGIN_NS + FUTURE_MTIME_SLACK_NS
 }
 
 /// One regular file found by a scan.
@@ -388,7 +403,7 @@ pub struct ScanReport {
     /// Bytes read to hash them (0 on a rescan of an unchanged tree).
     pub hashed_bytes: u64,
     /// Files whose mtime is at or after this (ns since the epoch: the scan's
-    /// start minus [`RACY_MARGIN_NS`]) are recorded as racy.
+    /// start minus [`RACY_MARGIN_NS`]) are recorded as racy ([`is_racy`]).
     #[serde(skip)]
     pub racy_cutoff_ns: i64,
     /// Synced files recorded as racy that this scan hashed again, found
@@ -972,7 +987,7 @@ impl Worker<'_> {
         self.found.unchanged += 1;
         if !known.synced {
             self.emit(rel, before, Some(hashes), Change::Unchanged);
-        } else if before.mtime_ns < self.shared.racy_cutoff_ns {
+        } else if !is_racy(before.mtime_ns, self.shared.racy_cutoff_ns) {
             self.found.verified.push(rel.to_owned());
         }
     }
@@ -1265,6 +1280,35 @@ mod tests {
         assert_eq!(second.entries[0].hashes, Some(hash_bytes(b"old content")));
     }
 
+    /// A file dated far in the future (`touch -d`, an archive with bad
+    /// dates) is not racy: a write now would give it an earlier mtime. It
+    /// was hashed again by every scan until real time caught up.
+    #[test]
+    fn a_file_dated_far_in_the_future_is_hashed_once() {
+        let state = tempfile::tempdir().unwrap();
+        let mut store = crate::state::Store::open(state.path()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "future.txt", b"from the future");
+        let in_ten_years = (racy_cutoff_now() / 1_000_000_000 + 10 * 365 * 86_400) as u64;
+        set_mtime(&dir.path().join("future.txt"), in_ten_years);
+        write(dir.path(), "now.txt", b"just written");
+        let first = scan_and_record(&mut store, dir.path());
+        assert_eq!(first.hashed_files, 2);
+        let known = store.known_files("j").unwrap();
+        assert!(!known["future.txt"].racy);
+        assert!(known["now.txt"].racy, "written just now: racy");
+        let second = scan_and_record(&mut store, dir.path());
+        assert_eq!(second.hashed_files, 1, "only the one written just now");
+
+        // Within a day ahead is "now" on a file server whose clock runs
+        // ahead of ours: still racy.
+        let cutoff = racy_cutoff_now();
+        assert!(is_racy(cutoff + 3_600 * 1_000_000_000, cutoff));
+        assert!(!is_racy(cutoff + 2 * 86_400 * 1_000_000_000, cutoff));
+        assert!(!is_racy(cutoff - 1, cutoff));
+        assert!(!is_racy(i64::MAX, i64::MIN), "no overflow");
+    }
+
     #[test]
     fn a_racy_synced_file_found_identical_and_old_enough_is_trusted_again() {
         let state = tempfile::tempdir().unwrap();
@@ -1276,7 +1320,7 @@ mod tests {
         // hashed within two seconds of its mtime), then uploaded.
         let first = scan(&opts(dir.path()), HashMap::new()).unwrap();
         store
-            .record_scan("j", &first.entries, &[], i64::MIN)
+            .record_scan("j", &first.entries, &[], 1_600_000_000 * 1_000_000_000 - 1)
             .unwrap();
         let info = crate::state::SyncedInfo {
             content: hash_bytes(b"same"),

@@ -574,7 +574,7 @@ impl Store {
                 .map_err(err)?;
                 // Rare (only files modified within seconds of the scan), so a
                 // separate statement costs nothing on a bulk scan.
-                let racy = entry.mtime_ns >= racy_cutoff_ns;
+                let racy = crate::scan::is_racy(entry.mtime_ns, racy_cutoff_ns);
                 if racy != racy_row {
                     set_racy
                         .execute(params![job, entry.path, racy])
@@ -909,7 +909,7 @@ impl Store {
                     hashes.sha1,
                     hashes.quick_xor,
                     unix_now(),
-                    fp.1 >= racy_cutoff_ns
+                    crate::scan::is_racy(fp.1, racy_cutoff_ns)
                 ])
             })
             .map_err(self.sql("recording the hashes of an uploaded file"))?;
