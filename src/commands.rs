@@ -689,29 +689,47 @@ fn dry_run(
             }
         };
         let mut input = PlanInput::default();
+        let mut recorded_folders = Vec::new();
         if let Some(s) = &store {
             let mut paths: Vec<&str> = report.entries.iter().map(|e| e.path.as_str()).collect();
             paths.extend(report.vanished.iter().map(String::as_str));
             paths.extend(report.deselected.iter().map(String::as_str));
-            match (s.records_for(&job.name, &paths), s.known_folders(&job.name)) {
-                (Ok(records), Ok(folders)) => {
+            match (
+                s.records_for(&job.name, &paths),
+                s.known_folders(&job.name),
+                s.folder_items(&job.name),
+            ) {
+                (Ok(records), Ok(folders), Ok(items)) => {
                     input.files = records
                         .iter()
                         .map(|(p, r)| (p.clone(), crate::job::prior_state(r)))
                         .collect();
                     input.remote_folders = folders;
+                    recorded_folders = items;
                 }
-                (Err(e), _) | (_, Err(e)) => {
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                     let _ = writeln!(err, "error: {e}");
                     return ExitCode::TempFail;
                 }
             }
         }
         let plan = crate::plan::plan(&report, &input, job.delete, std::time::SystemTime::now());
+        // Mirror: the recorded folders whose local folder is gone, deepest
+        // first, as the run would try them (deleted only if empty then).
+        let mut rmdirs: Vec<&str> = if job.delete == crate::config::DeleteMode::Mirror {
+            recorded_folders
+                .iter()
+                .map(|(p, _)| p.as_str())
+                .filter(|p| crate::job::local_folder_gone(&job.source.join(p), job.follow_symlinks))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        rmdirs.sort_by(|a, b| crate::job::deepest_first(a, b));
         let s = &plan.summary;
         let _ = writeln!(
             out,
-            "job {} (dry run): would create {} folder(s) and upload {} file(s), {} ({} new, {} changed, {} retried); {} up to date, {} held, {} forgotten, {} remote delete(s)",
+            "job {} (dry run): would create {} folder(s) and upload {} file(s), {} ({} new, {} changed, {} retried); {} up to date, {} held, {} forgotten, {} remote delete(s){}",
             job.name,
             s.create_folders,
             s.upload_new + s.upload_changed + s.upload_retry,
@@ -722,7 +740,12 @@ fn dry_run(
             s.up_to_date,
             s.held,
             s.forget,
-            s.delete_remote
+            s.delete_remote,
+            if rmdirs.is_empty() {
+                String::new()
+            } else {
+                format!(", {} remote folder(s) to delete if empty", rmdirs.len())
+            }
         );
         for action in &plan.actions {
             let line = match action {
@@ -741,6 +764,9 @@ fn dry_run(
                 Action::DeleteRemote { path, .. } => format!("  delete   {path}"),
             };
             let _ = writeln!(out, "{line}");
+        }
+        for dir in &rmdirs {
+            let _ = writeln!(out, "  rmdir    {dir}/ (if nothing else is in it)");
         }
         for skipped in &report.skipped {
             let _ = writeln!(out, "  skipped  {} ({})", skipped.path, skipped.reason);

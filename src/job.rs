@@ -810,11 +810,8 @@ async fn prune_folders<R: Remote>(
         })
         .cloned()
         .collect();
-    // Deepest first: a parent is looked at once its subfolders are gone.
-    gone.sort_by(|a, b| {
-        let depth = |p: &str| p.matches('/').count();
-        depth(&b.0).cmp(&depth(&a.0)).then_with(|| b.0.cmp(&a.0))
-    });
+    // A parent is looked at once its subfolders are gone.
+    gone.sort_by(|a, b| deepest_first(&a.0, &b.0));
     for (path, item_id) in gone {
         let forget = |path: String| {
             let name = job.name.clone();
@@ -860,10 +857,17 @@ async fn prune_folders<R: Remote>(
     Ok(())
 }
 
+/// Orders folder paths deepest first (then reverse byte order), the order
+/// in which [`prune_folders`] tries them.
+pub(crate) fn deepest_first(a: &str, b: &str) -> std::cmp::Ordering {
+    let depth = |p: &str| p.matches('/').count();
+    depth(b).cmp(&depth(a)).then_with(|| b.cmp(a))
+}
+
 /// Whether the local folder at `path` is gone as a scan sees it: missing,
 /// now something other than a folder, or a link the job does not follow.
 /// An error other than "not there" (an unreadable parent) is not "gone".
-fn local_folder_gone(path: &std::path::Path, follow_symlinks: bool) -> bool {
+pub(crate) fn local_folder_gone(path: &std::path::Path, follow_symlinks: bool) -> bool {
     use std::io::ErrorKind::{NotADirectory, NotFound};
     let meta = if follow_symlinks {
         std::fs::metadata(path)

@@ -874,6 +874,26 @@ async fn mirror_deletes_a_folder_deleted_locally_unless_it_holds_someone_elses_f
 
     std::fs::remove_dir_all(fx.source().join("d")).unwrap();
     std::fs::remove_dir_all(fx.source().join("shared")).unwrap();
+    // The dry run shows the folders the run will try, deepest first.
+    let out = fx.sharepush(&config.path, &["sync", "--dry-run"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("3 remote delete(s), 3 remote folder(s) to delete if empty"),
+        "{stdout}"
+    );
+    let rmdirs: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("  rmdir    "))
+        .collect();
+    assert_eq!(
+        rmdirs,
+        [
+            "d/sub/ (if nothing else is in it)",
+            "shared/ (if nothing else is in it)",
+            "d/ (if nothing else is in it)"
+        ]
+    );
     let r = emu::sync(&config, &emu::fast_policy()).await.remove(0);
     assert!(r.failed.is_empty(), "{r:?}");
     assert_eq!((r.deleted, r.folders_deleted), (3, 2), "{r:?}");
