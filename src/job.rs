@@ -738,6 +738,8 @@ async fn run_stages<R: Remote>(
         failed = report.failed.len(),
         skipped = report.skipped.len(),
         up_to_date = report.up_to_date,
+        deleted = report.deleted,
+        folders_deleted = report.folders_deleted,
         elapsed_ms = report.elapsed.as_millis() as u64,
         "run finished"
     );

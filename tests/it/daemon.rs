@@ -717,6 +717,25 @@ async fn mirror_deletes_and_renames_remotely_but_never_for_an_emptied_source() {
     .await;
     wait_gone(&emu, "backup/b.txt", Duration::from_secs(20)).await;
 
+    // A folder deleted locally goes too, once its files are gone.
+    fs::create_dir(fx.source().join("sub")).unwrap();
+    fs::write(fx.source().join("sub/x.txt"), b"x").unwrap();
+    wait_remote(&emu, "backup/sub/x.txt", b"x", Duration::from_secs(20)).await;
+    fs::remove_dir_all(fx.source().join("sub")).unwrap();
+    // The run's summary line counts both deletes.
+    d.wait_log("folders_deleted=1", 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(emu::remote_status(&emu, "sub").await, 404);
+    let log = d.log();
+    let finished = log
+        .lines()
+        .find(|l| l.contains("folders_deleted=1"))
+        .unwrap();
+    assert!(
+        finished.contains("run finished") && finished.contains(" deleted=1"),
+        "{finished}"
+    );
+
     // Everything gone at once (an unmounted disk looks like this): held.
     let held_before = d.log().matches("remote deletes held").count();
     fs::remove_file(fx.source().join("c.txt")).unwrap();
