@@ -266,14 +266,23 @@ fn unix_now() -> i64 {
     Utc::now().timestamp()
 }
 
-/// When a failed file is due again: soon for temporary trouble, later for
-/// errors that need someone to change something.
-fn next_attempt(class: ErrorClass) -> i64 {
+/// The longest a failed file waits for its next attempt.
+const MAX_FILE_RETRY_SECS: i64 = 6 * 3600;
+
+/// When a failed file is due again, after `failures` failures in a row
+/// (this one included): soon for temporary trouble, 5 minutes doubling with
+/// every failure in a row up to 6 hours (a file that fails every time, an
+/// unreadable one say, is not retried and logged every 5 minutes forever),
+/// and 6 hours at once for errors that need someone to change something.
+fn next_attempt(class: ErrorClass, failures: u32) -> i64 {
     let wait = match class {
-        ErrorClass::Permanent => 6 * 3600,
+        ErrorClass::Permanent => MAX_FILE_RETRY_SECS,
         ErrorClass::Quota => 3600,
         ErrorClass::RetryAfter(d) => d.as_secs().max(60) as i64,
-        ErrorClass::Backoff | ErrorClass::SessionGone | ErrorClass::Reauth => 300,
+        ErrorClass::Reauth => 300,
+        ErrorClass::Backoff | ErrorClass::SessionGone => {
+            (300_i64 << failures.saturating_sub(1).min(10)).min(MAX_FILE_RETRY_SECS)
+        }
     };
     unix_now() + wait
 }
@@ -750,10 +759,13 @@ impl<'a, R: Remote> Uploader<'a, R> {
         class: ErrorClass,
     ) -> Result<FileOutcome, StateError> {
         let (job, path, e) = (self.job.name.clone(), entry.path.clone(), error.clone());
-        let when = next_attempt(class);
         let attempts = self
             .store
-            .call(move |s| s.mark_failed(&job, &path, &e, Some(when)))
+            .call(move |s| {
+                s.mark_failed_with(&job, &path, &e, |failures| {
+                    Some(next_attempt(class, failures))
+                })
+            })
             .await?;
         tracing::warn!(job = %self.job.name, path = %entry.path, attempt = attempts, error, "upload failed");
         Ok(FileOutcome::Failed { error })
@@ -1456,9 +1468,23 @@ mod tests {
     }
 
     #[test]
-    fn failed_files_wait_longer_for_permanent_errors() {
-        let now = unix_now();
-        assert!(next_attempt(ErrorClass::Backoff) <= now + 301);
-        assert!(next_attempt(ErrorClass::Permanent) >= now + 6 * 3600);
+    fn failed_files_wait_longer_for_permanent_errors_and_each_failure_in_a_row() {
+        let wait = |class, failures| {
+            let now = unix_now();
+            // Rounded to the minute: a second may pass between the clocks.
+            (next_attempt(class, failures) - now + 30) / 60 * 60
+        };
+        assert_eq!(wait(ErrorClass::Backoff, 1), 300);
+        assert_eq!(wait(ErrorClass::Backoff, 2), 600);
+        assert_eq!(wait(ErrorClass::SessionGone, 4), 2400);
+        assert_eq!(wait(ErrorClass::Backoff, 8), 6 * 3600, "capped");
+        assert_eq!(wait(ErrorClass::Backoff, u32::MAX), 6 * 3600);
+        assert_eq!(wait(ErrorClass::Backoff, 0), 300);
+        assert_eq!(
+            wait(ErrorClass::Reauth, 9),
+            300,
+            "a sign-in is not the file's fault"
+        );
+        assert_eq!(wait(ErrorClass::Permanent, 1), 6 * 3600);
     }
 }

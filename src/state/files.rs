@@ -1074,9 +1074,22 @@ impl Store {
         error: &str,
         next_attempt: Option<i64>,
     ) -> Result<u32, StateError> {
+        self.mark_failed_with(job, path, error, |_| next_attempt)
+    }
+
+    /// [`Store::mark_failed`] with the next attempt chosen from the number
+    /// of failures in a row, this one included (a backoff that grows).
+    pub fn mark_failed_with(
+        &mut self,
+        job: &str,
+        path: &str,
+        error: &str,
+        next_attempt: impl FnOnce(u32) -> Option<i64>,
+    ) -> Result<u32, StateError> {
         self.transition(job, path, "marking a file failed", |tx, current| {
             current.refuse_if_skipped(job, path, "failed")?;
             let attempts = current.attempts.saturating_add(1);
+            let next_attempt = next_attempt(attempts);
             tx.prepare_cached(
                 "UPDATE files SET state = 'failed', attempts = ?3, last_error = ?4,
                      next_attempt = ?5, updated_at = ?6

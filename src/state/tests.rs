@@ -1787,3 +1787,39 @@ fn folder_trees_are_forgotten_and_searched_by_prefix_not_by_name_start() {
     assert_eq!(left, ["a0", "ab"]);
     assert_eq!(store.folder_item("j", "").unwrap().as_deref(), Some("root"));
 }
+
+#[test]
+fn a_growing_backoff_sees_every_failure_in_a_row_until_one_upload_succeeds() {
+    let (_dir, mut store) = open_temp();
+    store
+        .record_scanned(JOB, &[entry("f", b"v1", 1, Change::New)])
+        .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        store.mark_uploading(JOB, "f").unwrap();
+        store
+            .mark_failed_with(JOB, "f", "boom", |n| {
+                seen.push(n);
+                Some(100 * i64::from(n))
+            })
+            .unwrap();
+    }
+    assert_eq!(seen, [1, 2, 3]);
+    assert!(matches!(
+        state_of(&store, "f"),
+        FileState::Failed {
+            attempts: 3,
+            next_attempt: Some(300),
+            ..
+        }
+    ));
+    store.mark_uploading(JOB, "f").unwrap();
+    store.mark_synced(JOB, "f", &synced_info(b"v1")).unwrap();
+    store.mark_uploading(JOB, "f").unwrap();
+    store
+        .mark_failed_with(JOB, "f", "boom", |n| {
+            assert_eq!(n, 1, "a success ends the run of failures");
+            None
+        })
+        .unwrap();
+}
