@@ -315,10 +315,10 @@ fn local_name(remote: &str, policy: InvalidNames) -> String {
     }
 }
 
-/// Walks the job's remote folder page by page: records folders, adopts
-/// files equal to the local ones, notes remote edits of ours; at the end,
-/// synced files not seen are remote deletes. Memory: one page plus the
-/// stack of folders still to list.
+/// Walks the job's remote folder page by page: records the folders that
+/// stand for local ones, adopts files equal to the local ones, notes remote
+/// edits of ours; at the end, synced files not seen are remote deletes.
+/// Memory: one page plus the stack of folders still to list.
 async fn walk_job<R: Remote>(
     remote: &R,
     store: &SharedStore,
@@ -354,10 +354,22 @@ async fn walk_job<R: Remote>(
                             format!("{rel}/{local}")
                         };
                         if item.is_folder {
-                            let (n, p, folder) = (name.clone(), path.clone(), item.clone());
-                            store
-                                .call(move |s| s.record_folder_item(&n, &p, &folder))
-                                .await?;
+                            // Recorded (so looked after: `mirror` deletes it
+                            // once its local folder is gone) only when it
+                            // stands for a local folder; a folder someone
+                            // else made is walked, never recorded as ours.
+                            let (local, follow) = (job.source.join(&path), job.follow_symlinks);
+                            let stands_for_local = tokio::task::spawn_blocking(move || {
+                                !crate::job::local_folder_gone(&local, follow)
+                            })
+                            .await
+                            .expect("folder check panicked");
+                            if stands_for_local {
+                                let (n, p, folder) = (name.clone(), path.clone(), item.clone());
+                                store
+                                    .call(move |s| s.record_folder_item(&n, &p, &folder))
+                                    .await?;
+                            }
                             stack.push((item.id, path));
                         } else {
                             files.push((path, item));

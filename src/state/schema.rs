@@ -247,6 +247,21 @@ const UNSTABLE_FILES: &str = r#"
 ALTER TABLE files ADD COLUMN changed_while_sending INTEGER NOT NULL DEFAULT 0;
 "#;
 
+/// `folders` holds the remote folders a job looks after: the ones it
+/// created for a local folder, or found standing for one. A walk used to
+/// record every folder it found in the job's folder, someone else's too,
+/// and `mirror` deletes a recorded folder whose local folder is gone when
+/// it is empty: an empty folder someone else made would have gone. The
+/// rows no file of the job is recorded below cannot be told apart from
+/// those, so they are dropped (a cache: a folder still needed is looked up
+/// again when a run creates it); the job's own folder (`''`) stays.
+const FOREIGN_FOLDERS: &str = r#"
+DELETE FROM folders WHERE path <> '' AND NOT EXISTS (
+    SELECT 1 FROM files f WHERE f.job = folders.job
+        AND f.path >= folders.path || '/' AND f.path < folders.path || '0'
+);
+"#;
+
 /// Every migration, in order; see the module doc before changing anything.
 const MIGRATIONS: &[&str] = &[
     V1,
@@ -258,6 +273,7 @@ const MIGRATIONS: &[&str] = &[
     REMOTE_PLACES,
     FOLDED_PATHS,
     UNSTABLE_FILES,
+    FOREIGN_FOLDERS,
 ];
 
 /// The schema version this binary writes and fully understands.
@@ -316,4 +332,59 @@ pub(super) fn migrate(conn: &mut Connection, db: &Path) -> Result<(), StateError
         tracing::info!(db = %db.display(), version = to, "state schema migrated");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database at `version` (the migrations up to it applied).
+    fn at_version(version: usize) -> (tempfile::TempDir, Connection, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("state.db");
+        let conn = Connection::open(&db).unwrap();
+        for sql in &MIGRATIONS[..version] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", version as i64)
+            .unwrap();
+        (dir, conn, db)
+    }
+
+    #[test]
+    fn every_older_version_migrates_to_the_current_one() {
+        for version in 0..MIGRATIONS.len() {
+            let (_dir, mut conn, db) = at_version(version);
+            migrate(&mut conn, &db).unwrap_or_else(|e| panic!("from {version}: {e}"));
+            assert_eq!(user_version(&conn, &db).unwrap(), SCHEMA_VERSION);
+        }
+    }
+
+    #[test]
+    fn folders_no_file_is_recorded_below_are_no_longer_looked_after() {
+        let before = MIGRATIONS
+            .iter()
+            .position(|m| *m == FOREIGN_FOLDERS)
+            .unwrap();
+        let (_dir, mut conn, db) = at_version(before);
+        conn.execute_batch(
+            "INSERT INTO folders (job, path, item_id, updated_at) VALUES
+                 ('j', '', 'root', 0), ('j', 'ours', '1', 0), ('j', 'ours/sub', '2', 0),
+                 ('j', 'theirs', '3', 0), ('j', 'o', '4', 0), ('k', 'ours', '5', 0);
+             INSERT INTO files (job, path, size, mtime_ns, inode, state, updated_at) VALUES
+                 ('j', 'ours/sub/a.txt', 1, 1, 1, 'synced', 0), ('j', 'o0', 1, 1, 1, 'synced', 0),
+                 ('j', 'theirs.txt', 1, 1, 1, 'synced', 0);",
+        )
+        .unwrap();
+        migrate(&mut conn, &db).unwrap();
+        let left: Vec<(String, String)> = conn
+            .prepare("SELECT job, path FROM folders ORDER BY job, path")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let left: Vec<(&str, &str)> = left.iter().map(|(j, p)| (j.as_str(), p.as_str())).collect();
+        assert_eq!(left, [("j", ""), ("j", "ours"), ("j", "ours/sub")]);
+    }
 }

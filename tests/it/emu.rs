@@ -305,3 +305,34 @@ pub async fn remote_put(emu: &Handle, rel: &str, bytes: &[u8]) {
         .unwrap();
     assert!(r.status().is_success(), "put {rel}: {}", r.status());
 }
+
+/// Creates the folder `rel` (under the job folder; `""` is the job folder
+/// itself) through Graph as another user. Its parent must exist.
+pub async fn remote_mkdir(emu: &Handle, rel: &str) {
+    let (parent, name) = match rel.rsplit_once('/') {
+        Some((p, n)) => (format!("{FOLDER}/{p}"), n),
+        None if rel.is_empty() => (String::new(), FOLDER),
+        None => (FOLDER.to_string(), rel),
+    };
+    let url = if parent.is_empty() {
+        format!(
+            "{}/drives/{}/root/children",
+            emu.graph_url(),
+            emu.drive_id()
+        )
+    } else {
+        format!(
+            "{}/drives/{}/root:/{parent}:/children",
+            emu.graph_url(),
+            emu.drive_id()
+        )
+    };
+    let r = http()
+        .post(url)
+        .bearer_auth(other_token(emu))
+        .json(&serde_json::json!({"name": name, "folder": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "mkdir {rel}: {}", r.status());
+}

@@ -1017,3 +1017,39 @@ async fn mirror_keeps_a_folder_renamed_only_in_case() {
         );
     }
 }
+
+/// Mirror: folders someone else made in the job's folder before the job's
+/// first run (found when that run lists the folder) are not sharepush's:
+/// not deleted, even empty and with no local folder of their name. A
+/// folder that matched a local one when it was found stands for it, and
+/// goes when the local folder does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_leaves_alone_the_empty_folders_someone_else_made() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::config_with_job_lines(&fx, &emu, "delete = \"mirror\"");
+    for i in 0..5 {
+        emu::put(&fx, &format!("keep{i}.txt"), b"k");
+    }
+    emu::put(&fx, "d/a.txt", b"alpha");
+    for folder in ["", "theirs", "theirs/inner", "d"] {
+        emu::remote_mkdir(&emu, folder).await;
+    }
+    for run in 0..2 {
+        let r = emu::sync(&config, &emu::fast_policy()).await.remove(0);
+        emu::assert_clean(std::slice::from_ref(&r));
+        assert_eq!(r.folders_deleted, 0, "run {run}: {r:?}");
+    }
+    for kept in ["theirs", "theirs/inner", "d/a.txt"] {
+        assert_eq!(emu::remote_status(&emu, kept).await, 200, "{kept}");
+    }
+
+    std::fs::remove_dir_all(fx.source().join("d")).unwrap();
+    let r = emu::sync(&config, &emu::fast_policy()).await.remove(0);
+    emu::assert_clean(std::slice::from_ref(&r));
+    assert_eq!((r.deleted, r.folders_deleted), (1, 1), "{r:?}");
+    assert_eq!(emu::remote_status(&emu, "d").await, 404);
+    for kept in ["theirs", "theirs/inner"] {
+        assert_eq!(emu::remote_status(&emu, kept).await, 200, "{kept}");
+    }
+}
