@@ -779,8 +779,9 @@ fn dry_run(
 /// (works while the daemon runs). A config that cannot be loaded is
 /// reported on `err` and the report comes from the state alone (the state
 /// directory from `--state-dir`, else the default). Exit 0 healthy, 1 a job
-/// has failures, 77 login needed, 75 the state cannot be read, 78 the
-/// config cannot be loaded (the state is still shown).
+/// of the config has failures, 77 login needed, 75 the state cannot be
+/// read, 78 the config cannot be loaded (the state is still shown); the
+/// JSON's `exit_code` is the same.
 pub fn status(
     global: &GlobalArgs,
     json: bool,
@@ -813,13 +814,22 @@ pub fn status(
             };
         }
     };
-    let report = match crate::status::build(config.as_ref(), &state_dir, store.as_ref()) {
+    let mut report = match crate::status::build(config.as_ref(), &state_dir, store.as_ref()) {
         Ok(r) => r,
         Err(e) => {
             let _ = writeln!(err, "error: {e}");
             return ExitCode::TempFail;
         }
     };
+    // A config the daemon could not start with is not healthy, whatever
+    // the state says (the running daemon may still use an older one); the
+    // JSON says so too, for checks that read it rather than the exit code.
+    let code = if config.is_none() {
+        ExitCode::Config
+    } else {
+        report.exit_code()
+    };
+    report.exit_code = code.code();
     if json {
         let _ = serde_json::to_writer_pretty(&mut *out, &report);
         let _ = writeln!(out);
@@ -833,12 +843,7 @@ pub fn status(
         }
         report.write_text(out);
     }
-    // A config the daemon could not start with is not healthy, whatever
-    // the state says (the running daemon may still use an older one).
-    if config.is_none() {
-        return ExitCode::Config;
-    }
-    report.exit_code()
+    code
 }
 
 /// `sharepush login [--refresh-token-file F]`: device code sign-in, or the

@@ -5,8 +5,8 @@
 //! sign-in mode; `None` when it cannot be loaded, then the report comes from
 //! the state alone) and a read-only [`Store`] (no lock: it works while the
 //! daemon runs). Output: a [`StatusReport`] whose [`StatusReport::exit_code`]
-//! makes `status` a monitoring check: 0 healthy, 1 when any job has failures,
-//! 77 when a person must sign in again.
+//! makes `status` a monitoring check: 0 healthy, 1 when any job of the
+//! config has failures, 77 when a person must sign in again.
 //!
 //! What it does not do: write anything, talk to the network, or decide
 //! whether a daemon is *healthy* beyond "its process exists" (systemd's
@@ -36,7 +36,8 @@ const FAILED_TEXT_MAX: usize = 20;
 pub struct StatusReport {
     /// The state directory read.
     pub state_dir: String,
-    /// 0 healthy, 1 a job has failures, 77 login needed (the process exit code).
+    /// 0 healthy, 1 a job of the config has failures, 77 login needed, 78
+    /// the config cannot be loaded: the process exit code.
     pub exit_code: u8,
     /// The daemon recorded in the state; `null` when none ever ran here.
     pub daemon: Option<DaemonStatus>,
@@ -472,11 +473,14 @@ fn job_from_store(
 }
 
 impl StatusReport {
-    /// 77 when a person must sign in, else 1 when any job has failures, else 0.
+    /// 77 when a person must sign in, else 1 when any job of the config has
+    /// failures, else 0. A job only the state remembers (removed from the
+    /// config, or renamed) is listed but not counted: nothing retries its
+    /// files any more, and nothing could clear its failures.
     pub fn exit_code(&self) -> ExitCode {
         if self.auth.login_needed {
             ExitCode::AuthNeeded
-        } else if self.jobs.iter().any(|j| j.has_failures) {
+        } else if self.jobs.iter().any(|j| j.in_config && j.has_failures) {
             ExitCode::SomeFilesFailed
         } else {
             ExitCode::Ok

@@ -392,6 +392,18 @@ async fn with_a_broken_config_status_still_reports_what_the_state_holds() {
     assert!(stderr.contains("showing the state only"), "{stderr}");
     assert!(stdout.contains("job docs\n"), "{stdout}");
     assert!(stdout.contains("files: 1 synced"), "{stdout}");
+
+    // A check that reads the JSON gets the verdict the exit code gives.
+    let out = sharepush(
+        &config,
+        &["--state-dir", state.to_str().unwrap(), "status", "--json"],
+    )
+    .await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(78), "{stdout}\n{stderr}");
+    let json: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["exit_code"], 78, "{stdout}");
+    assert_eq!(json["jobs"][0]["files"]["synced"], 1, "{stdout}");
 }
 
 /// Every object key path in `v` (`jobs.last_run.trigger`...), arrays merged.
@@ -463,4 +475,41 @@ async fn the_readmes_status_json_example_has_exactly_the_fields_status_prints() 
     key_paths(&example, "", &mut documented);
     key_paths(&actual, "", &mut printed);
     assert_eq!(documented, printed, "README example vs status --json");
+}
+
+/// A job removed from the config (or renamed) is still listed with what it
+/// left, but nothing retries its failed files any more and nothing can
+/// clear them: they must not keep a monitoring check failing for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_of_a_job_removed_from_the_config_do_not_fail_status() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::write_config(&fx, &emu, Sign::Secret, "");
+    emu::put(&fx, "a.txt", b"hello");
+    let out = sharepush(&config, &["sync"]).await;
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let mut store = sharepush::state::Store::open(&fx.state()).unwrap();
+    store
+        .mark_failed("docs", "a.txt", "400 invalidRequest: refused", None)
+        .unwrap();
+    drop(store);
+    let (code, _) = status_json(&config).await;
+    assert_eq!(code, Some(1));
+
+    let renamed = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("name = \"docs\"", "name = \"documents\"");
+    std::fs::write(&config, renamed).unwrap();
+    let (code, json) = status_json(&config).await;
+    assert_eq!(code, Some(0), "{json:#}");
+    assert_eq!(json["exit_code"], 0, "{json:#}");
+    let old = json["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["name"] == "docs")
+        .unwrap_or_else(|| panic!("the removed job is still listed: {json:#}"));
+    assert_eq!(old["in_config"], false);
+    assert_eq!(old["has_failures"], true, "still shown as it is");
+    assert_eq!(old["failed_files"][0]["path"], "a.txt");
 }
