@@ -303,6 +303,25 @@ fn scan_write(row: Option<(bool, bool, bool)>) -> ScanWrite {
     }
 }
 
+/// The write of [`Store::record_skipped`], for it and for callers that add
+/// to it in one transaction.
+fn upsert_skipped(
+    conn: &rusqlite::Connection,
+    job: &str,
+    path: &str,
+    reason: &str,
+) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "INSERT INTO files (job, path, size, mtime_ns, inode, state, skip_reason, updated_at)
+         VALUES (?1, ?2, 0, 0, 0, 'skipped', ?3, ?4)
+         ON CONFLICT (job, path) DO UPDATE SET
+             state = 'skipped', skip_reason = excluded.skip_reason, attempts = 0,
+             next_attempt = NULL, last_error = NULL, updated_at = excluded.updated_at
+         WHERE files.state <> 'skipped' OR files.skip_reason IS NOT excluded.skip_reason",
+    )?
+    .execute(params![job, path, reason, unix_now()])
+}
+
 /// Paths per `DELETE` statement in [`Store::forget`].
 const FORGET_BATCH: usize = 4096;
 
@@ -630,24 +649,27 @@ impl Store {
     /// other files (one of [`Store::case_twins`]): skipped, with an empty
     /// fingerprint so every scan looks at it again and it goes up once the
     /// reason is gone.
+    /// Both writes in one transaction: a row skipped but still holding the
+    /// keeper's item must never be left behind.
     pub fn record_skipped_for_now(
         &mut self,
         job: &str,
         path: &str,
         reason: &str,
     ) -> Result<(), StateError> {
-        self.record_skipped(job, path, reason)?;
+        let err = |e| sql_err(&self.db_path, "recording a skipped file")(e);
+        let tx = self.conn.transaction().map_err(err)?;
+        upsert_skipped(&tx, job, path, reason).map_err(err)?;
         // Not the keeper, so not the owner of any remote item: rows from
         // before twins were noticed may share the keeper's item, which a
         // mirror delete of this path must never take.
-        self.conn
-            .prepare_cached(
-                "UPDATE files SET size = 0, mtime_ns = 0, inode = 0, item_id = NULL, etag = NULL
-                 WHERE job = ?1 AND path = ?2",
-            )
-            .and_then(|mut s| s.execute([job, path]))
-            .map_err(self.sql("recording a skipped file"))?;
-        Ok(())
+        tx.prepare_cached(
+            "UPDATE files SET size = 0, mtime_ns = 0, inode = 0, item_id = NULL, etag = NULL
+             WHERE job = ?1 AND path = ?2",
+        )
+        .and_then(|mut s| s.execute([job, path]))
+        .map_err(err)?;
+        tx.commit().map_err(err)
     }
 
     /// Records that a scan (or a naming rule) will not upload `path`, with a
@@ -659,18 +681,8 @@ impl Store {
         path: &str,
         reason: &str,
     ) -> Result<(), StateError> {
-        let context = "recording a skipped file";
-        self.conn
-            .prepare_cached(
-                "INSERT INTO files (job, path, size, mtime_ns, inode, state, skip_reason, updated_at)
-                 VALUES (?1, ?2, 0, 0, 0, 'skipped', ?3, ?4)
-                 ON CONFLICT (job, path) DO UPDATE SET
-                     state = 'skipped', skip_reason = excluded.skip_reason, attempts = 0,
-                     next_attempt = NULL, last_error = NULL, updated_at = excluded.updated_at
-                 WHERE files.state <> 'skipped' OR files.skip_reason IS NOT excluded.skip_reason",
-            )
-            .and_then(|mut stmt| stmt.execute(params![job, path, reason, unix_now()]))
-            .map_err(self.sql(context))?;
+        upsert_skipped(&self.conn, job, path, reason)
+            .map_err(self.sql("recording a skipped file"))?;
         Ok(())
     }
 

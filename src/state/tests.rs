@@ -1823,3 +1823,28 @@ fn a_growing_backoff_sees_every_failure_in_a_row_until_one_upload_succeeds() {
         })
         .unwrap();
 }
+
+#[test]
+fn a_case_twin_skipped_for_now_is_recorded_whole_or_not_at_all() {
+    let (_dir, mut store) = open_temp();
+    store
+        .record_scanned(JOB, &[entry("A.txt", b"1", 1, Change::New)])
+        .unwrap();
+    store.mark_synced(JOB, "A.txt", &synced_info(b"1")).unwrap();
+    // The second of its writes fails (a full disk, or a crash there).
+    store
+        .conn
+        .execute_batch(
+            "CREATE TEMP TRIGGER unmapping_fails BEFORE UPDATE OF item_id ON main.files
+             BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+        )
+        .unwrap();
+    store
+        .record_skipped_for_now(JOB, "A.txt", "differs only in case")
+        .unwrap_err();
+    // Not skipped while still holding the item the keeper shares: a mirror
+    // delete of this path would take the keeper's file with it.
+    let record = store.file(JOB, "A.txt").unwrap().unwrap();
+    assert_eq!(record.state.kind(), FileStateKind::Synced, "{record:?}");
+    assert_eq!(record.item_id.as_deref(), Some("ITEM1"));
+}
