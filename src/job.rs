@@ -146,20 +146,42 @@ fn unix(t: SystemTime) -> i64 {
 }
 
 /// The drive id of the job's library: from the state, or resolved once and
-/// recorded. Also records which library the job uses, so a recreated
-/// library requeues every job on it ([`recheck_drive`]).
+/// recorded. Also records where the job backs up to, so a recreated
+/// library requeues every job on it ([`recheck_drive`]), and a job pointed
+/// at another site, library or folder sends every file to the new place
+/// (`Store::note_job_target`).
 pub(crate) async fn drive_id<R: Remote>(
     remote: &R,
     store: &SharedStore,
     job: &JobSpec,
 ) -> Result<Result<String, RemoteError>, StateError> {
-    let (name, site, library) = (job.name.clone(), job.site.to_string(), job.library.clone());
-    let cached = store
+    let (name, site, library, folder) = (
+        job.name.clone(),
+        job.site.to_string(),
+        job.library.clone(),
+        job.folder.clone(),
+    );
+    let (moved, cached) = store
         .call(move |s| {
-            s.note_job_library(&name, &site, &library)?;
-            s.drive(&site, &library)
+            let moved = s.note_job_target(&name, &site, &library, &folder)?;
+            Ok::<_, StateError>((moved, s.drive(&site, &library)?))
         })
         .await?;
+    if let Some(before) = moved {
+        tracing::warn!(
+            job = %job.name,
+            site = %job.site,
+            library = %job.library,
+            folder = %job.folder,
+            was = %format!(
+                "{} / {} / {}",
+                before.site,
+                before.library,
+                before.folder.as_deref().unwrap_or("?")
+            ),
+            "the job now backs up to another place: every file goes there (files already there are taken as they are); the copies in the old place stay"
+        );
+    }
     if let Some(row) = cached {
         return Ok(Ok(row.drive_id));
     }

@@ -24,6 +24,49 @@ pub struct DriveReplaced {
     pub requeued: u64,
 }
 
+/// Where a job backed up to before its config pointed it elsewhere
+/// ([`Store::note_job_target`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobTarget {
+    pub site: String,
+    pub library: String,
+    /// `None` when recorded before folders were (schema 11).
+    pub folder: Option<String>,
+}
+
+/// Forgets everything `job` knew of its remote items (folder ids, open
+/// upload sessions, open remote changes) and queues its synced, uploading
+/// and failed files as pending with no remote item: the items are gone
+/// (a recreated library) or elsewhere (the job now points at another
+/// place). Returns how many files were queued.
+fn requeue_job(tx: &rusqlite::Transaction<'_>, job: &str, now: i64) -> rusqlite::Result<u64> {
+    for sql in [
+        "DELETE FROM folders WHERE job = ?1",
+        "DELETE FROM sessions WHERE job = ?1",
+        "DELETE FROM remote_changes WHERE job = ?1
+             AND (outcome IS NULL OR outcome = 'skipped')",
+    ] {
+        tx.prepare_cached(sql)?.execute([job])?;
+    }
+    let requeued = tx
+        .prepare_cached(
+            "UPDATE files SET state = 'pending', item_id = NULL, etag = NULL,
+                 remote_quick_xor = NULL, remote_size = NULL, attempts = 0,
+                 next_attempt = NULL, last_error = NULL, updated_at = ?2
+             WHERE job = ?1 AND state IN ('synced', 'uploading', 'failed')",
+        )?
+        .execute(params![job, now])? as u64;
+    // Already pending (changed locally): their item ids name items of the
+    // old place too.
+    tx.prepare_cached(
+        "UPDATE files SET item_id = NULL, etag = NULL, remote_quick_xor = NULL,
+             remote_size = NULL
+         WHERE job = ?1 AND state = 'pending' AND item_id IS NOT NULL",
+    )?
+    .execute([job])?;
+    Ok(requeued)
+}
+
 /// A resolved document library.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DriveRow {
@@ -82,25 +125,66 @@ impl Store {
         Ok(())
     }
 
-    /// Records that `job` uploads to `library` on `site` (as configured
-    /// now), so [`Store::replace_drive`] finds every job of a recreated
-    /// library. Writes nothing when the record is already this.
-    pub fn note_job_library(
+    /// Records where `job` uploads to (`site`, `library`, `folder`, as
+    /// configured now), so [`Store::replace_drive`] finds every job of a
+    /// recreated library. When the job pointed elsewhere before (another
+    /// site, library or folder; case aside, as SharePoint names ignore it),
+    /// everything known of the old place is dropped and every file of the
+    /// job is queued to go up to the new one, in one transaction, and the
+    /// job's folder is walked again (so files already there are adopted,
+    /// not sent twice): returns where it pointed before. The copies in the
+    /// old place stay there.
+    pub fn note_job_target(
         &mut self,
         job: &str,
         site: &str,
         library: &str,
-    ) -> Result<(), StateError> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO job_libraries (job, site, library) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (job) DO UPDATE SET site = excluded.site, library = excluded.library
-                 WHERE job_libraries.site <> excluded.site
-                    OR job_libraries.library <> excluded.library",
-            )
-            .and_then(|mut stmt| stmt.execute([job, site, library]))
-            .map_err(self.sql("recording a job's library"))?;
-        Ok(())
+        folder: &str,
+    ) -> Result<Option<JobTarget>, StateError> {
+        let context = "recording a job's library";
+        let err = |e| sql_err(&self.db_path, context)(e);
+        let tx = self.conn.transaction().map_err(err)?;
+        let before: Option<JobTarget> = tx
+            .prepare_cached("SELECT site, library, folder FROM job_libraries WHERE job = ?1")
+            .and_then(|mut s| {
+                s.query_row([job], |r| {
+                    Ok(JobTarget {
+                        site: r.get(0)?,
+                        library: r.get(1)?,
+                        folder: r.get(2)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(err)?;
+        let same = |a: &str, b: &str| a.to_lowercase() == b.to_lowercase();
+        let moved = before.as_ref().filter(|b| {
+            !same(&b.site, site)
+                || !same(&b.library, library)
+                || b.folder.as_deref().is_some_and(|f| !same(f, folder))
+        });
+        let unchanged = before.as_ref().is_some_and(|b| {
+            b.site == site && b.library == library && b.folder.as_deref() == Some(folder)
+        });
+        if unchanged {
+            return Ok(None);
+        }
+        tx.prepare_cached(
+            "INSERT INTO job_libraries (job, site, library, folder) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (job) DO UPDATE SET site = excluded.site, library = excluded.library,
+                 folder = excluded.folder",
+        )
+        .and_then(|mut stmt| stmt.execute([job, site, library, folder]))
+        .map_err(err)?;
+        let moved = moved.cloned();
+        if moved.is_some() {
+            requeue_job(&tx, job, unix_now()).map_err(err)?;
+            tx.prepare_cached("DELETE FROM remote_walks WHERE job = ?1")
+                .and_then(|mut s| s.execute([job]))
+                .map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
+        Ok(moved)
     }
 
     /// The library `site`/`library` answered with a new drive id: it was
@@ -109,7 +193,7 @@ impl Store {
     /// the recorded id is still `old` (another job may have done it first;
     /// then `None`): records `new`, drops the delta link (and bumps the
     /// epoch, so every job walks again), and for every job recorded on that
-    /// library ([`Store::note_job_library`]) forgets its remote folder ids,
+    /// library ([`Store::note_job_target`]) forgets its remote folder ids,
     /// open upload sessions and open remote changes, and queues its synced,
     /// uploading and failed files as pending with no remote item, so the
     /// next run uploads them into the new library.
@@ -146,34 +230,7 @@ impl Store {
         let now = unix_now();
         let mut requeued = 0u64;
         for job in &jobs {
-            for sql in [
-                "DELETE FROM folders WHERE job = ?1",
-                "DELETE FROM sessions WHERE job = ?1",
-                "DELETE FROM remote_changes WHERE job = ?1
-                     AND (outcome IS NULL OR outcome = 'skipped')",
-            ] {
-                tx.prepare_cached(sql)
-                    .and_then(|mut s| s.execute([job]))
-                    .map_err(err)?;
-            }
-            requeued += tx
-                .prepare_cached(
-                    "UPDATE files SET state = 'pending', item_id = NULL, etag = NULL,
-                         remote_quick_xor = NULL, remote_size = NULL, attempts = 0,
-                         next_attempt = NULL, last_error = NULL, updated_at = ?2
-                     WHERE job = ?1 AND state IN ('synced', 'uploading', 'failed')",
-                )
-                .and_then(|mut s| s.execute(params![job, now]))
-                .map_err(err)? as u64;
-            // Already pending (changed locally): their item ids name items
-            // of the old drive too.
-            tx.prepare_cached(
-                "UPDATE files SET item_id = NULL, etag = NULL, remote_quick_xor = NULL,
-                     remote_size = NULL
-                 WHERE job = ?1 AND state = 'pending' AND item_id IS NOT NULL",
-            )
-            .and_then(|mut s| s.execute([job]))
-            .map_err(err)?;
+            requeued += requeue_job(&tx, job, now).map_err(err)?;
         }
         tx.commit().map_err(err)?;
         Ok(Some(DriveReplaced { jobs, requeued }))

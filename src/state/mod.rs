@@ -11,8 +11,10 @@
 //! - `sessions`: open upload sessions, saved before the first fragment so a
 //!   restarted process resumes instead of re-sending;
 //! - `drives`: site URL + library name -> drive id and the drive's delta link;
-//!   `job_libraries`: which library each job uses, so a library recreated
-//!   under a new drive id requeues every job on it ([`Store::replace_drive`]);
+//!   `job_libraries`: which library and folder each job uses, so a library
+//!   recreated under a new drive id requeues every job on it
+//!   ([`Store::replace_drive`]) and a job pointed elsewhere sends every file
+//!   to the new place ([`Store::note_job_target`]);
 //! - `runs`: one row per job run (trigger, times, counts, bytes, outcome);
 //! - `remote_walks`, `remote_changes`, `conflict_copies`: remote reconcile
 //!   (issue 6, `remote.rs`): which job folders were enumerated, remote deletes
@@ -68,7 +70,7 @@ mod tests;
 
 use std::path::PathBuf;
 
-pub use drives::{DriveReplaced, DriveRow};
+pub use drives::{DriveReplaced, DriveRow, JobTarget};
 pub use files::{FileRecord, FileState, FileStateKind, StateCounts, SyncedInfo};
 pub use health::{AuthStateRow, DaemonRow, Refusal, WatchRow, WatchState};
 pub use remote::{

@@ -262,6 +262,14 @@ DELETE FROM folders WHERE path <> '' AND NOT EXISTS (
 );
 "#;
 
+/// The job's folder joins its site and library in `job_libraries`: a job
+/// pointed at another folder (or library, or site) has every file queued
+/// for the new place (`Store::note_job_target`). `NULL` for rows written
+/// before: not known, so not judged, until the next run records it.
+const JOB_TARGET_FOLDER: &str = r#"
+ALTER TABLE job_libraries ADD COLUMN folder TEXT;
+"#;
+
 /// Every migration, in order; see the module doc before changing anything.
 const MIGRATIONS: &[&str] = &[
     V1,
@@ -274,6 +282,7 @@ const MIGRATIONS: &[&str] = &[
     FOLDED_PATHS,
     UNSTABLE_FILES,
     FOREIGN_FOLDERS,
+    JOB_TARGET_FOLDER,
 ];
 
 /// The schema version this binary writes and fully understands.

@@ -911,10 +911,12 @@ fn a_recreated_library_requeues_every_job_on_it_in_one_step() {
     store.save_drive_id(site, "Archive", "b!arch").unwrap();
     store.set_delta_link(site, "Documents", "L").unwrap();
     // Two jobs on the library, one on another library of the same site.
-    store.note_job_library(JOB, site, "Documents").unwrap();
-    store.note_job_library("second", site, "Documents").unwrap();
+    store.note_job_target(JOB, site, "Documents", "").unwrap();
     store
-        .note_job_library("elsewhere", site, "Archive")
+        .note_job_target("second", site, "Documents", "")
+        .unwrap();
+    store
+        .note_job_target("elsewhere", site, "Archive", "")
         .unwrap();
     for job in [JOB, "second", "elsewhere"] {
         store
@@ -988,8 +990,12 @@ fn a_job_moved_to_another_library_is_recorded_there() {
     let (_tmp, mut store) = open_temp();
     let site = "https://contoso.sharepoint.com/sites/Finance";
     store.save_drive_id(site, "Documents", "b!old").unwrap();
-    store.note_job_library(JOB, site, "Documents").unwrap();
-    store.note_job_library(JOB, site, "Archive").unwrap();
+    store
+        .note_job_target(JOB, site, "Documents", "backup")
+        .unwrap();
+    store
+        .note_job_target(JOB, site, "Archive", "backup")
+        .unwrap();
     store
         .record_scanned(JOB, &[entry("a.txt", b"a", 1, Change::New)])
         .unwrap();
@@ -1003,6 +1009,58 @@ fn a_job_moved_to_another_library_is_recorded_there() {
         state_of(&store, "a.txt"),
         FileState::Synced { .. }
     ));
+}
+
+#[test]
+fn a_job_pointed_at_another_place_has_every_file_queued_for_it() {
+    let (_tmp, mut store) = open_temp();
+    let site = "https://contoso.sharepoint.com/sites/Finance";
+    assert_eq!(
+        store
+            .note_job_target(JOB, site, "Documents", "backup")
+            .unwrap(),
+        None,
+        "a first record is no move"
+    );
+    store
+        .record_scanned(
+            JOB,
+            &[
+                entry("a.txt", b"a", 1, Change::New),
+                entry("d/b.txt", b"b", 1, Change::New),
+            ],
+        )
+        .unwrap();
+    store.mark_synced(JOB, "a.txt", &synced_info(b"a")).unwrap();
+    store.record_folder(JOB, "d", "F1").unwrap();
+    // Case aside, the same place: nothing changes.
+    for (library, folder) in [("Documents", "backup"), ("documents", "Backup")] {
+        assert_eq!(
+            store.note_job_target(JOB, site, library, folder).unwrap(),
+            None
+        );
+        assert!(matches!(
+            state_of(&store, "a.txt"),
+            FileState::Synced { .. }
+        ));
+    }
+    let before = store
+        .note_job_target(JOB, site, "Documents", "backup/2026")
+        .unwrap()
+        .expect("moved");
+    assert_eq!(before.library, "documents");
+    assert_eq!(before.folder.as_deref(), Some("Backup"));
+    assert_eq!(state_of(&store, "a.txt"), FileState::Pending);
+    assert_eq!(store.file(JOB, "a.txt").unwrap().unwrap().item_id, None);
+    assert_eq!(state_of(&store, "d/b.txt"), FileState::Pending);
+    assert!(store.folder_items(JOB).unwrap().is_empty());
+    // Recorded: the next run sees no move.
+    assert_eq!(
+        store
+            .note_job_target(JOB, site, "Documents", "backup/2026")
+            .unwrap(),
+        None
+    );
 }
 
 #[test]

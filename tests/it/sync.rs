@@ -1053,3 +1053,71 @@ async fn mirror_leaves_alone_the_empty_folders_someone_else_made() {
         assert_eq!(emu::remote_status(&emu, kept).await, 200, "{kept}");
     }
 }
+
+/// A job pointed at another folder (or library) sends every file there,
+/// not only the ones that change from now on; the copies in the old folder
+/// stay. Pointed at a folder that already holds the same files (the
+/// administrator moved the folder in SharePoint and then the config), it
+/// takes them as they are and sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_pointed_at_another_folder_backs_up_everything_there() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let path = emu::write_config(&fx, &emu, Sign::Secret, "");
+    emu::put(&fx, "a.txt", b"alpha");
+    emu::put(&fx, "d/b.txt", b"bravo");
+    emu::assert_clean(&emu::sync(&emu::load(&path), &emu::fast_policy()).await);
+    let point_at = |folder: &str| {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let at = text.find("\nfolder = ").unwrap() + 1;
+        let end = at + text[at..].find('\n').unwrap();
+        std::fs::write(
+            &path,
+            format!("{}folder = \"{folder}\"{}", &text[..at], &text[end..]),
+        )
+        .unwrap();
+        emu::load(&path)
+    };
+
+    let config = point_at("elsewhere");
+    let r = emu::sync(&config, &emu::fast_policy()).await.remove(0);
+    assert!(r.failed.is_empty(), "{r:?}");
+    assert_eq!(r.uploaded, 2, "{r:?}");
+    for (rel, content) in [("a.txt", &b"alpha"[..]), ("d/b.txt", b"bravo")] {
+        assert_eq!(
+            emu.read_file(&format!("elsewhere/{rel}")).as_deref(),
+            Some(content)
+        );
+        assert_eq!(
+            emu.read_file(&format!("{FOLDER}/{rel}")).as_deref(),
+            Some(content)
+        );
+    }
+    emu::assert_clean(&emu::sync(&config, &emu::fast_policy()).await);
+
+    // Moved in SharePoint, then in the config: nothing to send.
+    let r = emu::http()
+        .patch(format!(
+            "{}/drives/{}/root:/elsewhere:",
+            emu.graph_url(),
+            emu.drive_id()
+        ))
+        .bearer_auth(emu::other_token(&emu))
+        .json(&serde_json::json!({"name": "archive"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let config = point_at("archive");
+    let before = emu.requests().len();
+    let r = emu::sync(&config, &emu::fast_policy()).await.remove(0);
+    assert!(r.failed.is_empty(), "{r:?}");
+    assert_eq!(r.uploaded, 0, "{r:?}");
+    assert_eq!(r.reconcile.as_ref().map(|c| c.adopted), Some(2), "{r:?}");
+    let sent = emu.requests()[before..]
+        .iter()
+        .filter(|q| q.route == "upload" || q.path.ends_with("/createUploadSession"))
+        .count();
+    assert_eq!(sent, 0);
+    emu::assert_clean(&emu::sync(&config, &emu::fast_policy()).await);
+}
