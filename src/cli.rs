@@ -78,7 +78,8 @@ pub enum Command {
     /// Show each job's last run, next run, pending and failed files, bytes
     /// uploaded and watch state, the daemon and the sign-in, from the state
     /// database (read-only: works while the daemon runs). Exit 0 when
-    /// healthy, 1 when any job has failures, 77 when a login is needed.
+    /// healthy, 1 when any job has failures, 75 when the state cannot be
+    /// read, 77 when a login is needed, 78 when the config cannot be loaded.
     Status(StatusArgs),
     /// Sign in with the device code flow (works over SSH) and store the
     /// refresh token in the state directory (0600).

@@ -640,7 +640,8 @@ const SETTINGS_KEYS: &[KeySpec] = &[
     spec(
         "max_file_size",
         Kind::Size,
-        "a size above 0, e.g. \"50GiB\"; leave the key out for no limit",
+        "a size above 0, e.g. \"50GiB\"; leave the key out for SharePoint's own limit \
+         (250 GiB per file)",
     ),
     spec(
         "invalid_names",

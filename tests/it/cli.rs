@@ -251,3 +251,46 @@ fn a_credential_name_is_a_warning_for_check_and_status_outside_the_service() {
         "{stderr}"
     );
 }
+
+/// Without `max_file_size` a job still skips what SharePoint cannot store
+/// (250 GiB), as the README and config/example.toml say; the error for a
+/// bad value must say the same, not promise "no limit".
+#[test]
+fn a_bad_max_file_size_names_sharepoints_limit_as_the_default() {
+    let fx = Fixture::new();
+    let config = fx.write_config();
+    let text_of = fs::read_to_string(&config).unwrap();
+    fs::write(
+        &config,
+        text_of.replace("[[job]]", "[defaults]\nmax_file_size = 0\n\n[[job]]"),
+    )
+    .unwrap();
+    let out = fx.sharepush(&config, &["check"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(78), "{stdout}\n{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("max_file_size"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        line.contains("leave the key out for SharePoint's own limit (250 GiB per file)"),
+        "{line}"
+    );
+    assert!(!line.contains("no limit"), "{line}");
+}
+
+/// `status` is documented as a monitoring check: its help names every exit
+/// code it returns (README "Commands").
+#[test]
+fn status_help_names_each_exit_code_status_returns() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sharepush"))
+        .args(["status", "--help"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let help = stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    for code in ["Exit 0 ", " 1 when", " 75 when", " 77 when", " 78 when"] {
+        assert!(help.contains(code), "no {code:?} in: {help}");
+    }
+}
