@@ -171,8 +171,9 @@ pub struct RunStatus {
     /// `null` while running.
     pub ended_at: Option<String>,
     pub duration_s: Option<i64>,
-    /// `ok`, `some-files-failed`, `failed`, `cancelled`, `interrupted`;
-    /// `null` while running.
+    /// `ok`, `some-files-failed`, `failed`, `cancelled`, `interrupted`
+    /// (also for a run without an end while no process holds the state:
+    /// the process died in it); `null` while running.
     pub outcome: Option<String>,
     /// Why the run failed as a whole (missing source, login needed...).
     pub error: Option<String>,
@@ -282,11 +283,14 @@ pub fn build(
             names.push((job.clone(), false));
         }
     }
+    // Whether a process holds the state now (a daemon or a `sync`): the
+    // lock file keeps the last holder's pid.
+    let holder_alive = crate::state::last_holder(state_dir).is_some_and(pid_exists);
     let mut jobs = Vec::with_capacity(names.len());
     for (name, in_config) in names {
         let spec = config.and_then(|c| c.jobs.iter().find(|j| j.name == name));
         let mut job = match store {
-            Some(s) => job_from_store(s, &name, recorded.auth.refusal.as_ref())?,
+            Some(s) => job_from_store(s, &name, recorded.auth.refusal.as_ref(), holder_alive)?,
             None => empty_job(&name),
         };
         // Without a loaded config nothing is known to be removed.
@@ -390,10 +394,13 @@ fn empty_job(name: &str) -> JobStatus {
 
 /// `refusal`: the last recorded sign-in refusal; a last run that failed for
 /// it is the sign-in's problem (exit 77 while it lasts), not the job's.
+/// `holder_alive`: a process holds the state, so a run without an end may
+/// really be running.
 fn job_from_store(
     store: &Store,
     name: &str,
     refusal: Option<&crate::state::Refusal>,
+    holder_alive: bool,
 ) -> Result<JobStatus, StateError> {
     let mut job = empty_job(name);
     job.conflicts = store
@@ -445,7 +452,15 @@ fn job_from_store(
         .collect();
     job.failed_files_more = counts.failed.saturating_sub(job.failed_files.len() as u64);
     job.bytes_total = store.bytes_uploaded_total(name)?;
-    let last = store.last_run(name)?;
+    let mut last = store.last_run(name)?;
+    // A run with no end while no process holds the state: the process died
+    // in it (the next start records it so). Not "running since" forever.
+    if let Some(r) = last.as_mut()
+        && r.outcome.is_none()
+        && !holder_alive
+    {
+        r.outcome = Some(RunOutcome::Interrupted);
+    }
     let run_failed = last.as_ref().is_some_and(|r| {
         let for_sign_in = refusal.is_some_and(|f| r.error.as_deref() == Some(f.error.as_str()));
         r.outcome == Some(RunOutcome::Failed) && !for_sign_in

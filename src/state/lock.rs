@@ -87,6 +87,13 @@ fn worth_waiting(holder: Option<u32>, waited: std::time::Duration) -> bool {
     holder == Some(std::process::id()) && waited < SELF_LOCK_WAIT
 }
 
+/// The pid of the process that holds `dir`'s lock, or held it last (the
+/// file keeps it after a release), read without locking; `None` when no
+/// lock file or no pid in it.
+pub fn last_holder(dir: &Path) -> Option<u32> {
+    read_pid(&mut File::open(lock_path(dir)).ok()?)
+}
+
 /// The pid a holder wrote, if the file has one.
 fn read_pid(file: &mut File) -> Option<u32> {
     file.seek(SeekFrom::Start(0)).ok()?;

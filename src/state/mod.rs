@@ -60,6 +60,7 @@ mod drives;
 mod files;
 mod health;
 mod lock;
+pub use lock::last_holder;
 mod remote;
 mod runs;
 mod schema;

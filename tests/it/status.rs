@@ -513,3 +513,49 @@ async fn failures_of_a_job_removed_from_the_config_do_not_fail_status() {
     assert_eq!(old["has_failures"], true, "still shown as it is");
     assert_eq!(old["failed_files"][0]["path"], "a.txt");
 }
+
+/// A run that never ended while no process holds the state: the process
+/// died in it. Shown as interrupted, not "running since" until the next
+/// start records it so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_process_is_gone_shows_as_interrupted() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::write_config(&fx, &emu, Sign::Secret, "");
+    emu::put(&fx, "a.txt", b"hello");
+    let out = sharepush(&config, &["sync"]).await;
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+
+    use sharepush::state::{RunTrigger, Store};
+    let mut store = Store::open(&fx.state()).unwrap();
+    store
+        .start_run("docs", RunTrigger::Schedule, 1_700_000_000)
+        .unwrap();
+    // This process holds the state: the run may be running.
+    let (_, json) = status_json(&config).await;
+    assert!(json["jobs"][0]["last_run"]["outcome"].is_null(), "{json}");
+    let out = sharepush(&config, &["status"]).await;
+    assert!(text(&out).0.contains("running since"), "{:?}", text(&out));
+
+    // The holder dies (its pid stays in the lock file).
+    drop(store);
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    std::fs::write(
+        fx.state().join(sharepush::state::LOCK_FILE),
+        format!("{dead}\n"),
+    )
+    .unwrap();
+    let (code, json) = status_json(&config).await;
+    assert_eq!(code, Some(0), "{json}");
+    let run = &json["jobs"][0]["last_run"];
+    assert_eq!(run["outcome"], "interrupted", "{json}");
+    assert!(run["ended_at"].is_null(), "{json}");
+    let out = sharepush(&config, &["status"]).await;
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.contains("(schedule): interrupted") && !stdout.contains("running since"),
+        "{stdout}"
+    );
+}
