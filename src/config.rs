@@ -3674,6 +3674,48 @@ schedule = \"61 * * * *\"
         }
     }
 
+    /// The README's configuration reference lists every key the parser
+    /// takes (rows start with the key, after the section on a section's
+    /// first row), and nothing it does not take.
+    #[test]
+    fn readme_reference_documents_every_key() {
+        let readme = include_str!("../README.md");
+        let table: Vec<&str> = readme
+            .lines()
+            .skip_while(|l| !l.starts_with("| key | default | accepted |"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .collect();
+        assert!(!table.is_empty(), "README has no configuration reference");
+        let first_cell_keys = |row: &str| -> Vec<String> {
+            let cell = row
+                .trim_start_matches('|')
+                .split(" | ")
+                .next()
+                .unwrap_or("");
+            // "**`[auth]`** `tenant`" or "`certificate`, `private_key`".
+            let cell = cell.rsplit("** ").next().unwrap_or(cell);
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_string)
+                .collect()
+        };
+        let documented: Vec<String> = table.iter().flat_map(|r| first_cell_keys(r)).collect();
+        for (section, key) in known_keys() {
+            assert!(
+                documented.iter().any(|k| k == key),
+                "README's configuration reference does not list [{section}] {key}"
+            );
+        }
+        for k in &documented {
+            assert!(
+                known_keys().iter().any(|(_, kk)| kk == k),
+                "README's configuration reference lists unknown key {k}"
+            );
+        }
+    }
+
     #[test]
     fn example_parses_with_the_documented_values() {
         let c = Config::from_str_with_env(
