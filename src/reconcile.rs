@@ -263,7 +263,7 @@ async fn sync_delta<R: Remote>(
         let page = match remote.delta_page(&url).await {
             Ok(p) => p,
             Err(RemoteError::ResyncRequired) => {
-                tracing::warn!(job = %job.name, site = %site, library = %library, "delta link expired (410 resyncRequired); enumerating the job folders again, nothing that matches is uploaded again");
+                tracing::warn!(job = %job.name, site = %site, library = %library, "delta link no longer usable (expired: 410 resyncRequired, or from another service than graph_url); enumerating the job folders again, nothing that matches is uploaded again");
                 let (s2, l2) = (site.clone(), library.clone());
                 store.call(move |s| s.restart_delta(&s2, &l2)).await?;
                 report.resynced = true;

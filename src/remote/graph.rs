@@ -852,6 +852,15 @@ impl GraphRemote {
     }
 
     pub(crate) async fn delta_page_impl(&self, link: &str) -> Result<DeltaPage, RemoteError> {
+        // A stored link naming another service than `graph_url` (changed in
+        // the config, or the demo on another port) is of no use there, and
+        // the access token is not sent to it: started over, as after a 410.
+        if !same_origin(link, &self.graph_url) {
+            tracing::info!(
+                "the stored delta link is for another service than graph_url; following the library's changes from scratch"
+            );
+            return Err(RemoteError::ResyncRequired);
+        }
         let reply = match self.send("delta", Auth::Bearer, |c| c.get(link)).await {
             Ok(r) => r,
             Err(RemoteError::Permanent { status: 410, .. }) => {
@@ -877,6 +886,18 @@ impl GraphRemote {
     }
 }
 
+/// Whether two URLs have the same scheme, host and port.
+fn same_origin(a: &str, b: &str) -> bool {
+    match (reqwest::Url::parse(a), reqwest::Url::parse(b)) {
+        (Ok(a), Ok(b)) => {
+            a.scheme() == b.scheme()
+                && a.host_str() == b.host_str()
+                && a.port_or_known_default() == b.port_or_known_default()
+        }
+        _ => false,
+    }
+}
+
 /// A `409` on a file upload: the path is taken by a folder (a local folder
 /// replaced by a file of its name, the folder still in SharePoint). Said so,
 /// as the service's code alone does not.
@@ -895,6 +916,23 @@ fn folder_in_the_way(e: RemoteError) -> RemoteError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_are_judged_by_scheme_host_and_port() {
+        let graph = "https://graph.microsoft.com/v1.0";
+        assert!(same_origin(
+            "https://graph.microsoft.com/v1.0/drives/b!x/root/delta?token=T",
+            graph
+        ));
+        assert!(same_origin("https://GRAPH.microsoft.com:443/v1.0/x", graph));
+        assert!(!same_origin("https://graph.microsoft.us/v1.0/x", graph));
+        assert!(!same_origin("http://graph.microsoft.com/v1.0/x", graph));
+        assert!(!same_origin(
+            "http://127.0.0.1:8070/v1.0/x",
+            "http://127.0.0.1:8071/v1.0"
+        ));
+        assert!(!same_origin("not a url", graph));
+    }
 
     #[test]
     fn delta_entries_parse_live_and_deleted() {

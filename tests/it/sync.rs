@@ -1121,3 +1121,30 @@ async fn a_job_pointed_at_another_folder_backs_up_everything_there() {
     assert_eq!(sent, 0);
     emu::assert_clean(&emu::sync(&config, &emu::fast_policy()).await);
 }
+
+/// A stored delta link names the service it came from. With `graph_url`
+/// pointing elsewhere (here: another emulator), it is not followed (nor
+/// given the access token): the library's changes are followed from
+/// scratch there, and what that library lacks goes up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delta_link_from_another_service_is_not_followed() {
+    let first = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    emu::put(&fx, "a.txt", b"alpha");
+    emu::put(&fx, "d/b.txt", b"bravo");
+    let config = emu::load(&emu::write_config(&fx, &first, Sign::Secret, ""));
+    emu::assert_clean(&emu::sync(&config, &emu::fast_policy()).await);
+    first.shutdown().await.unwrap();
+
+    let second = emu::start(Options::default()).await;
+    let config = emu::load(&emu::write_config(&fx, &second, Sign::Secret, ""));
+    let r = emu::sync(&config, &emu::fast_policy()).await.remove(0);
+    assert!(r.failed.is_empty() && r.error.is_none(), "{r:?}");
+    assert!(r.reconcile.as_ref().is_some_and(|c| c.resynced), "{r:?}");
+    assert_eq!(r.uploaded, 2, "{r:?}");
+    assert_eq!(
+        second.read_file(&format!("{FOLDER}/d/b.txt")).as_deref(),
+        Some(&b"bravo"[..])
+    );
+    emu::assert_clean(&emu::sync(&config, &emu::fast_policy()).await);
+}
