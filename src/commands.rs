@@ -670,16 +670,24 @@ fn dry_run(
     };
     let mut code = ExitCode::Ok;
     for job in jobs {
-        let known = match &store {
-            Some(s) => match s.known_files(&job.name) {
-                Ok(k) => k,
-                Err(e) => {
+        let (mut known, before) = match &store {
+            Some(s) => match (s.known_files(&job.name), s.job_target(&job.name)) {
+                (Ok(k), Ok(t)) => (k, t),
+                (Err(e), _) | (_, Err(e)) => {
                     let _ = writeln!(err, "error: {e}");
                     return ExitCode::TempFail;
                 }
             },
             None => Default::default(),
         };
+        // Pointed at another place since the last run: the run will send
+        // every file there (`Store::note_job_target`), so none counts as
+        // up to date here.
+        let moved =
+            before.filter(|b| b.differs_from(&job.site.to_string(), &job.library, &job.folder));
+        if moved.is_some() {
+            known.values_mut().for_each(|k| k.synced = false);
+        }
         let report = match scan::scan(&ScanOptions::from(*job), known) {
             Ok(r) => r,
             Err(e) => {
@@ -699,13 +707,20 @@ fn dry_run(
                 s.known_folders(&job.name),
                 s.folder_items(&job.name),
             ) {
-                (Ok(records), Ok(folders), Ok(items)) => {
+                (Ok(records), Ok(folders), Ok(items)) if moved.is_none() => {
                     input.files = records
                         .iter()
                         .map(|(p, r)| (p.clone(), crate::job::prior_state(r)))
                         .collect();
                     input.remote_folders = folders;
                     recorded_folders = items;
+                }
+                // Nothing known of the new place: every file goes up.
+                (Ok(records), Ok(_), Ok(_)) => {
+                    input.files = records
+                        .keys()
+                        .map(|p| (p.clone(), crate::plan::PriorState::Pending))
+                        .collect();
                 }
                 (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                     let _ = writeln!(err, "error: {e}");
@@ -747,6 +762,19 @@ fn dry_run(
                 format!(", {} remote folder(s) to delete if empty", rmdirs.len())
             }
         );
+        if let Some(b) = &moved {
+            let _ = writeln!(
+                out,
+                "  the job now backs up to {} / {} / {} (was {} / {} / {}): every file goes there, \
+                 except files already there with the same content",
+                job.site,
+                job.library,
+                job.folder,
+                b.site,
+                b.library,
+                b.folder.as_deref().unwrap_or("?")
+            );
+        }
         for action in &plan.actions {
             let line = match action {
                 Action::CreateFolder { path } => format!("  mkdir    {path}/"),

@@ -34,6 +34,19 @@ pub struct JobTarget {
     pub folder: Option<String>,
 }
 
+impl JobTarget {
+    /// Whether a job at this target now pointing at `site`/`library`/
+    /// `folder` points at another place: any of the three differs, case
+    /// aside (SharePoint URLs and names ignore it). An unknown folder
+    /// (recorded before folders were) is not judged.
+    pub fn differs_from(&self, site: &str, library: &str, folder: &str) -> bool {
+        let same = |a: &str, b: &str| a.to_lowercase() == b.to_lowercase();
+        !same(&self.site, site)
+            || !same(&self.library, library)
+            || self.folder.as_deref().is_some_and(|f| !same(f, folder))
+    }
+}
+
 /// Forgets everything `job` knew of its remote items (folder ids, open
 /// upload sessions, open remote changes) and queues its synced, uploading
 /// and failed files as pending with no remote item: the items are gone
@@ -125,6 +138,23 @@ impl Store {
         Ok(())
     }
 
+    /// Where `job` was last recorded to upload to, if anywhere.
+    pub fn job_target(&self, job: &str) -> Result<Option<JobTarget>, StateError> {
+        self.conn
+            .prepare_cached("SELECT site, library, folder FROM job_libraries WHERE job = ?1")
+            .and_then(|mut s| {
+                s.query_row([job], |r| {
+                    Ok(JobTarget {
+                        site: r.get(0)?,
+                        library: r.get(1)?,
+                        folder: r.get(2)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(self.sql("reading a job's library"))
+    }
+
     /// Records where `job` uploads to (`site`, `library`, `folder`, as
     /// configured now), so [`Store::replace_drive`] finds every job of a
     /// recreated library. When the job pointed elsewhere before (another
@@ -157,12 +187,9 @@ impl Store {
                 .optional()
             })
             .map_err(err)?;
-        let same = |a: &str, b: &str| a.to_lowercase() == b.to_lowercase();
-        let moved = before.as_ref().filter(|b| {
-            !same(&b.site, site)
-                || !same(&b.library, library)
-                || b.folder.as_deref().is_some_and(|f| !same(f, folder))
-        });
+        let moved = before
+            .as_ref()
+            .filter(|b| b.differs_from(site, library, folder));
         let unchanged = before.as_ref().is_some_and(|b| {
             b.site == site && b.library == library && b.folder.as_deref() == Some(folder)
         });

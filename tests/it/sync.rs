@@ -1080,6 +1080,16 @@ async fn a_job_pointed_at_another_folder_backs_up_everything_there() {
     };
 
     let config = point_at("elsewhere");
+    // The dry run says so too, instead of "up to date".
+    let out = fx.sharepush(&path, &["sync", "--dry-run"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("would create 1 folder(s) and upload 2 file(s)")
+            && stdout.contains("the job now backs up to")
+            && stdout.contains("/ elsewhere (was "),
+        "{stdout}"
+    );
     let r = emu::sync(&config, &emu::fast_policy()).await.remove(0);
     assert!(r.failed.is_empty(), "{r:?}");
     assert_eq!(r.uploaded, 2, "{r:?}");
