@@ -64,17 +64,21 @@ fn requeue_job(tx: &rusqlite::Transaction<'_>, job: &str, now: i64) -> rusqlite:
     let requeued = tx
         .prepare_cached(
             "UPDATE files SET state = 'pending', item_id = NULL, etag = NULL,
-                 remote_quick_xor = NULL, remote_size = NULL, attempts = 0,
+                 remote_quick_xor = NULL, remote_size = NULL, copy_to = NULL, attempts = 0,
                  next_attempt = NULL, last_error = NULL, updated_at = ?2
              WHERE job = ?1 AND state IN ('synced', 'uploading', 'failed')",
         )?
         .execute(params![job, now])? as u64;
-    // Already pending (changed locally): their item ids name items of the
-    // old place too.
+    // Already pending (changed locally, or a keep-both copy queued) or
+    // skipped now (grown too big, unreadable): their item ids name items of
+    // the old place too, which a mirror delete of the path would otherwise
+    // take; and a keep-both copy has no one's edit to sit beside in the new
+    // place: the file goes to its own path.
     tx.prepare_cached(
         "UPDATE files SET item_id = NULL, etag = NULL, remote_quick_xor = NULL,
-             remote_size = NULL
-         WHERE job = ?1 AND state = 'pending' AND item_id IS NOT NULL",
+             remote_size = NULL, copy_to = NULL
+         WHERE job = ?1 AND state IN ('pending', 'skipped')
+             AND (item_id IS NOT NULL OR copy_to IS NOT NULL)",
     )?
     .execute([job])?;
     Ok(requeued)

@@ -1063,6 +1063,70 @@ fn a_job_pointed_at_another_place_has_every_file_queued_for_it() {
     );
 }
 
+/// A file skipped now (grown past `max_file_size`, unreadable) keeps the
+/// item it was synced to; after the job points elsewhere that item is a copy
+/// in the old place, which must stay: a later mirror delete of the path (or
+/// an upload over it) must not reach it.
+#[test]
+fn a_job_pointed_elsewhere_forgets_the_old_items_of_skipped_files_too() {
+    let (_tmp, mut store) = open_temp();
+    let site = "https://contoso.sharepoint.com/sites/Finance";
+    store
+        .note_job_target(JOB, site, "Documents", "backup")
+        .unwrap();
+    store
+        .record_scanned(JOB, &[entry("a.txt", b"a", 1, Change::New)])
+        .unwrap();
+    store.mark_synced(JOB, "a.txt", &synced_info(b"a")).unwrap();
+    store.record_skipped(JOB, "a.txt", "too big").unwrap();
+    assert!(store.file(JOB, "a.txt").unwrap().unwrap().item_id.is_some());
+    store
+        .note_job_target(JOB, site, "Documents", "backup/2026")
+        .unwrap()
+        .expect("moved");
+    let record = store.file(JOB, "a.txt").unwrap().unwrap();
+    assert_eq!(record.state.kind(), FileStateKind::Skipped);
+    assert_eq!(record.item_id, None, "an item of the old place: {record:?}");
+}
+
+/// A keep-both copy queued in the old place (someone edited the file
+/// there) has nothing to sit beside in the new one: after the job points
+/// elsewhere the file goes up to its own path, not as a conflict copy (which
+/// would leave the path itself never sent there).
+#[test]
+fn a_job_pointed_elsewhere_sends_a_queued_keep_both_copy_to_its_own_path() {
+    let (_dir, mut store) = open_temp();
+    let (site, lib) = ("https://h/sites/s", "Documents");
+    store.note_job_target(JOB, site, lib, "backup").unwrap();
+    store.save_drive_id(site, lib, "D").unwrap();
+    store
+        .record_scanned(JOB, &[entry("a.txt", b"ours", 1, Change::New)])
+        .unwrap();
+    let mut info = synced_info(b"ours");
+    info.item_id = Some("ITEM-a.txt".into());
+    store.mark_synced(JOB, "a.txt", &info).unwrap();
+    store
+        .record_delta_page(
+            site,
+            lib,
+            &[delta_item("ITEM-a.txt", false, "\"{A},5\"", b"theirs")],
+            Some("L1"),
+        )
+        .unwrap();
+    let changes = store.pending_remote_changes(JOB).unwrap();
+    assert_eq!(changes.len(), 1);
+    store
+        .resolve_keep_both(&changes[0], "a (sharepush conflict).txt")
+        .unwrap();
+    assert!(store.copy_target(JOB, "a.txt").unwrap().is_some());
+    store
+        .note_job_target(JOB, site, lib, "backup/2026")
+        .unwrap()
+        .expect("moved");
+    assert_eq!(state_of(&store, "a.txt"), FileState::Pending);
+    assert_eq!(store.copy_target(JOB, "a.txt").unwrap(), None);
+}
+
 #[test]
 fn folders_round_trip() {
     let (_tmp, mut store) = open_temp();
