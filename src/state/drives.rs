@@ -47,6 +47,19 @@ impl JobTarget {
     }
 }
 
+/// The row of `job` in `job_libraries`, if any.
+fn read_job_target(conn: &rusqlite::Connection, job: &str) -> rusqlite::Result<Option<JobTarget>> {
+    conn.prepare_cached("SELECT site, library, folder FROM job_libraries WHERE job = ?1")?
+        .query_row([job], |r| {
+            Ok(JobTarget {
+                site: r.get(0)?,
+                library: r.get(1)?,
+                folder: r.get(2)?,
+            })
+        })
+        .optional()
+}
+
 /// Forgets everything `job` knew of its remote items (folder ids, open
 /// upload sessions, open remote changes) and queues its synced, uploading
 /// and failed files as pending with no remote item: the items are gone
@@ -144,19 +157,7 @@ impl Store {
 
     /// Where `job` was last recorded to upload to, if anywhere.
     pub fn job_target(&self, job: &str) -> Result<Option<JobTarget>, StateError> {
-        self.conn
-            .prepare_cached("SELECT site, library, folder FROM job_libraries WHERE job = ?1")
-            .and_then(|mut s| {
-                s.query_row([job], |r| {
-                    Ok(JobTarget {
-                        site: r.get(0)?,
-                        library: r.get(1)?,
-                        folder: r.get(2)?,
-                    })
-                })
-                .optional()
-            })
-            .map_err(self.sql("reading a job's library"))
+        read_job_target(&self.conn, job).map_err(self.sql("reading a job's library"))
     }
 
     /// Records where `job` uploads to (`site`, `library`, `folder`, as
@@ -178,19 +179,7 @@ impl Store {
         let context = "recording a job's library";
         let err = |e| sql_err(&self.db_path, context)(e);
         let tx = self.conn.transaction().map_err(err)?;
-        let before: Option<JobTarget> = tx
-            .prepare_cached("SELECT site, library, folder FROM job_libraries WHERE job = ?1")
-            .and_then(|mut s| {
-                s.query_row([job], |r| {
-                    Ok(JobTarget {
-                        site: r.get(0)?,
-                        library: r.get(1)?,
-                        folder: r.get(2)?,
-                    })
-                })
-                .optional()
-            })
-            .map_err(err)?;
+        let before = read_job_target(&tx, job).map_err(err)?;
         let moved = before
             .as_ref()
             .filter(|b| b.differs_from(site, library, folder));
