@@ -702,27 +702,33 @@ fn dry_run(
             let mut paths: Vec<&str> = report.entries.iter().map(|e| e.path.as_str()).collect();
             paths.extend(report.vanished.iter().map(String::as_str));
             paths.extend(report.deselected.iter().map(String::as_str));
-            match (
-                s.records_for(&job.name, &paths),
-                s.known_folders(&job.name),
-                s.folder_items(&job.name),
-            ) {
-                (Ok(records), Ok(folders), Ok(items)) if moved.is_none() => {
-                    input.files = records
-                        .iter()
-                        .map(|(p, r)| (p.clone(), crate::job::prior_state(r)))
+            let read = || -> Result<_, crate::state::StateError> {
+                let records = s.records_for(&job.name, &paths)?;
+                if moved.is_some() {
+                    // Nothing known of the new place: every file goes up.
+                    let files = records
+                        .into_keys()
+                        .map(|p| (p, crate::plan::PriorState::Pending))
                         .collect();
+                    return Ok((files, Default::default(), Vec::new()));
+                }
+                let files = records
+                    .iter()
+                    .map(|(p, r)| (p.clone(), crate::job::prior_state(r)))
+                    .collect();
+                Ok((
+                    files,
+                    s.known_folders(&job.name)?,
+                    s.folder_items(&job.name)?,
+                ))
+            };
+            match read() {
+                Ok((files, folders, items)) => {
+                    input.files = files;
                     input.remote_folders = folders;
                     recorded_folders = items;
                 }
-                // Nothing known of the new place: every file goes up.
-                (Ok(records), Ok(_), Ok(_)) => {
-                    input.files = records
-                        .keys()
-                        .map(|p| (p.clone(), crate::plan::PriorState::Pending))
-                        .collect();
-                }
-                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                Err(e) => {
                     let _ = writeln!(err, "error: {e}");
                     return ExitCode::TempFail;
                 }

@@ -30,6 +30,14 @@ async fn sharepush(config: &Path, args: &[&str]) -> Output {
     .unwrap()
 }
 
+/// The pid of a process that has exited (and been reaped).
+fn dead_pid() -> u32 {
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
 /// `status --json`, parsed, with the exit code.
 async fn status_json(config: &Path) -> (Option<i32>, Value) {
     let out = sharepush(config, &["status", "--json"]).await;
@@ -348,9 +356,7 @@ async fn the_daemon_and_watch_states_it_records_are_shown() {
     assert!(json["jobs"][0]["watch_reason"].is_null());
 
     // A daemon that died without stopping: its pid is gone.
-    let mut child = Command::new("true").spawn().unwrap();
-    let dead = child.id();
-    child.wait().unwrap();
+    let dead = dead_pid();
     store.record_daemon_started(dead, 1_700_000_000).unwrap();
     let out = sharepush(&config, &["status"]).await;
     let (stdout, _) = text(&out);
@@ -539,9 +545,7 @@ async fn a_run_whose_process_is_gone_shows_as_interrupted() {
 
     // The holder dies (its pid stays in the lock file).
     drop(store);
-    let mut child = Command::new("true").spawn().unwrap();
-    let dead = child.id();
-    child.wait().unwrap();
+    let dead = dead_pid();
     std::fs::write(
         fx.state().join(sharepush::state::LOCK_FILE),
         format!("{dead}\n"),

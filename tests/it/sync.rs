@@ -695,17 +695,24 @@ async fn a_file_replaced_by_a_fifo_before_its_upload_does_not_hang_the_run() {
     );
 }
 
-/// Mirror: a file whose new version could not go up yet, then deleted
-/// locally, used to be only forgotten, leaving its earlier version in
-/// SharePoint for good.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mirror_deletes_the_earlier_version_of_a_file_whose_change_never_went_up() {
+/// A `delete = "mirror"` job with five files that stay, so the deletes a
+/// test makes stay well below `max_delete` and the source is never empty.
+async fn mirror_job() -> (graph_emulator::Handle, Fixture, sharepush::config::Config) {
     let emu = emu::start(Options::default()).await;
     let fx = Fixture::new();
     let config = emu::config_with_job_lines(&fx, &emu, "delete = \"mirror\"");
     for i in 0..5 {
         emu::put(&fx, &format!("keep{i}.txt"), b"k");
     }
+    (emu, fx, config)
+}
+
+/// Mirror: a file whose new version could not go up yet, then deleted
+/// locally, used to be only forgotten, leaving its earlier version in
+/// SharePoint for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_deletes_the_earlier_version_of_a_file_whose_change_never_went_up() {
+    let (emu, fx, config) = mirror_job().await;
     emu::put(&fx, "f.txt", b"version 1");
     emu::assert_clean(&emu::sync(&config, &emu::fast_policy()).await);
     // The edit cannot go up (the library is full for a moment)...
@@ -863,12 +870,7 @@ async fn a_file_blocked_by_a_remote_folder_of_its_name_says_so() {
 /// looked at by later runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_deletes_a_folder_deleted_locally_unless_it_holds_someone_elses_files() {
-    let emu = emu::start(Options::default()).await;
-    let fx = Fixture::new();
-    let config = emu::config_with_job_lines(&fx, &emu, "delete = \"mirror\"");
-    for i in 0..5 {
-        emu::put(&fx, &format!("keep{i}.txt"), b"k");
-    }
+    let (emu, fx, config) = mirror_job().await;
     emu::put(&fx, "d/a.txt", b"alpha");
     emu::put(&fx, "d/sub/b.txt", b"bravo");
     emu::put(&fx, "shared/ours.txt", b"ours");
@@ -934,12 +936,7 @@ async fn mirror_deletes_a_folder_deleted_locally_unless_it_holds_someone_elses_f
 /// file takes its name in the same run instead of failing with 409.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_makes_way_for_a_file_that_replaced_a_folder() {
-    let emu = emu::start(Options::default()).await;
-    let fx = Fixture::new();
-    let config = emu::config_with_job_lines(&fx, &emu, "delete = \"mirror\"");
-    for i in 0..5 {
-        emu::put(&fx, &format!("keep{i}.txt"), b"k");
-    }
+    let (emu, fx, config) = mirror_job().await;
     emu::put(&fx, "d/x.txt", b"in a folder");
     emu::put(&fx, "d/deeper/y.txt", b"further in");
     emu::assert_clean(&emu::sync(&config, &emu::fast_policy()).await);
@@ -990,12 +987,7 @@ async fn folders_stay_under_keep_and_when_mirror_deletes_are_held() {
 /// SharePoint (names are case-insensitive); it is never deleted as gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_keeps_a_folder_renamed_only_in_case() {
-    let emu = emu::start(Options::default()).await;
-    let fx = Fixture::new();
-    let config = emu::config_with_job_lines(&fx, &emu, "delete = \"mirror\"");
-    for i in 0..5 {
-        emu::put(&fx, &format!("keep{i}.txt"), b"k");
-    }
+    let (emu, fx, config) = mirror_job().await;
     emu::put(&fx, "Docs/a.txt", b"alpha");
     emu::put(&fx, "Docs/b.txt", b"bravo");
     emu::assert_clean(&emu::sync(&config, &emu::fast_policy()).await);
@@ -1025,12 +1017,7 @@ async fn mirror_keeps_a_folder_renamed_only_in_case() {
 /// goes when the local folder does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_leaves_alone_the_empty_folders_someone_else_made() {
-    let emu = emu::start(Options::default()).await;
-    let fx = Fixture::new();
-    let config = emu::config_with_job_lines(&fx, &emu, "delete = \"mirror\"");
-    for i in 0..5 {
-        emu::put(&fx, &format!("keep{i}.txt"), b"k");
-    }
+    let (emu, fx, config) = mirror_job().await;
     emu::put(&fx, "d/a.txt", b"alpha");
     for folder in ["", "theirs", "theirs/inner", "d"] {
         emu::remote_mkdir(&emu, folder).await;
