@@ -735,9 +735,18 @@ fn dry_run(
             }
         }
         let plan = crate::plan::plan(&report, &input, job.delete, std::time::SystemTime::now());
+        // The run's guard: deletes it would hold, and then no folder either.
+        let held = (plan.summary.delete_remote > 0)
+            .then(|| {
+                crate::job::deletes_held_because(job, &report, plan.summary.delete_remote as usize)
+            })
+            .flatten();
         // Mirror: the recorded folders whose local folder is gone, deepest
         // first, as the run would try them (deleted only if empty then).
-        let mut rmdirs: Vec<&str> = if job.delete == crate::config::DeleteMode::Mirror {
+        let prune = job.delete == crate::config::DeleteMode::Mirror
+            && held.is_none()
+            && !crate::job::source_looks_empty(&report);
+        let mut rmdirs: Vec<&str> = if prune {
             recorded_folders
                 .iter()
                 .map(|(p, _)| p.as_str())
@@ -750,7 +759,7 @@ fn dry_run(
         let s = &plan.summary;
         let _ = writeln!(
             out,
-            "job {} (dry run): would create {} folder(s) and upload {} file(s), {} ({} new, {} changed, {} retried); {} up to date, {} held, {} forgotten, {} remote delete(s){}",
+            "job {} (dry run): would create {} folder(s) and upload {} file(s), {} ({} new, {} changed, {} retried); {} up to date, {} held, {} forgotten, {}{}",
             job.name,
             s.create_folders,
             s.upload_new + s.upload_changed + s.upload_retry,
@@ -761,13 +770,22 @@ fn dry_run(
             s.up_to_date,
             s.held,
             s.forget,
-            s.delete_remote,
+            match &held {
+                None => format!("{} remote delete(s)", s.delete_remote),
+                Some(_) => format!("0 remote delete(s) ({} held)", s.delete_remote),
+            },
             if rmdirs.is_empty() {
                 String::new()
             } else {
                 format!(", {} remote folder(s) to delete if empty", rmdirs.len())
             }
         );
+        if let Some(why) = &held {
+            let _ = writeln!(
+                out,
+                "  remote deletes held: {why}; nothing would be deleted remotely"
+            );
+        }
         if let Some(b) = &moved {
             let _ = writeln!(
                 out,
@@ -795,6 +813,9 @@ fn dry_run(
                 ),
                 Action::Skip { path, .. } => format!("  hold     {path}"),
                 Action::Forget { path, .. } => format!("  forget   {path}"),
+                Action::DeleteRemote { path, .. } if held.is_some() => {
+                    format!("  kept     {path} (deleted locally; its remote delete is held)")
+                }
                 Action::DeleteRemote { path, .. } => format!("  delete   {path}"),
             };
             let _ = writeln!(out, "{line}");

@@ -597,33 +597,16 @@ async fn run_stages<R: Remote>(
             false
         });
     }
-    if !deletes.is_empty() {
-        let files =
-            scanned.unchanged + scanned.entries.len() as u64 + scanned.vanished.len() as u64;
-        let empty = scanned.entries.is_empty() && scanned.unchanged == 0;
-        let why = if empty {
-            Some(format!(
-                "the source folder {} is empty (an unmounted disk?)",
-                job.source.display()
-            ))
-        } else if !job.max_delete.allows(deletes.len() as u64, files) {
-            Some(format!(
-                "{} of {files} file(s) would be deleted, more than max_delete ({})",
-                deletes.len(),
-                job.max_delete
-            ))
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            report.deletes_held = deletes.len() as u64;
-            tracing::warn!(
-                job = %job.name,
-                held = deletes.len(),
-                "remote deletes held: {why}; nothing is deleted remotely"
-            );
-            deletes.clear();
-        }
+    if !deletes.is_empty()
+        && let Some(why) = deletes_held_because(job, &scanned, deletes.len())
+    {
+        report.deletes_held = deletes.len() as u64;
+        tracing::warn!(
+            job = %job.name,
+            held = deletes.len(),
+            "remote deletes held: {why}; nothing is deleted remotely"
+        );
+        deletes.clear();
     }
     if !forget.is_empty() {
         let name = job.name.clone();
@@ -634,7 +617,7 @@ async fn run_stages<R: Remote>(
     // source is an unmounted disk until shown otherwise).
     let prune = job.delete == DeleteMode::Mirror
         && report.deletes_held == 0
-        && !(scanned.entries.is_empty() && scanned.unchanged == 0);
+        && !source_looks_empty(&scanned);
     // Files to upload where a recorded folder is: that folder was replaced
     // locally by a file of its name.
     let replaced: Vec<String> = if prune {
@@ -883,6 +866,38 @@ async fn prune_folders<R: Remote>(
 
 /// Orders folder paths deepest first (then reverse byte order), the order
 /// in which [`prune_folders`] tries them.
+/// The guard on remote deletes: why a run that would delete `deletes`
+/// files remotely holds them all instead, if it does. The source looks
+/// empty (an unmounted disk, until shown otherwise), or `deletes` is more
+/// than the job's `max_delete` allows of the files it knows. `sync
+/// --dry-run` asks the same question.
+pub(crate) fn deletes_held_because(
+    job: &JobSpec,
+    scanned: &scan::ScanReport,
+    deletes: usize,
+) -> Option<String> {
+    let files = scanned.unchanged + scanned.entries.len() as u64 + scanned.vanished.len() as u64;
+    if source_looks_empty(scanned) {
+        Some(format!(
+            "the source folder {} is empty (an unmounted disk?)",
+            job.source.display()
+        ))
+    } else if !job.max_delete.allows(deletes as u64, files) {
+        Some(format!(
+            "{deletes} of {files} file(s) would be deleted, more than max_delete ({})",
+            job.max_delete
+        ))
+    } else {
+        None
+    }
+}
+
+/// No file in the source at all: an unmounted disk until shown otherwise,
+/// so nothing is deleted remotely (files or folders).
+pub(crate) fn source_looks_empty(scanned: &scan::ScanReport) -> bool {
+    scanned.entries.is_empty() && scanned.unchanged == 0
+}
+
 pub(crate) fn deepest_first(a: &str, b: &str) -> std::cmp::Ordering {
     let depth = |p: &str| p.matches('/').count();
     depth(b).cmp(&depth(a)).then_with(|| b.cmp(a))

@@ -931,6 +931,77 @@ async fn mirror_deletes_a_folder_deleted_locally_unless_it_holds_someone_elses_f
     assert_eq!(listings, 0);
 }
 
+/// The dry run applies the run's guard on remote deletes: with the source
+/// emptied (an unmounted disk), or more deletes than `max_delete` allows,
+/// it shows them held and no folder to delete, as the run then does. It
+/// used to list them all as deletes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_shows_the_remote_deletes_the_run_would_hold() {
+    let (emu, fx, config) = mirror_job().await;
+    emu::put(&fx, "d/a.txt", b"alpha");
+    emu::assert_clean(&emu::sync(&config, &emu::fast_policy()).await);
+    let dry_run = || {
+        let out = fx.sharepush(&config.path, &["sync", "--dry-run"]);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+        stdout
+    };
+    let verbs = |stdout: &str| -> Vec<String> {
+        stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("  "))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    };
+
+    // More than max_delete: 2 of 6 files, against at most 1.
+    let text = std::fs::read_to_string(&config.path).unwrap();
+    std::fs::write(
+        &config.path,
+        text.replace("delete = \"mirror\"", "delete = \"mirror\"\nmax_delete = 1"),
+    )
+    .unwrap();
+    let strict = emu::load(&config.path);
+    std::fs::remove_file(fx.source().join("keep4.txt")).unwrap();
+    std::fs::remove_dir_all(fx.source().join("d")).unwrap();
+    let stdout = dry_run();
+    assert!(stdout.contains("0 remote delete(s) (2 held)"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "remote deletes held: 2 of 6 file(s) would be deleted, more than max_delete (1 files)"
+        ),
+        "{stdout}"
+    );
+    assert_eq!(verbs(&stdout), ["remote", "kept", "kept"], "{stdout}");
+    assert!(
+        stdout.contains("  kept     d/a.txt (deleted locally; its remote delete is held)"),
+        "{stdout}"
+    );
+    let r = emu::sync(&strict, &emu::fast_policy()).await.remove(0);
+    assert_eq!(
+        (r.deleted, r.deletes_held, r.folders_deleted),
+        (0, 2, 0),
+        "{r:?}"
+    );
+
+    // Everything gone: the source looks unmounted, under the default guard.
+    std::fs::write(&config.path, text).unwrap();
+    for e in std::fs::read_dir(fx.source()).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    let stdout = dry_run();
+    assert!(stdout.contains("0 remote delete(s) (6 held)"), "{stdout}");
+    assert!(stdout.contains("is empty (an unmounted disk?)"), "{stdout}");
+    assert!(!stdout.contains("rmdir"), "{stdout}");
+    let r = emu::sync(&config, &emu::fast_policy()).await.remove(0);
+    assert_eq!(
+        (r.deleted, r.deletes_held, r.folders_deleted),
+        (0, 6, 0),
+        "{r:?}"
+    );
+    assert_eq!(emu::remote_status(&emu, "d/a.txt").await, 200);
+}
+
 /// Mirror: a local folder replaced by a file of its name. Our files in the
 /// folder are deleted and then the folder, before the file goes up: the
 /// file takes its name in the same run instead of failing with 409.
