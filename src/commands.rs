@@ -688,6 +688,10 @@ fn dry_run(
         if moved.is_some() {
             known.values_mut().for_each(|k| k.synced = false);
         }
+        // For case twins: a file the scan finds unchanged is synced (the
+        // others come back as entries), so it has a remote item.
+        let known_synced: Vec<(String, bool)> =
+            known.iter().map(|(p, k)| (p.clone(), k.synced)).collect();
         let report = match scan::scan(&ScanOptions::from(*job), known) {
             Ok(r) => r,
             Err(e) => {
@@ -698,6 +702,7 @@ fn dry_run(
         };
         let mut input = PlanInput::default();
         let mut recorded_folders = Vec::new();
+        let mut with_item = HashSet::new();
         if let Some(s) = &store {
             let mut paths: Vec<&str> = report.entries.iter().map(|e| e.path.as_str()).collect();
             paths.extend(report.vanished.iter().map(String::as_str));
@@ -710,8 +715,16 @@ fn dry_run(
                         .into_keys()
                         .map(|p| (p, crate::plan::PriorState::Pending))
                         .collect();
-                    return Ok((files, Default::default(), Vec::new()));
+                    return Ok((files, Default::default(), Vec::new(), HashSet::new()));
                 }
+                let with_item = records
+                    .iter()
+                    .filter(|(_, r)| {
+                        r.item_id.is_some()
+                            && r.state.kind() != crate::state::FileStateKind::Skipped
+                    })
+                    .map(|(p, _)| p.clone())
+                    .collect();
                 let files = records
                     .iter()
                     .map(|(p, r)| (p.clone(), crate::job::prior_state(r)))
@@ -720,13 +733,15 @@ fn dry_run(
                     files,
                     s.known_folders(&job.name)?,
                     s.folder_items(&job.name)?,
+                    with_item,
                 ))
             };
             match read() {
-                Ok((files, folders, items)) => {
+                Ok((files, folders, items, items_of)) => {
                     input.files = files;
                     input.remote_folders = folders;
                     recorded_folders = items;
+                    with_item = items_of;
                 }
                 Err(e) => {
                     let _ = writeln!(err, "error: {e}");
@@ -735,6 +750,47 @@ fn dry_run(
             }
         }
         let plan = crate::plan::plan(&report, &input, job.delete, std::time::SystemTime::now());
+        // Case twins, as the run decides them: the files present now are
+        // the scan's entries and the known files it found unchanged.
+        let listed: HashSet<&str> = report
+            .entries
+            .iter()
+            .map(|e| e.path.as_str())
+            .chain(report.vanished.iter().map(String::as_str))
+            .chain(report.deselected.iter().map(String::as_str))
+            .collect();
+        let present = report
+            .entries
+            .iter()
+            .map(|e| (e.path.as_str(), with_item.contains(&e.path)))
+            .chain(
+                known_synced
+                    .iter()
+                    .filter(|(p, _)| !listed.contains(p.as_str()))
+                    .map(|(p, synced)| (p.as_str(), *synced)),
+            );
+        let uploads: Vec<&str> = plan
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Upload { entry, .. } => Some(entry.path.as_str()),
+                _ => None,
+            })
+            .collect();
+        let twins = crate::plan::case_twins_among(present, &uploads);
+        let mut summary = plan.summary;
+        for action in &plan.actions {
+            if let Action::Upload { entry, reason } = action
+                && twins.contains_key(&entry.path)
+            {
+                summary.upload_bytes -= entry.size;
+                match reason {
+                    crate::plan::UploadReason::New => summary.upload_new -= 1,
+                    crate::plan::UploadReason::Changed => summary.upload_changed -= 1,
+                    crate::plan::UploadReason::Retry => summary.upload_retry -= 1,
+                }
+            }
+        }
         // The run's guard: deletes it would hold, and then no folder either.
         let held = (plan.summary.delete_remote > 0)
             .then(|| {
@@ -756,7 +812,7 @@ fn dry_run(
             Vec::new()
         };
         rmdirs.sort_by(|a, b| crate::job::deepest_first(a, b));
-        let s = &plan.summary;
+        let s = &summary;
         let _ = writeln!(
             out,
             "job {} (dry run): would create {} folder(s) and upload {} file(s), {} ({} new, {} changed, {} retried); {} up to date, {} held, {} forgotten, {}{}",
@@ -802,6 +858,11 @@ fn dry_run(
         for action in &plan.actions {
             let line = match action {
                 Action::CreateFolder { path } => format!("  mkdir    {path}/"),
+                Action::Upload { entry, .. } if twins.contains_key(&entry.path) => format!(
+                    "  skipped  {} ({})",
+                    entry.path,
+                    crate::job::case_twin_reason(&twins[&entry.path])
+                ),
                 Action::Upload { entry, reason } => format!(
                     "  upload   {} ({}, {})",
                     entry.path,

@@ -550,11 +550,7 @@ async fn run_stages<R: Remote>(
                 let Some(twin) = twins.get(&e.path) else {
                     return true;
                 };
-                let reason = format!(
-                    "{twin:?} differs from it only in case, and SharePoint names are \
-                     case-insensitive: both would be one file there, each upload replacing \
-                     the other; rename one of them (this one goes up once {twin:?} is gone)"
-                );
+                let reason = case_twin_reason(twin);
                 tracing::warn!(job = %job.name, path = %e.path, reason, "not uploaded");
                 skipped.push((e.path.clone(), reason));
                 false
@@ -866,6 +862,15 @@ async fn prune_folders<R: Remote>(
 
 /// Orders folder paths deepest first (then reverse byte order), the order
 /// in which [`prune_folders`] tries them.
+/// Why a file is not uploaded while `twin` is there (see `Store::case_twins`).
+pub(crate) fn case_twin_reason(twin: &str) -> String {
+    format!(
+        "{twin:?} differs from it only in case, and SharePoint names are \
+         case-insensitive: both would be one file there, each upload replacing \
+         the other; rename one of them (this one goes up once {twin:?} is gone)"
+    )
+}
+
 /// The guard on remote deletes: why a run that would delete `deletes`
 /// files remotely holds them all instead, if it does. The source looks
 /// empty (an unmounted disk, until shown otherwise), or `deletes` is more

@@ -334,6 +334,34 @@ fn decide_entry(entry: &LocalEntry, prior: Option<&PriorState>, now: SystemTime)
     }
 }
 
+/// Which of `uploads` would not go up because another file present now has
+/// a path that differs from theirs only in case (SharePoint names are
+/// case-insensitive: both would be one item). The rule of
+/// `Store::case_twins`, which decides it for a run, over `present` (every
+/// local file, with whether it has a remote item) instead of the state:
+/// the one with a remote item keeps the name, else the first in byte
+/// order. Returns upload path -> the twin that keeps the name.
+pub fn case_twins_among<'a>(
+    present: impl IntoIterator<Item = (&'a str, bool)>,
+    uploads: &[&str],
+) -> HashMap<String, String> {
+    let mut keepers: HashMap<String, (bool, &str)> = HashMap::new();
+    for (path, has_item) in present {
+        let rank = (!has_item, path);
+        keepers
+            .entry(crate::state::fold_case(path))
+            .and_modify(|k| *k = (*k).min(rank))
+            .or_insert(rank);
+    }
+    uploads
+        .iter()
+        .filter_map(|p| {
+            let (_, keeper) = keepers.get(&crate::state::fold_case(p))?;
+            (keeper != p).then(|| (p.to_string(), keeper.to_string()))
+        })
+        .collect()
+}
+
 /// `SystemTime` as integer seconds since the Unix epoch in JSON.
 mod unix_seconds {
     use std::time::{SystemTime, UNIX_EPOCH};
@@ -350,6 +378,29 @@ mod unix_seconds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn case_twins_among_the_present_files_keep_the_uploaded_one_else_the_first() {
+        let present = [
+            ("A.txt", false),
+            ("a.txt", false),
+            ("b.TXT", true),
+            ("B.txt", false),
+            ("Ärger.txt", false),
+            ("ärger.txt", true),
+            ("alone.txt", false),
+        ];
+        let uploads = ["a.txt", "A.txt", "B.txt", "Ärger.txt", "alone.txt"];
+        let mut got: Vec<(String, String)> =
+            case_twins_among(present, &uploads).into_iter().collect();
+        got.sort();
+        let want = [
+            ("B.txt", "b.TXT"),
+            ("a.txt", "A.txt"),
+            ("Ärger.txt", "ärger.txt"),
+        ];
+        assert_eq!(got, want.map(|(p, t)| (p.to_string(), t.to_string())));
+    }
     use crate::hash::hash_bytes;
     use rstest::rstest;
     use std::time::Duration;

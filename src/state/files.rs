@@ -605,7 +605,7 @@ impl Store {
     }
 
     /// For each of `paths`, another file of `job` whose path differs only
-    /// in (ASCII) case and keeps the name remotely, if one does: SharePoint
+    /// in case (Unicode lowercase, `Ä` as `ä`) and keeps the name remotely, if one does: SharePoint
     /// names are case-insensitive, so both would be one item, each upload
     /// replacing the other. The keeper is the one that already has a
     /// remote item, else the first in byte order; skipped rows, and the
@@ -625,7 +625,8 @@ impl Store {
                 // by primary key (`t.path < ?2` looks like a range on it).
                 "SELECT t.path FROM files t INDEXED BY files_by_folded_path
                  LEFT JOIN files me ON me.job = ?1 AND me.path = ?2
-                 WHERE t.job = ?1 AND lower(t.path) = lower(?2) AND t.path <> ?2
+                 WHERE t.job = ?1 AND sharepush_fold(t.path) = sharepush_fold(?2)
+                     AND t.path <> ?2
                      AND t.state <> 'skipped'
                      AND ((t.item_id IS NOT NULL AND me.item_id IS NULL)
                          OR ((t.item_id IS NULL) = (me.item_id IS NULL) AND t.path < ?2))

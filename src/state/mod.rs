@@ -79,7 +79,7 @@ pub use remote::{
     WalkAction, holds_our_content,
 };
 pub use runs::{RunCounts, RunId, RunOutcome, RunRow, RunSummary, RunTrigger};
-pub use schema::SCHEMA_VERSION;
+pub use schema::{SCHEMA_VERSION, fold_case};
 pub use sessions::{SourceFingerprint, UploadSessionRow};
 pub use store::{DB_FILE, LOCK_FILE, Store};
 

@@ -270,6 +270,46 @@ const JOB_TARGET_FOLDER: &str = r#"
 ALTER TABLE job_libraries ADD COLUMN folder TEXT;
 "#;
 
+/// Case twins beyond ASCII: SQLite's `lower()` left `Ärger.txt` and
+/// `ärger.txt` apart, though SharePoint takes them for one name. The index
+/// folds with [`FOLD_FUNCTION`] (Unicode lowercase), which every
+/// connection registers ([`register_functions`]) before it reads or writes.
+const FOLDED_PATHS_UNICODE: &str = r#"
+DROP INDEX files_by_folded_path;
+CREATE INDEX files_by_folded_path ON files (job, sharepush_fold(path));
+"#;
+
+/// The SQL function that folds a path's case as SharePoint compares names
+/// (Unicode lowercase), for [`FOLDED_PATHS_UNICODE`]'s index.
+pub(crate) const FOLD_FUNCTION: &str = "sharepush_fold";
+
+/// How a path is folded to find its case twins: what
+/// [`FOLD_FUNCTION`] returns, also used outside SQL.
+pub fn fold_case(path: &str) -> String {
+    path.to_lowercase()
+}
+
+/// Registers the functions the schema's indexes use. Every connection to
+/// the state must call it before anything else: SQLite refuses to write a
+/// row (or read through the index) whose index needs a function it does
+/// not know.
+pub(crate) fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    conn.create_scalar_function(
+        FOLD_FUNCTION,
+        1,
+        FunctionFlags::SQLITE_UTF8
+            | FunctionFlags::SQLITE_DETERMINISTIC
+            | FunctionFlags::SQLITE_INNOCUOUS,
+        |ctx| {
+            Ok(match ctx.get_raw(0) {
+                rusqlite::types::ValueRef::Text(t) => Some(fold_case(&String::from_utf8_lossy(t))),
+                _ => None,
+            })
+        },
+    )
+}
+
 /// Every migration, in order; see the module doc before changing anything.
 const MIGRATIONS: &[&str] = &[
     V1,
@@ -283,6 +323,7 @@ const MIGRATIONS: &[&str] = &[
     UNSTABLE_FILES,
     FOREIGN_FOLDERS,
     JOB_TARGET_FOLDER,
+    FOLDED_PATHS_UNICODE,
 ];
 
 /// The schema version this binary writes and fully understands.
@@ -352,6 +393,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("state.db");
         let conn = Connection::open(&db).unwrap();
+        register_functions(&conn).unwrap();
         for sql in &MIGRATIONS[..version] {
             conn.execute_batch(sql).unwrap();
         }

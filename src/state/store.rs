@@ -51,6 +51,7 @@ impl Store {
 
         let err = |context| sql_err(&db_path, context);
         let mut conn = Connection::open(&db_path).map_err(err("opening"))?;
+        schema::register_functions(&conn).map_err(err("registering SQL functions"))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(err("setting the busy timeout"))?;
         // Before anything writes: a newer schema must stay exactly as found.
@@ -108,6 +109,8 @@ impl Store {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(&db_path, flags)
             .map_err(sql_err(&db_path, "opening read-only"))?;
+        schema::register_functions(&conn)
+            .map_err(sql_err(&db_path, "registering SQL functions"))?;
         let store = Store {
             conn,
             db_path,

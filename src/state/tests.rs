@@ -1842,7 +1842,18 @@ fn case_twins_keep_the_name_for_the_uploaded_one_else_the_first() {
     use std::collections::HashSet;
     let (_dir, mut store) = open_temp();
     let names = [
-        "A.txt", "a.txt", "b.TXT", "B.txt", "c.txt", "C.txt", "d.txt",
+        "A.txt",
+        "a.txt",
+        "b.TXT",
+        "B.txt",
+        "c.txt",
+        "C.txt",
+        "d.txt",
+        // Beyond ASCII too: SharePoint takes these for one name.
+        "Ärger/Über.txt",
+        "ärger/über.txt",
+        "Σ.txt",
+        "σ.txt",
     ];
     let entries: Vec<_> = names
         .iter()
@@ -1861,7 +1872,15 @@ fn case_twins_keep_the_name_for_the_uploaded_one_else_the_first() {
         .map(|(p, t)| (p.as_str(), t.as_str()))
         .collect();
     got.sort();
-    assert_eq!(got, [("B.txt", "b.TXT"), ("a.txt", "A.txt")]);
+    assert_eq!(
+        got,
+        [
+            ("B.txt", "b.TXT"),
+            ("a.txt", "A.txt"),
+            ("ärger/über.txt", "Ärger/Über.txt"),
+            ("σ.txt", "Σ.txt")
+        ]
+    );
     // A.txt leaves this run (moved away or forgotten): a.txt keeps.
     let leaving: HashSet<String> = ["A.txt".to_string()].into();
     let twins = store.case_twins(JOB, &all, &leaving).unwrap();

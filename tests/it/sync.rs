@@ -579,6 +579,43 @@ async fn a_416_whose_query_meets_a_transient_404_resumes_instead_of_failing() {
     assert_eq!(sessions_created(&emu), 1, "the same session, resumed");
 }
 
+/// Case twins beyond ASCII (`Ä` and `ä`: SQLite's `lower()` left them
+/// apart), and `sync --dry-run` shows the skip the run makes; it used to
+/// list both as uploads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case_twins_beyond_ascii_are_found_and_the_dry_run_shows_them() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(&fx, &emu, Sign::Secret, ""));
+    emu::put(&fx, "Ärger.txt", b"upper");
+    emu::put(&fx, "ärger.txt", b"lower, longer");
+    emu::put(&fx, "ok.txt", b"fine");
+    let dry_run = || {
+        let out = fx.sharepush(&config.path, &["sync", "--dry-run"]);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+        stdout
+    };
+    let skip_line = "  skipped  ärger.txt (\"Ärger.txt\" differs from it only in case";
+    let stdout = dry_run();
+    assert!(stdout.contains("upload 2 file(s), 9 B (2 new"), "{stdout}");
+    assert!(stdout.contains(skip_line), "{stdout}");
+    assert!(!stdout.contains("upload   ärger.txt"), "{stdout}");
+
+    let r = &emu::sync(&config, &emu::fast_policy()).await[0];
+    assert_eq!(r.uploaded, 2, "{r:?}");
+    let skipped: Vec<&str> = r.skipped.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(skipped, ["ärger.txt"], "{r:?}");
+    assert_eq!(
+        emu.read_file(&format!("{FOLDER}/Ärger.txt")).as_deref(),
+        Some(&b"upper"[..])
+    );
+    // Still so on the next look, and nothing else to send.
+    let stdout = dry_run();
+    assert!(stdout.contains("upload 0 file(s)"), "{stdout}");
+    assert!(stdout.contains(skip_line), "{stdout}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_whose_paths_differ_only_in_case_are_reported_not_sent_over_each_other() {
     let emu = emu::start(Options::default()).await;
