@@ -332,6 +332,9 @@ async fn walk_job<R: Remote>(
     let n = name.clone();
     store.call(move |s| s.begin_walk(&n)).await?;
     let root_item = remote.stat(drive, &root).await?;
+    // Checked with the config; a broken pattern fails the scan anyway.
+    let filter = crate::filter::Filter::new(&job.include, &job.exclude)
+        .unwrap_or_else(|_| crate::filter::Filter::everything());
     match root_item {
         Some(item) if item.is_folder => {
             let (n, root) = (name.clone(), item.clone());
@@ -356,14 +359,18 @@ async fn walk_job<R: Remote>(
                         if item.is_folder {
                             // Recorded (so looked after: `mirror` deletes it
                             // once its local folder is gone) only when it
-                            // stands for a local folder; a folder someone
-                            // else made is walked, never recorded as ours.
+                            // stands for a local folder the job backs up; a
+                            // folder someone else made, or one the patterns
+                            // leave out, is walked, never recorded as ours.
+                            let excluded = filter.matches(Path::new(&path), true)
+                                == crate::filter::Verdict::Excluded;
                             let (local, follow) = (job.source.join(&path), job.follow_symlinks);
-                            let stands_for_local = tokio::task::spawn_blocking(move || {
-                                !crate::job::local_folder_gone(&local, follow)
-                            })
-                            .await
-                            .expect("folder check panicked");
+                            let stands_for_local = !excluded
+                                && tokio::task::spawn_blocking(move || {
+                                    !crate::job::local_folder_gone(&local, follow)
+                                })
+                                .await
+                                .expect("folder check panicked");
                             if stands_for_local {
                                 let (n, p, folder) = (name.clone(), path.clone(), item.clone());
                                 store

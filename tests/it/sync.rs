@@ -1149,6 +1149,32 @@ async fn mirror_leaves_alone_the_empty_folders_someone_else_made() {
     }
 }
 
+/// Mirror: a remote folder the job's patterns leave out is not the job's,
+/// even when a local folder of its name is there as the first run finds
+/// it: it stays when the local folder goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_leaves_alone_a_remote_folder_the_patterns_leave_out() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::config_with_job_lines(&fx, &emu, "delete = \"mirror\"\nexclude = [\"tmp/\"]");
+    for i in 0..5 {
+        emu::put(&fx, &format!("keep{i}.txt"), b"k");
+    }
+    emu::put(&fx, "tmp/scratch.txt", b"scratch");
+    for folder in ["", "tmp"] {
+        emu::remote_mkdir(&emu, folder).await;
+    }
+    let r = emu::sync(&config, &emu::fast_policy()).await.remove(0);
+    emu::assert_clean(std::slice::from_ref(&r));
+    assert_eq!(r.uploaded, 5, "{r:?}");
+
+    std::fs::remove_dir_all(fx.source().join("tmp")).unwrap();
+    let r = emu::sync(&config, &emu::fast_policy()).await.remove(0);
+    emu::assert_clean(std::slice::from_ref(&r));
+    assert_eq!(r.folders_deleted, 0, "{r:?}");
+    assert_eq!(emu::remote_status(&emu, "tmp").await, 200);
+}
+
 /// A job pointed at another folder (or library) sends every file there,
 /// not only the ones that change from now on; the copies in the old folder
 /// stay. Pointed at a folder that already holds the same files (the
