@@ -69,6 +69,9 @@ fn requeue_job(tx: &rusqlite::Transaction<'_>, job: &str, now: i64) -> rusqlite:
     for sql in [
         "DELETE FROM folders WHERE job = ?1",
         "DELETE FROM sessions WHERE job = ?1",
+        // Paths relative to the job's folder: in the new place they would
+        // name files that are not there (`status` listed them).
+        "DELETE FROM conflict_copies WHERE job = ?1",
         "DELETE FROM remote_changes WHERE job = ?1
              AND (outcome IS NULL OR outcome = 'skipped')",
     ] {

@@ -1127,6 +1127,44 @@ fn a_job_pointed_elsewhere_sends_a_queued_keep_both_copy_to_its_own_path() {
     assert_eq!(store.copy_target(JOB, "a.txt").unwrap(), None);
 }
 
+/// The conflict copies a job made are in the old place: `status` listed
+/// them as if in the new one.
+#[test]
+fn a_job_pointed_elsewhere_no_longer_lists_the_conflict_copies_of_the_old_place() {
+    let (_dir, mut store) = open_temp();
+    let (site, lib) = ("https://h/sites/s", "Documents");
+    store.note_job_target(JOB, site, lib, "backup").unwrap();
+    store.save_drive_id(site, lib, "D").unwrap();
+    store
+        .record_scanned(JOB, &[entry("a.txt", b"ours", 1, Change::New)])
+        .unwrap();
+    let mut info = synced_info(b"ours");
+    info.item_id = Some("ITEM-a.txt".into());
+    store.mark_synced(JOB, "a.txt", &info).unwrap();
+    store
+        .record_delta_page(
+            site,
+            lib,
+            &[delta_item("ITEM-a.txt", false, "\"{A},5\"", b"theirs")],
+            Some("L1"),
+        )
+        .unwrap();
+    let changes = store.pending_remote_changes(JOB).unwrap();
+    store
+        .resolve_keep_both(&changes[0], "a (sharepush conflict).txt")
+        .unwrap();
+    let fp = (4, 1, 1000 + "a.txt".len() as u64);
+    store
+        .record_conflict_copy(JOB, "a.txt", fp, &synced_info(b"ours"), 4)
+        .unwrap();
+    assert_eq!(store.conflict_copies(JOB).unwrap().len(), 1);
+    store
+        .note_job_target(JOB, site, lib, "backup/2026")
+        .unwrap()
+        .expect("moved");
+    assert_eq!(store.conflict_copies(JOB).unwrap(), []);
+}
+
 #[test]
 fn folders_round_trip() {
     let (_tmp, mut store) = open_temp();
