@@ -367,6 +367,12 @@ pub async fn run_job<R: Remote>(
     let mut manual_open = true;
 
     loop {
+        // Stopped before a run could start (a reload or shutdown while the
+        // watch was being armed): none starts. The daemon may have started
+        // this job's successor already; two runs of one job must not overlap.
+        if cancel.is_cancelled() {
+            break;
+        }
         // Run when something is pending and neither settle nor a retry
         // delay holds it back.
         let mut wake: Option<Instant> = None;

@@ -1084,3 +1084,57 @@ async fn a_reload_stops_the_busy_jobs_it_changes_all_at_once() {
     emu.clear_faults();
     drop(d);
 }
+
+/// A job task stopped before its first run could start (a reload or a
+/// shutdown while its watch was being armed) starts none: it used to make
+/// its startup run anyway, beside the successor a reload had started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_task_stopped_before_its_first_run_makes_none() {
+    use sharepush::job_task::{JobContext, run_job};
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::config_with_job_lines(&fx, &emu, "watch = true");
+    emu::put(&fx, "a.txt", b"alpha");
+    let policy = sharepush::retry::RetryPolicy::default();
+    let http = sharepush::remote::graph::http_client().unwrap();
+    let tokens = Arc::new(sharepush::remote::auth::TokenProvider::new(
+        config.auth.clone(),
+        http.clone(),
+        &config.daemon.state_dir,
+        policy.clone(),
+    ));
+    let throttle = Arc::new(sharepush::retry::Throttle::new(4, policy));
+    let store = sharepush::state::Store::open(&config.daemon.state_dir).unwrap();
+    let ctx = Arc::new(JobContext {
+        remote: sharepush::remote::GraphRemote::new(
+            http,
+            &config.auth.graph_url,
+            tokens,
+            Arc::clone(&throttle),
+        ),
+        store: sharepush::upload::SharedStore::new(store),
+        throttle,
+        scheduler: sharepush::scheduler::Scheduler::start().await.unwrap(),
+    });
+    let cancel = tokio_util::sync::CancellationToken::new();
+    cancel.cancel();
+    let (_manual, manual_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (ready, _ready_rx) = tokio::sync::oneshot::channel();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        run_job(
+            Arc::new(config.jobs[0].clone()),
+            Arc::clone(&ctx),
+            manual_rx,
+            cancel,
+            Arc::default(),
+            ready,
+        ),
+    )
+    .await
+    .expect("the task ends at once");
+    assert_eq!(emu.requests().len(), 0, "{:?}", emu.requests());
+    let name = config.jobs[0].name.clone();
+    let last = ctx.store.call(move |s| s.last_run(&name)).await.unwrap();
+    assert!(last.is_none(), "{last:?}");
+}
