@@ -278,7 +278,22 @@ async fn watch_changed(w: &Option<Watch>) {
 }
 
 /// Arms the job's watch; on failure says why once per task (`warned`).
-fn arm(job: &JobSpec, warned: &mut bool) -> Option<Watch> {
+/// Arms the job's watch off the async threads: a watch on a large tree
+/// walks it (one inotify watch per folder), which would hold a runtime
+/// thread, and every job's uploads on it, for as long.
+async fn arm(job: &Arc<JobSpec>, warned: &mut bool) -> Option<Watch> {
+    let (job, was) = (Arc::clone(job), *warned);
+    let (watch, now) = tokio::task::spawn_blocking(move || {
+        let mut warned = was;
+        (arm_now(&job, &mut warned), warned)
+    })
+    .await
+    .expect("watch task panicked");
+    *warned = now;
+    watch
+}
+
+fn arm_now(job: &JobSpec, warned: &mut bool) -> Option<Watch> {
     let root = match job.source.canonicalize() {
         Ok(r) => r,
         // A missing source is reported by the run; arm again after it.
@@ -325,7 +340,7 @@ pub async fn run_job<R: Remote>(
 ) {
     let mut warned = false;
     let mut watch = if job.watch {
-        arm(&job, &mut warned)
+        arm(&job, &mut warned).await
     } else {
         None
     };
@@ -394,7 +409,7 @@ pub async fn run_job<R: Remote>(
                 changed.clear();
                 full = false;
                 if job.watch && watch.is_none() {
-                    watch = arm(&job, &mut warned);
+                    watch = arm(&job, &mut warned).await;
                     publish_watch(&ctx.store, &job.name, &status, watch_state(&watch)).await;
                     if watch.is_some() {
                         periodic_at =
