@@ -476,9 +476,13 @@ struct Cached {
 /// A failed sign-in, remembered for [`FAILURE_MEMORY`] so the callers that
 /// queued behind it get its answer instead of each running a whole retry
 /// cycle of their own against a service that just said no (or is down).
+/// A refresh token refused for good (or none stored) is remembered until
+/// the token file changes: only a new login helps, and the same refused
+/// token is not sent again meanwhile (graph-api.md section 1).
 struct Failure {
     error: AuthError,
-    until: Instant,
+    /// `None`: until the token file changes.
+    until: Option<Instant>,
     /// The refresh token file's version then: a new login ends the memory.
     token_file: Option<(std::time::SystemTime, u64, u64)>,
 }
@@ -557,7 +561,7 @@ impl TokenProvider {
             return Ok(c.token.clone());
         }
         if let Some(f) = &state.failed
-            && Instant::now() < f.until
+            && f.until.is_none_or(|until| Instant::now() < until)
             && f.token_file == self.store.version()
         {
             return Err(f.error.duplicate());
@@ -578,9 +582,13 @@ impl TokenProvider {
             }
             Err(error) => {
                 state.cached = None;
+                let for_good = matches!(
+                    error,
+                    AuthError::LoginNeeded { .. } | AuthError::NotLoggedIn { .. }
+                );
                 state.failed = Some(Failure {
                     error: error.duplicate(),
-                    until: Instant::now() + FAILURE_MEMORY,
+                    until: (!for_good).then(|| Instant::now() + FAILURE_MEMORY),
                     token_file: self.store.version(),
                 });
                 Err(error)

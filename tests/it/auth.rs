@@ -326,6 +326,35 @@ async fn a_refused_sign_in_is_asked_once_for_everyone_waiting_and_a_new_login_en
     assert_eq!(token_requests(), 2);
 }
 
+/// A refresh token refused for good is not sent again, however long ago
+/// that was: only a new login (a new token file) makes the next try. It
+/// was sent again 30 s later, by every job run of a daemon waiting for a
+/// login.
+#[tokio::test]
+async fn a_refused_refresh_token_is_not_sent_again_until_a_new_login() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(&fx, &emu, Sign::DeviceCode, ""));
+    emu::preset_login(&fx, &emu);
+    emu.revoke();
+    let provider = provider(&config, &fx, RetryPolicy::default());
+    let token_requests = || emu.requests().iter().filter(|r| r.route == "token").count();
+    let e = provider.access_token().await.expect_err("revoked");
+    assert!(matches!(e, AuthError::LoginNeeded { .. }), "{e}");
+    assert_eq!(token_requests(), 1);
+    // An hour later, with the same token file.
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    tokio::time::resume();
+    let e = provider.access_token().await.expect_err("still revoked");
+    assert!(matches!(e, AuthError::LoginNeeded { .. }), "{e}");
+    assert_eq!(token_requests(), 1, "the refused token was not sent again");
+
+    emu::preset_login(&fx, &emu);
+    provider.access_token().await.expect("the new login works");
+    assert_eq!(token_requests(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_sign_in_exits_77_even_with_nothing_to_upload() {
     let emu = emu::start(Options::default()).await;
