@@ -373,17 +373,25 @@ impl GraphRemote {
         let mut throttled = 0u32;
         let mut refreshed = false;
         loop {
-            let mut request = make(&self.http);
-            let token = match auth {
-                Auth::Bearer => {
-                    let t = self.tokens.access_token().await?;
-                    request = request.bearer_auth(t.expose_secret());
-                    Some(t)
+            // The access token is taken after any Retry-After pause, not
+            // before: a pause (3600 s observed) outlasts a token's life, and
+            // one taken before it would go out expired (a 401, and one more
+            // request right after being throttled). A pause that began
+            // while the token was fetched is waited out the same way.
+            let token = loop {
+                self.throttle.ready().await;
+                let token = match auth {
+                    Auth::Bearer => Some(self.tokens.access_token().await?),
+                    Auth::None => None,
+                };
+                if !self.throttle.is_paused() {
+                    break token;
                 }
-                Auth::None => None,
             };
-            // Last thing before sending: a token refresh may have taken a while.
-            self.throttle.ready().await;
+            let mut request = make(&self.http);
+            if let Some(t) = &token {
+                request = request.bearer_auth(t.expose_secret());
+            }
             let outcome = match request.send().await {
                 Ok(resp) => {
                     let status = resp.status();

@@ -151,6 +151,32 @@ async fn a_retry_after_pause_holds_every_request_to_the_tenant() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_token_that_expires_during_a_retry_after_pause_is_not_sent() {
+    // graph-api.md 1 and 7: refresh ahead of expiry; a throttled request
+    // waits out Retry-After (3600 s observed, longer than a token lives).
+    // Here the token lives 2 s and the pause is 3 s: the retry must carry a
+    // fresh token, not the one taken before the pause (a 401, one more
+    // request against the budget right after being throttled).
+    let emu = emu::start(Options {
+        token_lifetime: Duration::from_secs(2),
+        faults: Some("graph:429:count=1:retry-after=3".into()),
+        ..Options::default()
+    })
+    .await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(&fx, &emu, Sign::Secret, ""));
+    let files = vec![("a.txt".to_string(), b"hello".to_vec())];
+    emu::put(&fx, "a.txt", b"hello");
+    let reports = emu::sync(&config, &emu::fast_policy()).await;
+    emu::assert_clean(&reports);
+    emu::assert_arrived(&emu, &files);
+    let log = emu.requests();
+    assert!(log.iter().any(|r| r.status == 429), "the fault fired");
+    let refused: Vec<_> = log.iter().filter(|r| r.status == 401).collect();
+    assert!(refused.is_empty(), "expired token sent: {refused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_and_vanished_sessions_start_over_cleanly() {
     let emu = emu::start(Options::default()).await;
     let fx = Fixture::new();
