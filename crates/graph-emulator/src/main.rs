@@ -50,8 +50,9 @@ struct Cli {
     /// Upload session lifetime (extended by each fragment), in seconds.
     #[arg(long, default_value_t = 900)]
     session_lifetime: u64,
-    /// Largest simple upload in bytes.
-    #[arg(long, default_value_t = 250_000_000)]
+    /// Largest simple upload in bytes (the strict side of graph-api.md §3:
+    /// 4 MB in older OneDrive docs; Graph v1.0 documents 250 MB).
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
     simple_upload_max: u64,
     /// Quota per library in bytes.
     #[arg(long, default_value_t = 1 << 40)]

@@ -71,7 +71,10 @@ pub struct Options {
     /// download request with 429 until the window ends, and count them
     /// (graph-api.md §7: wait before ANY further request to the tenant).
     pub enforce_retry_after: bool,
-    /// Largest body a simple upload (`PUT .../content`) accepts.
+    /// Largest body a simple upload (`PUT .../content`) accepts. The
+    /// default is the strict side of graph-api.md §3 (250 MB on Graph v1.0,
+    /// 4 MB in older OneDrive docs): 4 MiB, where reference clients switch
+    /// to upload sessions.
     pub simple_upload_max: u64,
     /// How far each fragment pushes an upload session's expiry.
     pub session_lifetime: Duration,
@@ -129,7 +132,7 @@ impl Default for Options {
             invalidate_old_refresh_tokens: false,
             strict: true,
             enforce_retry_after: true,
-            simple_upload_max: 250_000_000,
+            simple_upload_max: 4 * 1024 * 1024,
             session_lifetime: Duration::from_secs(15 * 60),
             quota_bytes: 1 << 40,
             rewrite_office: false,

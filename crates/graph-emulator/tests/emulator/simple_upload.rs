@@ -74,6 +74,18 @@ async fn simple_upload_over_the_size_limit_is_413() {
     assert_eq!(emu.h.tree().len(), 1);
 }
 
+/// graph-api.md §3: 250 MB on Graph v1.0, 4 MB in older OneDrive docs; the
+/// emulator enforces the strict side, so a client that sends larger simple
+/// uploads fails here, not on a tenant with the older limit. 4 MiB, the size
+/// at which reference clients switch to sessions, is still accepted.
+#[tokio::test]
+async fn simple_upload_limit_defaults_to_the_strict_4_mib() {
+    let emu = start().await;
+    assert_eq!(emu.put("ok.bin", &vec![0; 4 * MIB]).await.status(), 201);
+    let (status, code, _) = graph_err(emu.put("big.bin", &vec![0; 4 * MIB + 1]).await).await;
+    assert_eq!((status, code.as_str()), (413, "requestTooLarge"));
+}
+
 #[tokio::test]
 async fn simple_upload_into_a_missing_folder_is_404() {
     let emu = start().await;
