@@ -279,14 +279,26 @@ DROP INDEX files_by_folded_path;
 CREATE INDEX files_by_folded_path ON files (job, sharepush_fold(path));
 "#;
 
+/// [`fold_case`] folds letter by letter now (a word-final `Σ` was folded
+/// as `ς`, apart from `σ`): the index built with the old fold is rebuilt.
+const FOLDED_PATHS_BY_LETTER: &str = r#"
+REINDEX files_by_folded_path;
+"#;
+
 /// The SQL function that folds a path's case as SharePoint compares names
 /// (Unicode lowercase), for [`FOLDED_PATHS_UNICODE`]'s index.
 pub(crate) const FOLD_FUNCTION: &str = "sharepush_fold";
 
 /// How a path is folded to find its case twins: what
-/// [`FOLD_FUNCTION`] returns, also used outside SQL.
+/// [`FOLD_FUNCTION`] returns, also used outside SQL. Letter by letter,
+/// never by context: `str::to_lowercase` makes a word-final `Σ` a `ς`,
+/// so `aΣ` and `aσ` (one name in SharePoint) folded apart. The final
+/// sigma `ς` is folded as `σ` too: both are the lowercase of `Σ`.
 pub fn fold_case(path: &str) -> String {
-    path.to_lowercase()
+    path.chars()
+        .flat_map(char::to_lowercase)
+        .map(|c| if c == 'ς' { 'σ' } else { c })
+        .collect()
 }
 
 /// Registers the functions the schema's indexes use. Every connection to
@@ -324,6 +336,7 @@ const MIGRATIONS: &[&str] = &[
     FOREIGN_FOLDERS,
     JOB_TARGET_FOLDER,
     FOLDED_PATHS_UNICODE,
+    FOLDED_PATHS_BY_LETTER,
 ];
 
 /// The schema version this binary writes and fully understands.

@@ -1875,6 +1875,44 @@ fn edits_meanwhile_of_files_waiting_to_go_up_are_remote_edits() {
 /// Which of two paths that differ only in case keeps the name: the one
 /// with a remote item, else the first in byte order; skipped rows and rows
 /// leaving this run never do.
+/// `Σ` is one letter in any position: a whole-string lowercase turned a
+/// final `Σ` into `ς` (Greek final sigma), so `aΣ.txt` and `aσ.txt`, which
+/// differ only in case and are one name in SharePoint, were not twins.
+#[test]
+fn case_twins_fold_each_letter_alone() {
+    use std::collections::HashSet;
+    let (_dir, mut store) = open_temp();
+    let names = ["ΟΔΟΣ.txt", "οδοσ.txt", "aΣ/x", "aσ/x", "bς", "bσ"];
+    let entries: Vec<_> = names
+        .iter()
+        .map(|p| entry(p, p.as_bytes(), 1, Change::New))
+        .collect();
+    store.record_scanned(JOB, &entries).unwrap();
+    let all: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let twins = store.case_twins(JOB, &all, &HashSet::new()).unwrap();
+    let mut got: Vec<(&str, &str)> = twins
+        .iter()
+        .map(|(p, t)| (p.as_str(), t.as_str()))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [("aσ/x", "aΣ/x"), ("bσ", "bς"), ("οδοσ.txt", "ΟΔΟΣ.txt")]
+    );
+    // The dry run folds the same way.
+    let present = names.iter().map(|p| (*p, false));
+    let uploads: Vec<&str> = names.to_vec();
+    let mut among: Vec<(String, String)> = crate::plan::case_twins_among(present, &uploads)
+        .into_iter()
+        .collect();
+    among.sort();
+    let want: Vec<(String, String)> = got
+        .iter()
+        .map(|(p, t)| (p.to_string(), t.to_string()))
+        .collect();
+    assert_eq!(among, want);
+}
+
 #[test]
 fn case_twins_keep_the_name_for_the_uploaded_one_else_the_first() {
     use std::collections::HashSet;
