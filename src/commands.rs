@@ -700,22 +700,61 @@ fn dry_run(
                 continue;
             }
         };
+        let listed: HashSet<&str> = report
+            .entries
+            .iter()
+            .map(|e| e.path.as_str())
+            .chain(report.vanished.iter().map(String::as_str))
+            .chain(report.deselected.iter().map(String::as_str))
+            .collect();
+        // Recorded as skipped by the run (what the file is: its name, type
+        // or size), so never a case twin that keeps the name.
+        let lasting_skips: HashSet<&str> = report
+            .skipped
+            .iter()
+            .filter(|s| !s.reason.is_transient())
+            .map(|s| s.path.as_str())
+            .collect();
         let mut input = PlanInput::default();
         let mut recorded_folders = Vec::new();
         let mut with_item = HashSet::new();
+        // The known files the scan did not list and did not find synced
+        // (the scan skipped them this time): kept as the run will see
+        // them, with whether they have a remote item; skipped rows are not.
+        let mut others: Vec<(String, bool)> = Vec::new();
+        let mut vanished_records = Vec::new();
         if let Some(s) = &store {
             let mut paths: Vec<&str> = report.entries.iter().map(|e| e.path.as_str()).collect();
             paths.extend(report.vanished.iter().map(String::as_str));
             paths.extend(report.deselected.iter().map(String::as_str));
+            let unlisted: Vec<&str> = known_synced
+                .iter()
+                .filter(|(p, synced)| !synced && !listed.contains(p.as_str()))
+                .map(|(p, _)| p.as_str())
+                .collect();
             let read = || -> Result<_, crate::state::StateError> {
                 let records = s.records_for(&job.name, &paths)?;
+                // A moved job's rows lose their items (`Store::note_job_target`).
+                let others: Vec<(String, bool)> = s
+                    .records_for(&job.name, &unlisted)?
+                    .into_iter()
+                    .filter(|(_, r)| r.state.kind() != crate::state::FileStateKind::Skipped)
+                    .map(|(p, r)| (p, r.item_id.is_some() && moved.is_none()))
+                    .collect();
                 if moved.is_some() {
                     // Nothing known of the new place: every file goes up.
                     let files = records
                         .into_keys()
                         .map(|p| (p, crate::plan::PriorState::Pending))
                         .collect();
-                    return Ok((files, Default::default(), Vec::new(), HashSet::new()));
+                    return Ok((
+                        files,
+                        Default::default(),
+                        Vec::new(),
+                        HashSet::new(),
+                        others,
+                        Vec::new(),
+                    ));
                 }
                 let with_item = records
                     .iter()
@@ -729,19 +768,28 @@ fn dry_run(
                     .iter()
                     .map(|(p, r)| (p.clone(), crate::job::prior_state(r)))
                     .collect();
+                let vanished: Vec<(String, crate::state::FileRecord)> = report
+                    .vanished
+                    .iter()
+                    .filter_map(|p| records.get(p).map(|r| (p.clone(), r.clone())))
+                    .collect();
                 Ok((
                     files,
                     s.known_folders(&job.name)?,
                     s.folder_items(&job.name)?,
                     with_item,
+                    others,
+                    vanished,
                 ))
             };
             match read() {
-                Ok((files, folders, items, items_of)) => {
+                Ok((files, folders, items, items_of, rest, gone)) => {
                     input.files = files;
                     input.remote_folders = folders;
                     recorded_folders = items;
                     with_item = items_of;
+                    others = rest;
+                    vanished_records = gone;
                 }
                 Err(e) => {
                     let _ = writeln!(err, "error: {e}");
@@ -750,15 +798,23 @@ fn dry_run(
             }
         }
         let plan = crate::plan::plan(&report, &input, job.delete, std::time::SystemTime::now());
-        // Case twins, as the run decides them: the files present now are
-        // the scan's entries and the known files it found unchanged.
-        let listed: HashSet<&str> = report
-            .entries
-            .iter()
-            .map(|e| e.path.as_str())
-            .chain(report.vanished.iter().map(String::as_str))
-            .chain(report.deselected.iter().map(String::as_str))
-            .collect();
+        let upload_entries: Vec<crate::scan::LocalEntry> =
+            plan.uploads().map(|(e, _)| e.clone()).collect();
+        // Local renames the run makes moves on the server: the old path
+        // leaves before the uploads (blocking: may hash, as the run does).
+        let moved_from: HashSet<String> = if vanished_records.is_empty() {
+            HashSet::new()
+        } else {
+            crate::reconcile::detect_moves(&job.source, &vanished_records, &upload_entries)
+                .into_iter()
+                .map(|m| m.from)
+                .collect()
+        };
+        // Case twins, as the run decides them over its rows: the scan's
+        // entries, the known files it found unchanged or skipped for now
+        // (never a row recorded as skipped), and the files gone locally
+        // whose remote delete comes after the uploads (a file forgotten or
+        // moved away frees its name first).
         let present = report
             .entries
             .iter()
@@ -766,17 +822,18 @@ fn dry_run(
             .chain(
                 known_synced
                     .iter()
-                    .filter(|(p, _)| !listed.contains(p.as_str()))
-                    .map(|(p, synced)| (p.as_str(), *synced)),
-            );
-        let uploads: Vec<&str> = plan
-            .actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Upload { entry, .. } => Some(entry.path.as_str()),
+                    .filter(|(p, synced)| *synced && !listed.contains(p.as_str()))
+                    .map(|(p, _)| (p.as_str(), true)),
+            )
+            .chain(others.iter().map(|(p, item)| (p.as_str(), *item)))
+            .filter(|(p, _)| !lasting_skips.contains(p))
+            .chain(plan.actions.iter().filter_map(|a| match a {
+                Action::DeleteRemote { path, .. } if !moved_from.contains(path) => {
+                    Some((path.as_str(), true))
+                }
                 _ => None,
-            })
-            .collect();
+            }));
+        let uploads: Vec<&str> = upload_entries.iter().map(|e| e.path.as_str()).collect();
         let twins = crate::plan::case_twins_among(present, &uploads);
         let mut summary = plan.summary;
         for action in &plan.actions {

@@ -642,6 +642,50 @@ async fn case_twins_beyond_ascii_are_found_and_the_dry_run_shows_them() {
     assert!(stdout.contains(skip_line), "{stdout}");
 }
 
+/// The dry run decides case twins over the rows the run does: a file
+/// recorded as skipped (a symlink) never keeps the name, and in `mirror` a
+/// file deleted locally keeps it until its remote delete, after the
+/// uploads, unless it was renamed (moved on the server first). It used to
+/// show the first kind as keeping and the second as gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_case_twins_follow_the_rows_the_run_keeps() {
+    let (emu, fx, config) = mirror_job().await;
+    emu::put(&fx, "target.txt", b"t");
+    std::os::unix::fs::symlink("target.txt", fx.source().join("A.txt")).unwrap();
+    emu::put(&fx, "B.txt", b"bee");
+    emu::put(&fx, "C.txt", b"renamed in case only");
+    let r = emu::sync(&config, &emu::fast_policy()).await.remove(0);
+    assert_eq!(r.uploaded, 8, "{r:?}");
+
+    // a.txt beside the skipped symlink A.txt; B.txt deleted and b.txt new;
+    // C.txt renamed c.txt.
+    emu::put(&fx, "a.txt", b"a regular file");
+    std::fs::remove_file(fx.source().join("B.txt")).unwrap();
+    emu::put(&fx, "b.txt", b"another bee");
+    std::fs::rename(fx.source().join("C.txt"), fx.source().join("c.txt")).unwrap();
+    let out = fx.sharepush(&config.path, &["sync", "--dry-run"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("  upload   a.txt ("), "{stdout}");
+    assert!(
+        stdout.contains("  skipped  b.txt (\"B.txt\" differs from it only in case"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("  upload   c.txt ("), "{stdout}");
+
+    let r = emu::sync(&config, &emu::fast_policy()).await.remove(0);
+    let skipped: Vec<&str> = r.skipped.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(skipped, ["A.txt", "b.txt"], "{r:?}");
+    assert_eq!(
+        emu.read_file(&format!("{FOLDER}/a.txt")).as_deref(),
+        Some(&b"a regular file"[..])
+    );
+    assert_eq!(
+        emu.read_file(&format!("{FOLDER}/c.txt")).as_deref(),
+        Some(&b"renamed in case only"[..])
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_whose_paths_differ_only_in_case_are_reported_not_sent_over_each_other() {
     let emu = emu::start(Options::default()).await;
