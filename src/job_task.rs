@@ -415,6 +415,11 @@ pub async fn run_job<R: Remote>(
                         periodic_at =
                             (job.schedule.is_none()).then(|| Instant::now() + WATCH_FULL_SCAN);
                     }
+                    // Arming walks the tree and cannot be interrupted: a
+                    // stop that came meanwhile starts no run either.
+                    if cancel.is_cancelled() {
+                        break;
+                    }
                 }
                 update(&status, |s| {
                     s.running = true;

@@ -1138,3 +1138,63 @@ async fn a_job_task_stopped_before_its_first_run_makes_none() {
     let last = ctx.store.call(move |s| s.last_run(&name)).await.unwrap();
     assert!(last.is_none(), "{last:?}");
 }
+
+/// A job whose watch does not work arms it again before each run; a stop
+/// that comes while it arms (a walk of the whole tree, which cannot be
+/// interrupted) used to start the run anyway, beside a successor a reload
+/// may have started. On one runtime thread the test runs exactly while
+/// the task waits for that arming.
+#[tokio::test]
+async fn a_job_task_stopped_while_it_arms_its_watch_again_makes_no_run() {
+    use sharepush::job_task::{JobContext, run_job};
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::config_with_job_lines(&fx, &emu, "watch = true");
+    // No source: the watch cannot be armed, so the task tries again
+    // before its startup run.
+    std::fs::remove_dir_all(fx.source()).unwrap();
+    let policy = sharepush::retry::RetryPolicy::default();
+    let http = sharepush::remote::graph::http_client().unwrap();
+    let tokens = Arc::new(sharepush::remote::auth::TokenProvider::new(
+        config.auth.clone(),
+        http.clone(),
+        &config.daemon.state_dir,
+        policy.clone(),
+    ));
+    let throttle = Arc::new(sharepush::retry::Throttle::new(4, policy));
+    let store = sharepush::state::Store::open(&config.daemon.state_dir).unwrap();
+    let ctx = Arc::new(JobContext {
+        remote: sharepush::remote::GraphRemote::new(
+            http,
+            &config.auth.graph_url,
+            tokens,
+            Arc::clone(&throttle),
+        ),
+        store: sharepush::upload::SharedStore::new(store),
+        throttle,
+        scheduler: sharepush::scheduler::Scheduler::start().await.unwrap(),
+    });
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let (_manual, manual_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (ready, ready_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(run_job(
+        Arc::new(config.jobs[0].clone()),
+        Arc::clone(&ctx),
+        manual_rx,
+        cancel.clone(),
+        Arc::default(),
+        ready,
+    ));
+    // Sent after the first arming; the task then goes on to arm again
+    // and waits for it before this test runs again.
+    ready_rx.await.unwrap();
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the task ends at once")
+        .unwrap();
+    assert_eq!(emu.requests().len(), 0, "{:?}", emu.requests());
+    let name = config.jobs[0].name.clone();
+    let last = ctx.store.call(move |s| s.last_run(&name)).await.unwrap();
+    assert!(last.is_none(), "{last:?}");
+}
