@@ -279,12 +279,6 @@ DROP INDEX files_by_folded_path;
 CREATE INDEX files_by_folded_path ON files (job, sharepush_fold(path));
 "#;
 
-/// [`fold_case`] folds letter by letter now (a word-final `Σ` was folded
-/// as `ς`, apart from `σ`): the index built with the old fold is rebuilt.
-const FOLDED_PATHS_BY_LETTER: &str = r#"
-REINDEX files_by_folded_path;
-"#;
-
 /// The SQL function that folds a path's case as SharePoint compares names
 /// (Unicode lowercase), for [`FOLDED_PATHS_UNICODE`]'s index.
 pub(crate) const FOLD_FUNCTION: &str = "sharepush_fold";
@@ -336,7 +330,6 @@ const MIGRATIONS: &[&str] = &[
     FOREIGN_FOLDERS,
     JOB_TARGET_FOLDER,
     FOLDED_PATHS_UNICODE,
-    FOLDED_PATHS_BY_LETTER,
 ];
 
 /// The schema version this binary writes and fully understands.

@@ -1872,9 +1872,6 @@ fn edits_meanwhile_of_files_waiting_to_go_up_are_remote_edits() {
     );
 }
 
-/// Which of two paths that differ only in case keeps the name: the one
-/// with a remote item, else the first in byte order; skipped rows and rows
-/// leaving this run never do.
 /// `Σ` is one letter in any position: a whole-string lowercase turned a
 /// final `Σ` into `ς` (Greek final sigma), so `aΣ.txt` and `aσ.txt`, which
 /// differ only in case and are one name in SharePoint, were not twins.
@@ -1913,6 +1910,9 @@ fn case_twins_fold_each_letter_alone() {
     assert_eq!(among, want);
 }
 
+/// Which of two paths that differ only in case keeps the name: the one
+/// with a remote item, else the first in byte order; skipped rows and rows
+/// leaving this run never do.
 #[test]
 fn case_twins_keep_the_name_for_the_uploaded_one_else_the_first() {
     use std::collections::HashSet;
