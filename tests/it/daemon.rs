@@ -1085,16 +1085,11 @@ async fn a_reload_stops_the_busy_jobs_it_changes_all_at_once() {
     drop(d);
 }
 
-/// A job task stopped before its first run could start (a reload or a
-/// shutdown while its watch was being armed) starts none: it used to make
-/// its startup run anyway, beside the successor a reload had started.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_task_stopped_before_its_first_run_makes_none() {
-    use sharepush::job_task::{JobContext, run_job};
-    let emu = emu::start(Options::default()).await;
-    let fx = Fixture::new();
-    let config = emu::config_with_job_lines(&fx, &emu, "watch = true");
-    emu::put(&fx, "a.txt", b"alpha");
+/// What the daemon hands its job tasks, for running one in the test's
+/// process against the emulator `config` names.
+async fn job_context(
+    config: &sharepush::config::Config,
+) -> Arc<sharepush::job_task::JobContext<sharepush::remote::GraphRemote>> {
     let policy = sharepush::retry::RetryPolicy::default();
     let http = sharepush::remote::graph::http_client().unwrap();
     let tokens = Arc::new(sharepush::remote::auth::TokenProvider::new(
@@ -1105,7 +1100,7 @@ async fn a_job_task_stopped_before_its_first_run_makes_none() {
     ));
     let throttle = Arc::new(sharepush::retry::Throttle::new(4, policy));
     let store = sharepush::state::Store::open(&config.daemon.state_dir).unwrap();
-    let ctx = Arc::new(JobContext {
+    Arc::new(sharepush::job_task::JobContext {
         remote: sharepush::remote::GraphRemote::new(
             http,
             &config.auth.graph_url,
@@ -1115,7 +1110,20 @@ async fn a_job_task_stopped_before_its_first_run_makes_none() {
         store: sharepush::upload::SharedStore::new(store),
         throttle,
         scheduler: sharepush::scheduler::Scheduler::start().await.unwrap(),
-    });
+    })
+}
+
+/// A job task stopped before its first run could start (a reload or a
+/// shutdown while its watch was being armed) starts none: it used to make
+/// its startup run anyway, beside the successor a reload had started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_task_stopped_before_its_first_run_makes_none() {
+    use sharepush::job_task::run_job;
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::config_with_job_lines(&fx, &emu, "watch = true");
+    emu::put(&fx, "a.txt", b"alpha");
+    let ctx = job_context(&config).await;
     let cancel = tokio_util::sync::CancellationToken::new();
     cancel.cancel();
     let (_manual, manual_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -1146,34 +1154,14 @@ async fn a_job_task_stopped_before_its_first_run_makes_none() {
 /// the task waits for that arming.
 #[tokio::test]
 async fn a_job_task_stopped_while_it_arms_its_watch_again_makes_no_run() {
-    use sharepush::job_task::{JobContext, run_job};
+    use sharepush::job_task::run_job;
     let emu = emu::start(Options::default()).await;
     let fx = Fixture::new();
     let config = emu::config_with_job_lines(&fx, &emu, "watch = true");
     // No source: the watch cannot be armed, so the task tries again
     // before its startup run.
     std::fs::remove_dir_all(fx.source()).unwrap();
-    let policy = sharepush::retry::RetryPolicy::default();
-    let http = sharepush::remote::graph::http_client().unwrap();
-    let tokens = Arc::new(sharepush::remote::auth::TokenProvider::new(
-        config.auth.clone(),
-        http.clone(),
-        &config.daemon.state_dir,
-        policy.clone(),
-    ));
-    let throttle = Arc::new(sharepush::retry::Throttle::new(4, policy));
-    let store = sharepush::state::Store::open(&config.daemon.state_dir).unwrap();
-    let ctx = Arc::new(JobContext {
-        remote: sharepush::remote::GraphRemote::new(
-            http,
-            &config.auth.graph_url,
-            tokens,
-            Arc::clone(&throttle),
-        ),
-        store: sharepush::upload::SharedStore::new(store),
-        throttle,
-        scheduler: sharepush::scheduler::Scheduler::start().await.unwrap(),
-    });
+    let ctx = job_context(&config).await;
     let cancel = tokio_util::sync::CancellationToken::new();
     let (_manual, manual_rx) = tokio::sync::mpsc::unbounded_channel();
     let (ready, ready_rx) = tokio::sync::oneshot::channel();
