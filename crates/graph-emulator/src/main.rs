@@ -57,9 +57,11 @@ struct Cli {
     /// Quota per library in bytes.
     #[arg(long, default_value_t = 1 << 40)]
     quota: u64,
-    /// Refuse a refresh token as soon as it has been used once.
+    /// Accept a refresh token again after it has been used (the service
+    /// tolerates reuse for a while); by default it is refused after its
+    /// first use, the strict side.
     #[arg(long)]
-    invalidate_old_refresh_tokens: bool,
+    allow_refresh_token_reuse: bool,
     /// Append bytes to Office/PDF/HTML files after upload, as SharePoint does.
     #[arg(long)]
     rewrite_office: bool,
@@ -110,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
         session_lifetime: Duration::from_secs(cli.session_lifetime),
         simple_upload_max: cli.simple_upload_max,
         quota_bytes: cli.quota,
-        invalidate_old_refresh_tokens: cli.invalidate_old_refresh_tokens,
+        invalidate_old_refresh_tokens: !cli.allow_refresh_token_reuse,
         rewrite_office: cli.rewrite_office,
         strict: !cli.lenient_upload_auth,
         enforce_retry_after: !cli.no_enforce_retry_after,

@@ -64,6 +64,7 @@ pub struct Options {
     pub device_code_interval: Duration,
     /// A refresh token is refused as soon as it has been used once (the
     /// service tolerates reuse for a while; clients must never rely on it).
+    /// On by default: the strict side of graph-api.md section 1.
     pub invalidate_old_refresh_tokens: bool,
     /// Refuse an `Authorization` header on upload URLs with 401.
     pub strict: bool,
@@ -129,7 +130,7 @@ impl Default for Options {
             token_lifetime: Duration::from_secs(3599),
             device_code_lifetime: Duration::from_secs(900),
             device_code_interval: Duration::from_secs(5),
-            invalidate_old_refresh_tokens: false,
+            invalidate_old_refresh_tokens: true,
             strict: true,
             enforce_retry_after: true,
             simple_upload_max: 4 * 1024 * 1024,

@@ -168,22 +168,35 @@ async fn refresh_token_rotates_on_every_use() {
     let rt2 = v2["refresh_token"].as_str().unwrap().to_string();
     assert_ne!(rt1, rt2);
     assert!(v2["access_token"].is_string());
-    // The service tolerates the old one for a while by default.
-    assert_eq!(refresh(&emu, &rt1).await.status(), 200);
+    // The new one works in turn.
+    assert_eq!(refresh(&emu, &rt2).await.status(), 200);
 }
 
+/// The strict side by default: a client must never depend on the service
+/// tolerating an old refresh token for a while.
 #[tokio::test]
-async fn old_refresh_token_is_invalid_grant_when_invalidation_is_on() {
+async fn old_refresh_token_is_invalid_grant_by_default() {
+    let emu = start().await;
+    let v = login(&emu, SCOPE).await;
+    let rt1 = v["refresh_token"].as_str().unwrap().to_string();
+    assert_eq!(refresh(&emu, &rt1).await.status(), 200);
+    let (status, error, _) = oauth_err(refresh(&emu, &rt1).await).await;
+    assert_eq!((status, error.as_str()), (400, "invalid_grant"));
+}
+
+/// `--allow-refresh-token-reuse`: the service's tolerance, for trying
+/// clients that still rely on it.
+#[tokio::test]
+async fn old_refresh_token_still_works_when_reuse_is_allowed() {
     let emu = start_with(Options {
-        invalidate_old_refresh_tokens: true,
+        invalidate_old_refresh_tokens: false,
         ..opts()
     })
     .await;
     let v = login(&emu, SCOPE).await;
     let rt1 = v["refresh_token"].as_str().unwrap().to_string();
     assert_eq!(refresh(&emu, &rt1).await.status(), 200);
-    let (status, error, _) = oauth_err(refresh(&emu, &rt1).await).await;
-    assert_eq!((status, error.as_str()), (400, "invalid_grant"));
+    assert_eq!(refresh(&emu, &rt1).await.status(), 200);
 }
 
 #[tokio::test]
