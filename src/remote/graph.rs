@@ -784,13 +784,20 @@ impl Remote for GraphRemote {
         name: &str,
     ) -> Result<RemoteItem, RemoteError> {
         let url = self.items_url(drive, item_id, "");
-        let mut parent_path = format!("/drives/{drive}/root:");
-        for seg in parent.segments() {
-            parent_path.push('/');
-            parent_path.extend(utf8_percent_encode(seg, SEGMENT));
-        }
+        // The new parent by id, the documented way: an ItemReference's
+        // `path` is read-only, and moves by path have failed on business
+        // drives. One lookup; a parent not there is the 404 Graph gives.
+        let parent_id = match self.stat(drive, parent).await? {
+            Some(folder) if folder.is_folder => folder.id,
+            Some(_) | None => {
+                return Err(RemoteError::Permanent {
+                    status: 404,
+                    code: "itemNotFound".into(),
+                });
+            }
+        };
         let body = json!({
-            "parentReference": {"path": parent_path},
+            "parentReference": {"id": parent_id},
             "name": name,
             "@microsoft.graph.conflictBehavior": "fail",
         });

@@ -575,11 +575,11 @@ async fn a_rename_or_move_by_someone_else_empties_the_path_it_backed_up() {
         .await
         .unwrap();
     assert!(theirs.status().is_success());
-    let to_theirs = format!("/drives/{}/root:/theirs", emu.drive_id());
+    let theirs: serde_json::Value = theirs.json().await.unwrap();
     remote_patch(
         &emu,
         "d.txt",
-        serde_json::json!({"parentReference": {"path": to_theirs}}),
+        serde_json::json!({"parentReference": {"id": theirs["id"]}}),
     )
     .await;
     remote_patch(&emu, "sub", serde_json::json!({"name": "sub-old"})).await;

@@ -1050,20 +1050,13 @@ async fn patch(
         Some(p) => {
             if let Some(pid) = p.get("id").and_then(Value::as_str) {
                 Some(pid.to_string())
-            } else if let Some(path) = p.get("path").and_then(Value::as_str) {
-                let prefix = format!("/drives/{}/root:", d.id);
-                let rest = path
-                    .strip_prefix(&prefix)
-                    .or_else(|| path.strip_prefix("/drive/root:"))
-                    .ok_or_else(|| {
-                        GraphError::bad_request(
-                            "parentReference.path must be /drives/{id}/root:/...",
-                        )
-                    })?;
-                match d.resolve(&d.root_id, &decode_segments(rest)?) {
-                    Resolved::Found(pid) => Some(pid),
-                    _ => return Err(GraphError::not_found("The new parent could not be found")),
-                }
+            } else if p.get("path").is_some() {
+                // An ItemReference's `path` is read-only (Graph's docs move
+                // by `id`; moves by path have failed on business drives):
+                // the strict side refuses it.
+                return Err(GraphError::bad_request(
+                    "parentReference.path is read-only: move to a parent by its id",
+                ));
             } else {
                 None
             }

@@ -321,6 +321,27 @@ async fn patch_file_system_info_is_stored_and_returned() {
     assert_eq!(emu.h.tree()[0].last_modified, "2026-01-02T03:04:05Z");
 }
 
+/// An ItemReference's `path` is read-only in Graph: a move names its new
+/// parent by `id` (the strict side; moves by path have failed on business
+/// drives).
+#[tokio::test]
+async fn patch_refuses_a_move_by_parent_path() {
+    let emu = start().await;
+    emu.mkdir("", "dest").await;
+    let f: Value = emu.put("old.txt", b"x").await.json().await.unwrap();
+    let r = emu
+        .c
+        .patch(emu.drive_path(&format!("/items/{}", f["id"].as_str().unwrap())))
+        .bearer_auth(&emu.token)
+        .json(&json!({"parentReference": {"path": "/drive/root:/dest"}}))
+        .send()
+        .await
+        .unwrap();
+    let (status, code, _) = graph_err(r).await;
+    assert_eq!((status, code.as_str()), (400, "invalidRequest"));
+    assert_eq!(emu.h.tree()[0].path, "old.txt", "not moved");
+}
+
 #[tokio::test]
 async fn patch_renames_and_moves() {
     let emu = start().await;
