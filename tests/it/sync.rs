@@ -802,6 +802,51 @@ async fn a_file_replaced_by_a_fifo_before_its_upload_does_not_hang_the_run() {
     );
 }
 
+/// Right after an upload SharePoint may not have computed the file's
+/// quickXorHash yet (graph-api.md section 3: filled in later). The file is
+/// recorded as synced with no confirmed hash, is not sent again, and a
+/// later run records the hash once SharePoint gives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_hash_not_there_yet_is_confirmed_by_a_later_run() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(&fx, &emu, Sign::Secret, ""));
+    let content = emu::content(MIB + 1, 9);
+    emu::put(&fx, "a.bin", &content);
+    let remote_hash = || {
+        let store = sharepush::state::Store::open_read_only(&fx.state()).unwrap();
+        match store.file("docs", "a.bin").unwrap().unwrap().state {
+            FileState::Synced {
+                remote_quick_xor, ..
+            } => remote_quick_xor,
+            other => panic!("not synced: {other:?}"),
+        }
+    };
+    emu.hide_hashes(true);
+    let r = &emu::sync(&config, &emu::fast_policy()).await[0];
+    emu::assert_clean(std::slice::from_ref(r));
+    assert_eq!(r.uploaded, 1, "{r:?}");
+    assert_eq!(remote_hash(), None, "nothing to confirm it with yet");
+
+    // Still not there: asked again, nothing sent again.
+    let before = emu.requests().len();
+    let r = &emu::sync(&config, &emu::fast_policy()).await[0];
+    assert_eq!(r.uploaded, 0, "{r:?}");
+    assert!(
+        !emu.requests()[before..]
+            .iter()
+            .any(|q| q.method == "PUT" || q.path.ends_with("/createUploadSession")),
+        "no upload requests"
+    );
+    assert_eq!(remote_hash(), None);
+
+    emu.hide_hashes(false);
+    let r = &emu::sync(&config, &emu::fast_policy()).await[0];
+    assert_eq!(r.uploaded, 0, "{r:?}");
+    let local = sharepush::hash::hash_bytes(&content).quick_xor;
+    assert_eq!(remote_hash().as_deref(), Some(local.as_str()));
+}
+
 /// A `delete = "mirror"` job with five files that stay, so the deletes a
 /// test makes stay well below `max_delete` and the source is never empty.
 async fn mirror_job() -> (graph_emulator::Handle, Fixture, sharepush::config::Config) {

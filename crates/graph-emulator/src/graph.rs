@@ -194,9 +194,14 @@ pub fn item_json(
         let n = d.children.get(&item.id).map(|c| c.len()).unwrap_or(0);
         v["folder"] = json!({"childCount": n});
     } else {
+        let hashes = if sh.hide_hashes.load(std::sync::atomic::Ordering::Acquire) {
+            json!({})
+        } else {
+            json!({"quickXorHash": item.hash})
+        };
         v["file"] = json!({
             "mimeType": mime_type(&item.name),
-            "hashes": {"quickXorHash": item.hash},
+            "hashes": hashes,
         });
         v["@microsoft.graph.downloadUrl"] = json!(format!(
             "{}/_download/{}/{}?tempauth={}",

@@ -117,6 +117,7 @@ pub async fn serve(
         download_secret: uuid::Uuid::new_v4().simple().to_string(),
         throttled_until_ms: Default::default(),
         throttle_violations: Default::default(),
+        hide_hashes: Default::default(),
         certs,
         clock,
         started: std::time::Instant::now(),
@@ -327,6 +328,15 @@ impl Handle {
     /// Add fault rules (grammar in the README).
     pub fn add_faults(&self, spec: &str) -> Result<(), FaultSpecError> {
         self.shared.add_faults(spec)
+    }
+
+    /// Leave `quickXorHash` out of every driveItem reply (`true`) or give it
+    /// again (`false`): the service may not have computed it yet right
+    /// after an upload and fills it in later (graph-api.md section 3).
+    pub fn hide_hashes(&self, hide: bool) {
+        self.shared
+            .hide_hashes
+            .store(hide, std::sync::atomic::Ordering::Release);
     }
 
     /// Remove every fault rule.

@@ -102,6 +102,9 @@ pub struct Shared {
     pub throttled_until_ms: AtomicI64,
     /// Requests that arrived inside a Retry-After window.
     pub throttle_violations: AtomicU64,
+    /// driveItem replies leave out `quickXorHash`, as the service may right
+    /// after an upload (graph-api.md section 3: "filled in later").
+    pub hide_hashes: AtomicBool,
     /// Certificates registered for client-credential assertions.
     pub certs: crate::assertion::Certificates,
 }
