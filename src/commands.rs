@@ -802,14 +802,16 @@ fn dry_run(
             plan.uploads().map(|(e, _)| e.clone()).collect();
         // Local renames the run makes moves on the server: the old path
         // leaves before the uploads (blocking: may hash, as the run does).
-        let moved_from: HashSet<String> = if vanished_records.is_empty() {
-            HashSet::new()
+        let renames: std::collections::HashMap<String, String> = if vanished_records.is_empty() {
+            Default::default()
         } else {
             crate::reconcile::detect_moves(&job.source, &vanished_records, &upload_entries)
                 .into_iter()
-                .map(|m| m.from)
+                .map(|m| (m.from, m.to))
                 .collect()
         };
+        let moved_from: HashSet<&str> = renames.keys().map(String::as_str).collect();
+        let moved_to: HashSet<&str> = renames.values().map(String::as_str).collect();
         // Case twins, as the run decides them over its rows: the scan's
         // entries, the known files it found unchanged or skipped for now
         // (never a row recorded as skipped), and the files gone locally
@@ -828,7 +830,7 @@ fn dry_run(
             .chain(others.iter().map(|(p, item)| (p.as_str(), *item)))
             .filter(|(p, _)| !lasting_skips.contains(p))
             .chain(plan.actions.iter().filter_map(|a| match a {
-                Action::DeleteRemote { path, .. } if !moved_from.contains(path) => {
+                Action::DeleteRemote { path, .. } if !moved_from.contains(path.as_str()) => {
                     Some((path.as_str(), true))
                 }
                 _ => None,
@@ -836,9 +838,20 @@ fn dry_run(
         let uploads: Vec<&str> = upload_entries.iter().map(|e| e.path.as_str()).collect();
         let twins = crate::plan::case_twins_among(present, &uploads);
         let mut summary = plan.summary;
+        // A rename is one move on the server: neither a delete (or, with
+        // `keep`, a forget) nor an upload.
+        for action in &plan.actions {
+            match action {
+                Action::DeleteRemote { path, .. } if renames.contains_key(path) => {
+                    summary.delete_remote -= 1;
+                }
+                Action::Forget { path, .. } if renames.contains_key(path) => summary.forget -= 1,
+                _ => {}
+            }
+        }
         for action in &plan.actions {
             if let Action::Upload { entry, reason } = action
-                && twins.contains_key(&entry.path)
+                && (twins.contains_key(&entry.path) || moved_to.contains(entry.path.as_str()))
             {
                 summary.upload_bytes -= entry.size;
                 match reason {
@@ -849,10 +862,8 @@ fn dry_run(
             }
         }
         // The run's guard: deletes it would hold, and then no folder either.
-        let held = (plan.summary.delete_remote > 0)
-            .then(|| {
-                crate::job::deletes_held_because(job, &report, plan.summary.delete_remote as usize)
-            })
+        let held = (summary.delete_remote > 0)
+            .then(|| crate::job::deletes_held_because(job, &report, summary.delete_remote as usize))
             .flatten();
         // Mirror: the recorded folders whose local folder is gone, deepest
         // first, as the run would try them (deleted only if empty then).
@@ -914,7 +925,15 @@ fn dry_run(
         }
         for action in &plan.actions {
             let line = match action {
+                Action::DeleteRemote { path, .. } | Action::Forget { path, .. }
+                    if renames.contains_key(path) =>
+                {
+                    format!("  move     {path} -> {} (renamed locally)", renames[path])
+                }
                 Action::CreateFolder { path } => format!("  mkdir    {path}/"),
+                Action::Upload { entry, .. } if moved_to.contains(entry.path.as_str()) => {
+                    continue;
+                }
                 Action::Upload { entry, .. } if twins.contains_key(&entry.path) => format!(
                     "  skipped  {} ({})",
                     entry.path,

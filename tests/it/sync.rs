@@ -671,7 +671,10 @@ async fn dry_run_case_twins_follow_the_rows_the_run_keeps() {
         stdout.contains("  skipped  b.txt (\"B.txt\" differs from it only in case"),
         "{stdout}"
     );
-    assert!(stdout.contains("  upload   c.txt ("), "{stdout}");
+    assert!(
+        stdout.contains("  move     C.txt -> c.txt (renamed locally)"),
+        "{stdout}"
+    );
 
     let r = emu::sync(&config, &emu::fast_policy()).await.remove(0);
     let skipped: Vec<&str> = r.skipped.iter().map(|(p, _)| p.as_str()).collect();
@@ -1152,6 +1155,51 @@ async fn dry_run_shows_the_remote_deletes_the_run_would_hold() {
         "{r:?}"
     );
     assert_eq!(emu::remote_status(&emu, "d/a.txt").await, 200);
+}
+
+/// The dry run shows a local rename as the one server move the run makes,
+/// not as an upload and a delete, and leaves it out of the `max_delete`
+/// guard as the run does (it showed two renames as deletes held).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_shows_a_local_rename_as_a_move() {
+    let (_emu, fx, config) = mirror_job().await;
+    emu::put(&fx, "a.txt", b"alpha");
+    emu::put(&fx, "b.txt", b"bravo");
+    emu::assert_clean(&emu::sync(&config, &emu::fast_policy()).await);
+    let toml = std::fs::read_to_string(&config.path).unwrap();
+    std::fs::write(
+        &config.path,
+        toml.replace("delete = \"mirror\"", "delete = \"mirror\"\nmax_delete = 1"),
+    )
+    .unwrap();
+    let config = emu::load(&config.path);
+    for (from, to) in [("a.txt", "c.txt"), ("b.txt", "d.txt")] {
+        std::fs::rename(fx.source().join(from), fx.source().join(to)).unwrap();
+    }
+    let out = fx.sharepush(&config.path, &["sync", "--dry-run"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("upload 0 file(s)") && stdout.contains(", 0 remote delete(s)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("held:"), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with("  ")).collect();
+    assert_eq!(
+        lines,
+        [
+            "  move     a.txt -> c.txt (renamed locally)",
+            "  move     b.txt -> d.txt (renamed locally)"
+        ],
+        "{stdout}"
+    );
+    let r = emu::sync(&config, &emu::fast_policy()).await.remove(0);
+    emu::assert_clean(std::slice::from_ref(&r));
+    assert_eq!(
+        (r.uploaded, r.moved.len(), r.deletes_held),
+        (0, 2, 0),
+        "{r:?}"
+    );
 }
 
 /// Mirror: a local folder replaced by a file of its name. Our files in the
