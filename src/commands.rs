@@ -798,8 +798,24 @@ fn dry_run(
             }
         }
         let plan = crate::plan::plan(&report, &input, job.delete, std::time::SystemTime::now());
-        let upload_entries: Vec<crate::scan::LocalEntry> =
-            plan.uploads().map(|(e, _)| e.clone()).collect();
+        // Someone else's edit left in place (`on_remote_change = "skip"`)
+        // holds the file's upload, as in the run (none after a move: the
+        // run drops them with the old place).
+        let conflict_held: HashSet<String> = match &store {
+            Some(s) if moved.is_none() => match s.conflicts(Some(&job.name)) {
+                Ok(c) => c.into_iter().map(|c| c.path).collect(),
+                Err(e) => {
+                    let _ = writeln!(err, "error: {e}");
+                    return ExitCode::TempFail;
+                }
+            },
+            _ => HashSet::new(),
+        };
+        let upload_entries: Vec<crate::scan::LocalEntry> = plan
+            .uploads()
+            .filter(|(e, _)| !conflict_held.contains(&e.path))
+            .map(|(e, _)| e.clone())
+            .collect();
         // Local renames the run makes moves on the server: the old path
         // leaves before the uploads (blocking: may hash, as the run does).
         let renames: std::collections::HashMap<String, String> = if vanished_records.is_empty() {
@@ -851,7 +867,9 @@ fn dry_run(
         }
         for action in &plan.actions {
             if let Action::Upload { entry, reason } = action
-                && (twins.contains_key(&entry.path) || moved_to.contains(entry.path.as_str()))
+                && (twins.contains_key(&entry.path)
+                    || moved_to.contains(entry.path.as_str())
+                    || conflict_held.contains(&entry.path))
             {
                 summary.upload_bytes -= entry.size;
                 match reason {
@@ -933,6 +951,9 @@ fn dry_run(
                 Action::CreateFolder { path } => format!("  mkdir    {path}/"),
                 Action::Upload { entry, .. } if moved_to.contains(entry.path.as_str()) => {
                     continue;
+                }
+                Action::Upload { entry, .. } if conflict_held.contains(&entry.path) => {
+                    format!("  skipped  {} ({})", entry.path, crate::job::CONFLICT_HELD)
                 }
                 Action::Upload { entry, .. } if twins.contains_key(&entry.path) => format!(
                     "  skipped  {} ({})",

@@ -517,11 +517,7 @@ async fn run_stages<R: Remote>(
         uploads.retain(|e| {
             let held = conflicts.iter().any(|c| c.path == e.path);
             if held {
-                report.skipped.push((
-                    e.path.clone(),
-                    "edited in SharePoint by someone else; held (on_remote_change = \"skip\")"
-                        .into(),
-                ));
+                report.skipped.push((e.path.clone(), CONFLICT_HELD.into()));
             }
             !held
         });
@@ -862,6 +858,11 @@ async fn prune_folders<R: Remote>(
 
 /// Orders folder paths deepest first (then reverse byte order), the order
 /// in which [`prune_folders`] tries them.
+/// Why a file is not uploaded while someone else's edit of it is left in
+/// place (`on_remote_change = "skip"`).
+pub(crate) const CONFLICT_HELD: &str =
+    "edited in SharePoint by someone else; held (on_remote_change = \"skip\")";
+
 /// Why a file is not uploaded while `twin` is there (see `Store::case_twins`).
 pub(crate) fn case_twin_reason(twin: &str) -> String {
     format!(

@@ -187,8 +187,17 @@ async fn a_remote_edit_is_left_as_a_conflict_with_skip() {
     let report = sync(&config).await;
     assert_eq!(report.uploaded, 0);
     assert_eq!(remote_content(&emu, "one.bin").unwrap(), b"theirs");
-    // Even a local edit does not overwrite theirs while the conflict stands.
+    // Even a local edit does not overwrite theirs while the conflict stands,
+    // and the dry run says so (it listed the upload).
     emu::put(&fx, "one.bin", b"ours, edited");
+    let out = fx.sharepush(&config.path, &["sync", "--dry-run"]);
+    let (stdout, stderr) = crate::support::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("upload 0 file(s)")
+            && stdout.contains("  skipped  one.bin (edited in SharePoint by someone else; held"),
+        "{stdout}"
+    );
     let report = sync(&config).await;
     assert_eq!(report.uploaded, 0, "{report:?}");
     assert!(report.skipped.iter().any(|(p, _)| p == "one.bin"));
