@@ -1089,13 +1089,10 @@ fn a_job_pointed_elsewhere_forgets_the_old_items_of_skipped_files_too() {
     assert_eq!(record.item_id, None, "an item of the old place: {record:?}");
 }
 
-/// A keep-both copy queued in the old place (someone edited the file
-/// there) has nothing to sit beside in the new one: after the job points
-/// elsewhere the file goes up to its own path, not as a conflict copy (which
-/// would leave the path itself never sent there).
-#[test]
-fn a_job_pointed_elsewhere_sends_a_queued_keep_both_copy_to_its_own_path() {
-    let (_dir, mut store) = open_temp();
+/// A job on folder `backup` whose `a.txt` (synced) someone else edited
+/// in SharePoint, resolved keep-both: our copy is queued to go beside it.
+fn keep_both_copy_queued_in_backup() -> (tempfile::TempDir, Store, &'static str, &'static str) {
+    let (dir, mut store) = open_temp();
     let (site, lib) = ("https://h/sites/s", "Documents");
     store.note_job_target(JOB, site, lib, "backup").unwrap();
     store.save_drive_id(site, lib, "D").unwrap();
@@ -1118,6 +1115,16 @@ fn a_job_pointed_elsewhere_sends_a_queued_keep_both_copy_to_its_own_path() {
     store
         .resolve_keep_both(&changes[0], "a (sharepush conflict).txt")
         .unwrap();
+    (dir, store, site, lib)
+}
+
+/// A keep-both copy queued in the old place (someone edited the file
+/// there) has nothing to sit beside in the new one: after the job points
+/// elsewhere the file goes up to its own path, not as a conflict copy (which
+/// would leave the path itself never sent there).
+#[test]
+fn a_job_pointed_elsewhere_sends_a_queued_keep_both_copy_to_its_own_path() {
+    let (_dir, mut store, site, lib) = keep_both_copy_queued_in_backup();
     assert!(store.copy_target(JOB, "a.txt").unwrap().is_some());
     store
         .note_job_target(JOB, site, lib, "backup/2026")
@@ -1131,28 +1138,7 @@ fn a_job_pointed_elsewhere_sends_a_queued_keep_both_copy_to_its_own_path() {
 /// them as if in the new one.
 #[test]
 fn a_job_pointed_elsewhere_no_longer_lists_the_conflict_copies_of_the_old_place() {
-    let (_dir, mut store) = open_temp();
-    let (site, lib) = ("https://h/sites/s", "Documents");
-    store.note_job_target(JOB, site, lib, "backup").unwrap();
-    store.save_drive_id(site, lib, "D").unwrap();
-    store
-        .record_scanned(JOB, &[entry("a.txt", b"ours", 1, Change::New)])
-        .unwrap();
-    let mut info = synced_info(b"ours");
-    info.item_id = Some("ITEM-a.txt".into());
-    store.mark_synced(JOB, "a.txt", &info).unwrap();
-    store
-        .record_delta_page(
-            site,
-            lib,
-            &[delta_item("ITEM-a.txt", false, "\"{A},5\"", b"theirs")],
-            Some("L1"),
-        )
-        .unwrap();
-    let changes = store.pending_remote_changes(JOB).unwrap();
-    store
-        .resolve_keep_both(&changes[0], "a (sharepush conflict).txt")
-        .unwrap();
+    let (_dir, mut store, site, lib) = keep_both_copy_queued_in_backup();
     let fp = (4, 1, 1000 + "a.txt".len() as u64);
     store
         .record_conflict_copy(JOB, "a.txt", fp, &synced_info(b"ours"), 4)

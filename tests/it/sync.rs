@@ -862,6 +862,17 @@ async fn mirror_job() -> (graph_emulator::Handle, Fixture, sharepush::config::Co
     (emu, fx, config)
 }
 
+/// [`mirror_job`]'s config with `max_delete = 1` added, written and loaded.
+fn with_max_delete_1(config: &sharepush::config::Config) -> sharepush::config::Config {
+    let text = std::fs::read_to_string(&config.path).unwrap();
+    std::fs::write(
+        &config.path,
+        text.replace("delete = \"mirror\"", "delete = \"mirror\"\nmax_delete = 1"),
+    )
+    .unwrap();
+    emu::load(&config.path)
+}
+
 /// Mirror: a file whose new version could not go up yet, then deleted
 /// locally, used to be only forgotten, leaving its earlier version in
 /// SharePoint for good.
@@ -1111,12 +1122,7 @@ async fn dry_run_shows_the_remote_deletes_the_run_would_hold() {
 
     // More than max_delete: 2 of 6 files, against at most 1.
     let text = std::fs::read_to_string(&config.path).unwrap();
-    std::fs::write(
-        &config.path,
-        text.replace("delete = \"mirror\"", "delete = \"mirror\"\nmax_delete = 1"),
-    )
-    .unwrap();
-    let strict = emu::load(&config.path);
+    let strict = with_max_delete_1(&config);
     std::fs::remove_file(fx.source().join("keep4.txt")).unwrap();
     std::fs::remove_dir_all(fx.source().join("d")).unwrap();
     let stdout = dry_run();
@@ -1166,13 +1172,7 @@ async fn dry_run_shows_a_local_rename_as_a_move() {
     emu::put(&fx, "a.txt", b"alpha");
     emu::put(&fx, "b.txt", b"bravo");
     emu::assert_clean(&emu::sync(&config, &emu::fast_policy()).await);
-    let toml = std::fs::read_to_string(&config.path).unwrap();
-    std::fs::write(
-        &config.path,
-        toml.replace("delete = \"mirror\"", "delete = \"mirror\"\nmax_delete = 1"),
-    )
-    .unwrap();
-    let config = emu::load(&config.path);
+    let config = with_max_delete_1(&config);
     for (from, to) in [("a.txt", "c.txt"), ("b.txt", "d.txt")] {
         std::fs::rename(fx.source().join(from), fx.source().join(to)).unwrap();
     }
