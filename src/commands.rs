@@ -659,7 +659,7 @@ fn dry_run(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> ExitCode {
-    use crate::plan::{Action, PlanInput};
+    use crate::plan::Action;
     let store = match Store::open_read_only(&config.daemon.state_dir) {
         Ok(s) => Some(s),
         Err(crate::state::StateError::Missing { .. }) => None,
@@ -700,196 +700,37 @@ fn dry_run(
                 continue;
             }
         };
-        let listed: HashSet<&str> = report
-            .entries
-            .iter()
-            .map(|e| e.path.as_str())
-            .chain(report.vanished.iter().map(String::as_str))
-            .chain(report.deselected.iter().map(String::as_str))
-            .collect();
-        // Recorded as skipped by the run (what the file is: its name, type
-        // or size), so never a case twin that keeps the name.
-        let lasting_skips: HashSet<&str> = report
-            .skipped
-            .iter()
-            .filter(|s| !s.reason.is_transient())
-            .map(|s| s.path.as_str())
-            .collect();
-        let mut input = PlanInput::default();
-        let mut recorded_folders = Vec::new();
-        let mut with_item = HashSet::new();
-        // The known files the scan did not list and did not find synced
-        // (the scan skipped them this time): kept as the run will see
-        // them, with whether they have a remote item; skipped rows are not.
-        let mut others: Vec<(String, bool)> = Vec::new();
-        let mut vanished_records = Vec::new();
-        if let Some(s) = &store {
-            let mut paths: Vec<&str> = report.entries.iter().map(|e| e.path.as_str()).collect();
-            paths.extend(report.vanished.iter().map(String::as_str));
-            paths.extend(report.deselected.iter().map(String::as_str));
-            let unlisted: Vec<&str> = known_synced
-                .iter()
-                .filter(|(p, synced)| !synced && !listed.contains(p.as_str()))
-                .map(|(p, _)| p.as_str())
-                .collect();
-            let read = || -> Result<_, crate::state::StateError> {
-                let records = s.records_for(&job.name, &paths)?;
-                // A moved job's rows lose their items (`Store::note_job_target`).
-                let others: Vec<(String, bool)> = s
-                    .records_for(&job.name, &unlisted)?
-                    .into_iter()
-                    .filter(|(_, r)| r.state.kind() != crate::state::FileStateKind::Skipped)
-                    .map(|(p, r)| (p, r.item_id.is_some() && moved.is_none()))
-                    .collect();
-                if moved.is_some() {
-                    // Nothing known of the new place: every file goes up.
-                    let files = records
-                        .into_keys()
-                        .map(|p| (p, crate::plan::PriorState::Pending))
-                        .collect();
-                    return Ok((
-                        files,
-                        Default::default(),
-                        Vec::new(),
-                        HashSet::new(),
-                        others,
-                        Vec::new(),
-                    ));
-                }
-                let with_item = records
-                    .iter()
-                    .filter(|(_, r)| {
-                        r.item_id.is_some()
-                            && r.state.kind() != crate::state::FileStateKind::Skipped
-                    })
-                    .map(|(p, _)| p.clone())
-                    .collect();
-                let files = records
-                    .iter()
-                    .map(|(p, r)| (p.clone(), crate::job::prior_state(r)))
-                    .collect();
-                let vanished: Vec<(String, crate::state::FileRecord)> = report
-                    .vanished
-                    .iter()
-                    .filter_map(|p| records.get(p).map(|r| (p.clone(), r.clone())))
-                    .collect();
-                Ok((
-                    files,
-                    s.known_folders(&job.name)?,
-                    s.folder_items(&job.name)?,
-                    with_item,
-                    others,
-                    vanished,
-                ))
-            };
-            match read() {
-                Ok((files, folders, items, items_of, rest, gone)) => {
-                    input.files = files;
-                    input.remote_folders = folders;
-                    recorded_folders = items;
-                    with_item = items_of;
-                    others = rest;
-                    vanished_records = gone;
-                }
-                Err(e) => {
-                    let _ = writeln!(err, "error: {e}");
-                    return ExitCode::TempFail;
-                }
-            }
-        }
-        let plan = crate::plan::plan(&report, &input, job.delete, std::time::SystemTime::now());
-        // Someone else's edit left in place (`on_remote_change = "skip"`)
-        // holds the file's upload, as in the run (none after a move: the
-        // run drops them with the old place).
-        let conflict_held: HashSet<String> = match &store {
-            Some(s) if moved.is_none() => match s.conflicts(Some(&job.name)) {
-                Ok(c) => c.into_iter().map(|c| c.path).collect(),
+        let recorded = match &store {
+            Some(s) => match DryRunState::read(s, job, &report, &known_synced, moved.is_some()) {
+                Ok(r) => r,
                 Err(e) => {
                     let _ = writeln!(err, "error: {e}");
                     return ExitCode::TempFail;
                 }
             },
-            _ => HashSet::new(),
+            None => DryRunState::default(),
         };
-        let upload_entries: Vec<crate::scan::LocalEntry> = plan
-            .uploads()
-            .filter(|(e, _)| !conflict_held.contains(&e.path))
-            .map(|(e, _)| e.clone())
-            .collect();
-        // Local renames the run makes moves on the server: the old path
-        // leaves before the uploads (blocking: may hash, as the run does).
-        let renames: std::collections::HashMap<String, String> = if vanished_records.is_empty() {
-            Default::default()
-        } else {
-            crate::reconcile::detect_moves(&job.source, &vanished_records, &upload_entries)
-                .into_iter()
-                .map(|m| (m.from, m.to))
-                .collect()
-        };
-        let moved_from: HashSet<&str> = renames.keys().map(String::as_str).collect();
+        let plan = crate::plan::plan(
+            &report,
+            &recorded.input,
+            job.delete,
+            std::time::SystemTime::now(),
+        );
+        let RunView {
+            renames,
+            twins,
+            summary,
+            held,
+        } = RunView::new(job, &report, &plan, &recorded, &known_synced);
         let moved_to: HashSet<&str> = renames.values().map(String::as_str).collect();
-        // Case twins, as the run decides them over its rows: the scan's
-        // entries, the known files it found unchanged or skipped for now
-        // (never a row recorded as skipped), and the files gone locally
-        // whose remote delete comes after the uploads (a file forgotten or
-        // moved away frees its name first).
-        let present = report
-            .entries
-            .iter()
-            .map(|e| (e.path.as_str(), with_item.contains(&e.path)))
-            .chain(
-                known_synced
-                    .iter()
-                    .filter(|(p, synced)| *synced && !listed.contains(p.as_str()))
-                    .map(|(p, _)| (p.as_str(), true)),
-            )
-            .chain(others.iter().map(|(p, item)| (p.as_str(), *item)))
-            .filter(|(p, _)| !lasting_skips.contains(p))
-            .chain(plan.actions.iter().filter_map(|a| match a {
-                Action::DeleteRemote { path, .. } if !moved_from.contains(path.as_str()) => {
-                    Some((path.as_str(), true))
-                }
-                _ => None,
-            }));
-        let uploads: Vec<&str> = upload_entries.iter().map(|e| e.path.as_str()).collect();
-        let twins = crate::plan::case_twins_among(present, &uploads);
-        let mut summary = plan.summary;
-        // A rename is one move on the server: neither a delete (or, with
-        // `keep`, a forget) nor an upload.
-        for action in &plan.actions {
-            match action {
-                Action::DeleteRemote { path, .. } if renames.contains_key(path) => {
-                    summary.delete_remote -= 1;
-                }
-                Action::Forget { path, .. } if renames.contains_key(path) => summary.forget -= 1,
-                _ => {}
-            }
-        }
-        for action in &plan.actions {
-            if let Action::Upload { entry, reason } = action
-                && (twins.contains_key(&entry.path)
-                    || moved_to.contains(entry.path.as_str())
-                    || conflict_held.contains(&entry.path))
-            {
-                summary.upload_bytes -= entry.size;
-                match reason {
-                    crate::plan::UploadReason::New => summary.upload_new -= 1,
-                    crate::plan::UploadReason::Changed => summary.upload_changed -= 1,
-                    crate::plan::UploadReason::Retry => summary.upload_retry -= 1,
-                }
-            }
-        }
-        // The run's guard: deletes it would hold, and then no folder either.
-        let held = (summary.delete_remote > 0)
-            .then(|| crate::job::deletes_held_because(job, &report, summary.delete_remote as usize))
-            .flatten();
         // Mirror: the recorded folders whose local folder is gone, deepest
         // first, as the run would try them (deleted only if empty then).
         let prune = job.delete == crate::config::DeleteMode::Mirror
             && held.is_none()
             && !crate::job::source_looks_empty(&report);
         let mut rmdirs: Vec<&str> = if prune {
-            recorded_folders
+            recorded
+                .folders
                 .iter()
                 .map(|(p, _)| p.as_str())
                 .filter(|p| crate::job::local_folder_gone(&job.source.join(p), job.follow_symlinks))
@@ -952,7 +793,7 @@ fn dry_run(
                 Action::Upload { entry, .. } if moved_to.contains(entry.path.as_str()) => {
                     continue;
                 }
-                Action::Upload { entry, .. } if conflict_held.contains(&entry.path) => {
+                Action::Upload { entry, .. } if recorded.conflict_held.contains(&entry.path) => {
                     format!("  skipped  {} ({})", entry.path, crate::job::CONFLICT_HELD)
                 }
                 Action::Upload { entry, .. } if twins.contains_key(&entry.path) => format!(
@@ -986,6 +827,212 @@ fn dry_run(
         }
     }
     code
+}
+
+/// What `sync --dry-run` reads from the state for one job (nothing when
+/// no state exists yet): the plan's input, and what the run decides with
+/// beyond the plan.
+#[derive(Default)]
+struct DryRunState {
+    input: crate::plan::PlanInput,
+    /// The recorded remote folders (path, item id), for `rmdir`.
+    folders: Vec<(String, String)>,
+    /// Listed paths whose row has a remote item (and is not skipped).
+    with_item: HashSet<String>,
+    /// The known files the scan did not list and did not find synced (it
+    /// skipped them this time), as the run will see them: with whether
+    /// they have a remote item; rows recorded as skipped are left out.
+    others: Vec<(String, bool)>,
+    /// The rows of the files gone locally, for rename detection.
+    vanished: Vec<(String, crate::state::FileRecord)>,
+    /// Paths whose upload someone else's edit holds (`on_remote_change =
+    /// "skip"`); none after a move, as the run drops them with the old place.
+    conflict_held: HashSet<String>,
+}
+
+impl DryRunState {
+    /// `known_synced`: every known path with whether the scan could take it
+    /// as synced; `moved`: the job points at another place since its last
+    /// run (`Store::note_job_target`), so nothing is known of the new one.
+    fn read(
+        s: &Store,
+        job: &JobSpec,
+        report: &scan::ScanReport,
+        known_synced: &[(String, bool)],
+        moved: bool,
+    ) -> Result<DryRunState, crate::state::StateError> {
+        let listed = listed_paths(report);
+        let mut paths: Vec<&str> = report.entries.iter().map(|e| e.path.as_str()).collect();
+        paths.extend(report.vanished.iter().map(String::as_str));
+        paths.extend(report.deselected.iter().map(String::as_str));
+        let unlisted: Vec<&str> = known_synced
+            .iter()
+            .filter(|(p, synced)| !synced && !listed.contains(p.as_str()))
+            .map(|(p, _)| p.as_str())
+            .collect();
+        let records = s.records_for(&job.name, &paths)?;
+        let others = s
+            .records_for(&job.name, &unlisted)?
+            .into_iter()
+            .filter(|(_, r)| r.state.kind() != crate::state::FileStateKind::Skipped)
+            .map(|(p, r)| (p, r.item_id.is_some() && !moved))
+            .collect();
+        let mut state = DryRunState {
+            others,
+            ..DryRunState::default()
+        };
+        if moved {
+            // Nothing known of the new place: every file goes up.
+            state.input.files = records
+                .into_keys()
+                .map(|p| (p, crate::plan::PriorState::Pending))
+                .collect();
+            return Ok(state);
+        }
+        state.with_item = records
+            .iter()
+            .filter(|(_, r)| {
+                r.item_id.is_some() && r.state.kind() != crate::state::FileStateKind::Skipped
+            })
+            .map(|(p, _)| p.clone())
+            .collect();
+        state.vanished = report
+            .vanished
+            .iter()
+            .filter_map(|p| records.get(p).map(|r| (p.clone(), r.clone())))
+            .collect();
+        state.input.files = records
+            .iter()
+            .map(|(p, r)| (p.clone(), crate::job::prior_state(r)))
+            .collect();
+        state.input.remote_folders = s.known_folders(&job.name)?;
+        state.folders = s.folder_items(&job.name)?;
+        state.conflict_held = s
+            .conflicts(Some(&job.name))?
+            .into_iter()
+            .map(|c| c.path)
+            .collect();
+        Ok(state)
+    }
+}
+
+/// The paths a scan reports on (entries, vanished, deselected).
+fn listed_paths(report: &scan::ScanReport) -> HashSet<&str> {
+    report
+        .entries
+        .iter()
+        .map(|e| e.path.as_str())
+        .chain(report.vanished.iter().map(String::as_str))
+        .chain(report.deselected.iter().map(String::as_str))
+        .collect()
+}
+
+/// What a run decides beyond the plan, as `sync --dry-run` shows it: local
+/// renames made server moves, uploads held by someone else's edit or by a
+/// case twin, the counts that leaves, and whether the guard holds the
+/// remote deletes.
+struct RunView {
+    /// Old path -> new path.
+    renames: std::collections::HashMap<String, String>,
+    /// Upload path -> the twin that keeps the name.
+    twins: std::collections::HashMap<String, String>,
+    summary: crate::plan::PlanSummary,
+    /// Why the remote deletes would be held, if they would.
+    held: Option<String>,
+}
+
+impl RunView {
+    fn new(
+        job: &JobSpec,
+        report: &scan::ScanReport,
+        plan: &crate::plan::Plan,
+        recorded: &DryRunState,
+        known_synced: &[(String, bool)],
+    ) -> RunView {
+        use crate::plan::Action;
+        let upload_entries: Vec<crate::scan::LocalEntry> = plan
+            .uploads()
+            .filter(|(e, _)| !recorded.conflict_held.contains(&e.path))
+            .map(|(e, _)| e.clone())
+            .collect();
+        // Local renames the run makes moves on the server: the old path
+        // leaves before the uploads (blocking: may hash, as the run does).
+        let renames: std::collections::HashMap<String, String> = if recorded.vanished.is_empty() {
+            Default::default()
+        } else {
+            crate::reconcile::detect_moves(&job.source, &recorded.vanished, &upload_entries)
+                .into_iter()
+                .map(|m| (m.from, m.to))
+                .collect()
+        };
+        // Case twins, as the run decides them over its rows: the scan's
+        // entries, the known files it found unchanged or skipped for now
+        // (never a row recorded as skipped), and the files gone locally
+        // whose remote delete comes after the uploads (a file forgotten or
+        // moved away frees its name first).
+        let listed = listed_paths(report);
+        let lasting_skips: HashSet<&str> = report
+            .skipped
+            .iter()
+            .filter(|s| !s.reason.is_transient())
+            .map(|s| s.path.as_str())
+            .collect();
+        let present = report
+            .entries
+            .iter()
+            .map(|e| (e.path.as_str(), recorded.with_item.contains(&e.path)))
+            .chain(
+                known_synced
+                    .iter()
+                    .filter(|(p, synced)| *synced && !listed.contains(p.as_str()))
+                    .map(|(p, _)| (p.as_str(), true)),
+            )
+            .chain(recorded.others.iter().map(|(p, item)| (p.as_str(), *item)))
+            .filter(|(p, _)| !lasting_skips.contains(p))
+            .chain(plan.actions.iter().filter_map(|a| match a {
+                Action::DeleteRemote { path, .. } if !renames.contains_key(path) => {
+                    Some((path.as_str(), true))
+                }
+                _ => None,
+            }));
+        let uploads: Vec<&str> = upload_entries.iter().map(|e| e.path.as_str()).collect();
+        let twins = crate::plan::case_twins_among(present, &uploads);
+        let moved_to: HashSet<&str> = renames.values().map(String::as_str).collect();
+        let mut summary = plan.summary;
+        for action in &plan.actions {
+            match action {
+                // A rename is one move on the server: neither a delete (or,
+                // with `keep`, a forget) nor an upload.
+                Action::DeleteRemote { path, .. } if renames.contains_key(path) => {
+                    summary.delete_remote -= 1;
+                }
+                Action::Forget { path, .. } if renames.contains_key(path) => summary.forget -= 1,
+                Action::Upload { entry, reason }
+                    if twins.contains_key(&entry.path)
+                        || moved_to.contains(entry.path.as_str())
+                        || recorded.conflict_held.contains(&entry.path) =>
+                {
+                    summary.upload_bytes -= entry.size;
+                    match reason {
+                        crate::plan::UploadReason::New => summary.upload_new -= 1,
+                        crate::plan::UploadReason::Changed => summary.upload_changed -= 1,
+                        crate::plan::UploadReason::Retry => summary.upload_retry -= 1,
+                    }
+                }
+                _ => {}
+            }
+        }
+        // The run's guard: deletes it would hold, and then no folder either.
+        let held = (summary.delete_remote > 0)
+            .then(|| crate::job::deletes_held_because(job, report, summary.delete_remote as usize))
+            .flatten();
+        RunView {
+            renames,
+            twins,
+            summary,
+            held,
+        }
+    }
 }
 
 /// `sharepush status [--json]`: the state database read without the lock
