@@ -35,8 +35,11 @@
 //!   runs a job when *either* matches if both are restricted (`0 0 13 * 5`
 //!   is the 13th *and* every Friday). Guard: such a schedule is registered
 //!   as two scheduler jobs, one per day field with the other `*`; their
-//!   ticks land in the same channel and merge like any triggers. The times
-//!   then agree with [`Schedule::next_in`], which `check` and `status` show.
+//!   ticks land in the same channel. On a day both match, both fire in one
+//!   ticker pass; the job task may already have taken the first tick and
+//!   renewed, so the jobs of one registration send one tick per
+//!   [`SAME_TICK`]. The times agree with [`Schedule::next_in`], which
+//!   `check` and `status` show.
 //! - **The repeated hour of a fall-back.** croner 3.0.1, which it uses for
 //!   the first tick, answers a time in the past when asked from the second
 //!   pass of that hour (02:15 CEST at 02:00 CET); the job would fire at
@@ -52,6 +55,7 @@
 //! decide whether a tick starts a run ([`crate::job_task`]).
 
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::mpsc;
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
@@ -111,6 +115,7 @@ impl Scheduler {
             patterns,
             zone,
             tick,
+            last_sent: Arc::default(),
             ids: Vec::new(),
         };
         reg.add_all().await?;
@@ -146,6 +151,9 @@ pub struct Registration {
     patterns: Vec<String>,
     zone: Zone,
     tick: mpsc::UnboundedSender<()>,
+    /// When this registration last sent a tick (wall clock), shared by its
+    /// scheduler jobs and kept across renewals: see [`SAME_TICK`].
+    last_sent: Arc<Mutex<Option<chrono::DateTime<chrono::Utc>>>>,
     /// The scheduler's ids of the jobs currently registered.
     ids: Vec<Uuid>,
 }
@@ -163,7 +171,12 @@ impl fmt::Debug for Registration {
 impl Registration {
     async fn add_all(&mut self) -> Result<(), SchedulerError> {
         for pattern in &self.patterns {
-            let job = scheduler_job(pattern, self.zone, self.tick.clone())?;
+            let job = scheduler_job(
+                pattern,
+                self.zone,
+                self.tick.clone(),
+                Arc::clone(&self.last_sent),
+            )?;
             let id = self.scheduler.inner.add(job).await?;
             self.ids.push(id);
             let now = chrono::Utc::now();
@@ -242,16 +255,42 @@ pub fn corrected_tick(
     }
 }
 
+/// Ticks of one registration closer than this are one tick. Both jobs of
+/// a day-field OR (`0 0 13 * 5` on a Friday the 13th) fire in the same
+/// ticker pass, but the job task may take (and renew after) the first
+/// before the second is sent: without this it would make a second run.
+/// Real ticks of a minute-resolution schedule are at least a minute apart.
+pub const SAME_TICK: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
+
+/// Whether a tick at `now` is a new one (and records it), or the same tick
+/// another job of the registration already sent.
+fn first_of_tick(
+    last_sent: &Mutex<Option<chrono::DateTime<chrono::Utc>>>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> bool {
+    let mut last = last_sent.lock().unwrap_or_else(PoisonError::into_inner);
+    // Wall clock, as the scheduler's: a monotonic clock stops during a
+    // suspend and would swallow the tick made on resume.
+    if last.is_some_and(|t| (now - t).abs() < SAME_TICK) {
+        return false;
+    }
+    *last = Some(now);
+    true
+}
+
 /// One scheduler job that sends on `tick`.
 fn scheduler_job(
     pattern: &str,
     zone: Zone,
     tick: mpsc::UnboundedSender<()>,
+    last_sent: Arc<Mutex<Option<chrono::DateTime<chrono::Utc>>>>,
 ) -> Result<Job, SchedulerError> {
     let run = move |_id, _scheduler| {
         // A closed channel means the job task is gone; its registration
         // is removed as it stops.
-        let _ = tick.send(());
+        if first_of_tick(&last_sent, chrono::Utc::now()) {
+            let _ = tick.send(());
+        }
         Box::pin(async {}) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
     };
     let job = match zone {
@@ -290,6 +329,41 @@ mod tests {
         let ahead = Some(t("2026-10-25T02:00:00Z").with_timezone(&Utc));
         assert_eq!(corrected_tick(ahead, now, ours), None);
         assert_eq!(corrected_tick(croner, now, None), None);
+    }
+
+    #[test]
+    fn ticks_closer_than_a_minute_are_one() {
+        let t = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+        let last = Mutex::new(None);
+        assert!(first_of_tick(&last, t("2026-11-13T00:00:00.2Z")));
+        // The other day field's job, same ticker pass.
+        assert!(!first_of_tick(&last, t("2026-11-13T00:00:00.3Z")));
+        assert!(first_of_tick(&last, t("2026-11-13T00:01:00Z")));
+        // Resumed after a suspend: a new tick.
+        assert!(first_of_tick(&last, t("2026-11-13T03:00:00Z")));
+    }
+
+    /// `0 0 13 * 5` on a Friday the 13th: both scheduler jobs fire in one
+    /// ticker pass. The job task takes the first tick and renews at once;
+    /// a second tick sent after that made a second, needless full run.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn both_day_fields_matching_send_one_tick() {
+        let scheduler = Scheduler::start().await.unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let reg = scheduler
+            .register_patterns(
+                Schedule::parse("0 0 13 * 5").unwrap(),
+                vec!["* * * * * *".into(), "* * * * * *".into()],
+                Zone::Named(chrono_tz::UTC),
+                tx,
+            )
+            .await
+            .unwrap();
+        tick_within(&mut rx, Duration::from_secs(5)).await;
+        let again = tokio::time::timeout(Duration::from_millis(1500), rx.recv()).await;
+        assert!(again.is_err(), "a second tick for the same instant");
+        reg.remove().await;
+        scheduler.shutdown().await;
     }
 
     #[test]
@@ -395,6 +469,8 @@ mod tests {
             "the old job is gone"
         );
         while rx.try_recv().is_ok() {}
+        // A tick every second is below SAME_TICK: forget the last one.
+        *reg.last_sent.lock().unwrap() = None;
         tick_within(&mut rx, Duration::from_secs(5)).await;
         let ids = reg.ids.clone();
         reg.remove().await;
