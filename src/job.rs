@@ -856,8 +856,6 @@ async fn prune_folders<R: Remote>(
     Ok(())
 }
 
-/// Orders folder paths deepest first (then reverse byte order), the order
-/// in which [`prune_folders`] tries them.
 /// Why a file is not uploaded while someone else's edit of it is left in
 /// place (`on_remote_change = "skip"`).
 pub(crate) const CONFLICT_HELD: &str =
@@ -904,6 +902,8 @@ pub(crate) fn source_looks_empty(scanned: &scan::ScanReport) -> bool {
     scanned.entries.is_empty() && scanned.unchanged == 0
 }
 
+/// Orders folder paths deepest first (then reverse byte order), the order
+/// in which [`prune_folders`] tries them.
 pub(crate) fn deepest_first(a: &str, b: &str) -> std::cmp::Ordering {
     let depth = |p: &str| p.matches('/').count();
     depth(b).cmp(&depth(a)).then_with(|| b.cmp(a))

@@ -277,7 +277,6 @@ async fn watch_changed(w: &Option<Watch>) {
     }
 }
 
-/// Arms the job's watch; on failure says why once per task (`warned`).
 /// Arms the job's watch off the async threads: a watch on a large tree
 /// walks it (one inotify watch per folder), which would hold a runtime
 /// thread, and every job's uploads on it, for as long.
@@ -293,6 +292,7 @@ async fn arm(job: &Arc<JobSpec>, warned: &mut bool) -> Option<Watch> {
     watch
 }
 
+/// Arms the job's watch; on failure says why once per task (`warned`).
 fn arm_now(job: &JobSpec, warned: &mut bool) -> Option<Watch> {
     let root = match job.source.canonicalize() {
         Ok(r) => r,

@@ -378,6 +378,9 @@ mod unix_seconds {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hash::hash_bytes;
+    use rstest::rstest;
+    use std::time::Duration;
 
     #[test]
     fn case_twins_among_the_present_files_keep_the_uploaded_one_else_the_first() {
@@ -401,9 +404,6 @@ mod tests {
         ];
         assert_eq!(got, want.map(|(p, t)| (p.to_string(), t.to_string())));
     }
-    use crate::hash::hash_bytes;
-    use rstest::rstest;
-    use std::time::Duration;
 
     const NOW_SECS: u64 = 1_700_000_000;
 
