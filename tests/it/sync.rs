@@ -396,9 +396,7 @@ fn dry_run_touches_neither_the_remote_nor_the_state() {
     let fx = Fixture::new();
     let config = fx.write_config();
     std::fs::write(fx.source().join("a.txt"), b"a").unwrap();
-    let out = fx.sharepush(&config, &["sync", "--dry-run"]);
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let stdout = dry_run(&fx, &config);
     assert!(
         stdout.contains("would create 0 folder(s) and upload 1 file(s)"),
         "{stdout}"
@@ -616,14 +614,8 @@ async fn case_twins_beyond_ascii_are_found_and_the_dry_run_shows_them() {
     emu::put(&fx, "Ärger.txt", b"upper");
     emu::put(&fx, "ärger.txt", b"lower, longer");
     emu::put(&fx, "ok.txt", b"fine");
-    let dry_run = || {
-        let out = fx.sharepush(&config.path, &["sync", "--dry-run"]);
-        let (stdout, stderr) = text(&out);
-        assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
-        stdout
-    };
     let skip_line = "  skipped  ärger.txt (\"Ärger.txt\" differs from it only in case";
-    let stdout = dry_run();
+    let stdout = dry_run(&fx, &config.path);
     assert!(stdout.contains("upload 2 file(s), 9 B (2 new"), "{stdout}");
     assert!(stdout.contains(skip_line), "{stdout}");
     assert!(!stdout.contains("upload   ärger.txt"), "{stdout}");
@@ -637,7 +629,7 @@ async fn case_twins_beyond_ascii_are_found_and_the_dry_run_shows_them() {
         Some(&b"upper"[..])
     );
     // Still so on the next look, and nothing else to send.
-    let stdout = dry_run();
+    let stdout = dry_run(&fx, &config.path);
     assert!(stdout.contains("upload 0 file(s)"), "{stdout}");
     assert!(stdout.contains(skip_line), "{stdout}");
 }
@@ -663,9 +655,7 @@ async fn dry_run_case_twins_follow_the_rows_the_run_keeps() {
     std::fs::remove_file(fx.source().join("B.txt")).unwrap();
     emu::put(&fx, "b.txt", b"another bee");
     std::fs::rename(fx.source().join("C.txt"), fx.source().join("c.txt")).unwrap();
-    let out = fx.sharepush(&config.path, &["sync", "--dry-run"]);
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let stdout = dry_run(&fx, &config.path);
     assert!(stdout.contains("  upload   a.txt ("), "{stdout}");
     assert!(
         stdout.contains("  skipped  b.txt (\"B.txt\" differs from it only in case"),
@@ -848,6 +838,15 @@ async fn a_remote_hash_not_there_yet_is_confirmed_by_a_later_run() {
     assert_eq!(r.uploaded, 0, "{r:?}");
     let local = sharepush::hash::hash_bytes(&content).quick_xor;
     assert_eq!(remote_hash().as_deref(), Some(local.as_str()));
+}
+
+/// `sharepush sync --dry-run` with `config`: its output, after checking
+/// it exited 0.
+fn dry_run(fx: &Fixture, config: &std::path::Path) -> String {
+    let out = fx.sharepush(config, &["sync", "--dry-run"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    stdout
 }
 
 /// A `delete = "mirror"` job with five files that stay, so the deletes a
@@ -1047,9 +1046,7 @@ async fn mirror_deletes_a_folder_deleted_locally_unless_it_holds_someone_elses_f
     std::fs::remove_dir_all(fx.source().join("d")).unwrap();
     std::fs::remove_dir_all(fx.source().join("shared")).unwrap();
     // The dry run shows the folders the run will try, deepest first.
-    let out = fx.sharepush(&config.path, &["sync", "--dry-run"]);
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let stdout = dry_run(&fx, &config.path);
     assert!(
         stdout.contains("3 remote delete(s), 3 remote folder(s) to delete if empty"),
         "{stdout}"
@@ -1106,12 +1103,6 @@ async fn dry_run_shows_the_remote_deletes_the_run_would_hold() {
     let (emu, fx, config) = mirror_job().await;
     emu::put(&fx, "d/a.txt", b"alpha");
     emu::assert_clean(&emu::sync(&config, &emu::fast_policy()).await);
-    let dry_run = || {
-        let out = fx.sharepush(&config.path, &["sync", "--dry-run"]);
-        let (stdout, stderr) = text(&out);
-        assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
-        stdout
-    };
     let verbs = |stdout: &str| -> Vec<String> {
         stdout
             .lines()
@@ -1125,7 +1116,7 @@ async fn dry_run_shows_the_remote_deletes_the_run_would_hold() {
     let strict = with_max_delete_1(&config);
     std::fs::remove_file(fx.source().join("keep4.txt")).unwrap();
     std::fs::remove_dir_all(fx.source().join("d")).unwrap();
-    let stdout = dry_run();
+    let stdout = dry_run(&fx, &config.path);
     assert!(stdout.contains("0 remote delete(s) (2 held)"), "{stdout}");
     assert!(
         stdout.contains(
@@ -1150,7 +1141,7 @@ async fn dry_run_shows_the_remote_deletes_the_run_would_hold() {
     for e in std::fs::read_dir(fx.source()).unwrap() {
         std::fs::remove_file(e.unwrap().path()).unwrap();
     }
-    let stdout = dry_run();
+    let stdout = dry_run(&fx, &config.path);
     assert!(stdout.contains("0 remote delete(s) (6 held)"), "{stdout}");
     assert!(stdout.contains("is empty (an unmounted disk?)"), "{stdout}");
     assert!(!stdout.contains("rmdir"), "{stdout}");
@@ -1176,9 +1167,7 @@ async fn dry_run_shows_a_local_rename_as_a_move() {
     for (from, to) in [("a.txt", "c.txt"), ("b.txt", "d.txt")] {
         std::fs::rename(fx.source().join(from), fx.source().join(to)).unwrap();
     }
-    let out = fx.sharepush(&config.path, &["sync", "--dry-run"]);
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let stdout = dry_run(&fx, &config.path);
     assert!(
         stdout.contains("upload 0 file(s)") && stdout.contains(", 0 remote delete(s)"),
         "{stdout}"
@@ -1365,9 +1354,7 @@ async fn a_job_pointed_at_another_folder_backs_up_everything_there() {
 
     let config = point_at("elsewhere");
     // The dry run says so too, instead of "up to date".
-    let out = fx.sharepush(&path, &["sync", "--dry-run"]);
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let stdout = dry_run(&fx, &path);
     assert!(
         stdout.contains("would create 1 folder(s) and upload 2 file(s)")
             && stdout.contains("the job now backs up to")
