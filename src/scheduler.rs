@@ -194,10 +194,13 @@ impl Registration {
     }
 
     async fn remove_all(&mut self) {
-        for id in self.ids.drain(..) {
+        // One at a time, each kept until removed: a removal cut short (the
+        // job task's timeout) leaves the rest to `Drop`.
+        while let Some(&id) = self.ids.last() {
             if let Err(e) = self.scheduler.inner.remove(&id).await {
                 tracing::debug!("cron scheduler: removing {id}: {e}");
             }
+            self.ids.pop();
         }
     }
 
@@ -222,6 +225,30 @@ impl Registration {
             }
         }
         earliest
+    }
+}
+
+/// A registration dropped without [`Registration::remove`] (a job task
+/// that panicked, or one whose renewal failed partway and gave the
+/// registration up) would leave its scheduler jobs firing, every tick for
+/// the daemon's lifetime, into a channel nobody reads. They are removed in
+/// the background instead.
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if self.ids.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (scheduler, ids) = (self.scheduler.clone(), std::mem::take(&mut self.ids));
+        runtime.spawn(async move {
+            for id in ids {
+                if let Err(e) = scheduler.inner.remove(&id).await {
+                    tracing::debug!("cron scheduler: removing {id}: {e}");
+                }
+            }
+        });
     }
 }
 
@@ -442,6 +469,40 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         reg.remove().await;
+        scheduler.shutdown().await;
+    }
+
+    /// A job task that panics drops its registration without removing it:
+    /// its scheduler jobs go anyway, instead of firing into a closed channel
+    /// for the rest of the daemon's life.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_registration_leaves_nothing_scheduled() {
+        let scheduler = Scheduler::start().await.unwrap();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let reg = scheduler
+            .register(
+                &Schedule::parse("0 0 13 * 5").unwrap(),
+                Zone::Named(chrono_tz::UTC),
+                tx,
+            )
+            .await
+            .unwrap();
+        let ids = reg.ids.clone();
+        assert_eq!(ids.len(), 2);
+        for id in &ids {
+            assert!(scheduler.next_tick(*id).await.is_some());
+        }
+        drop(reg);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        for id in ids {
+            while scheduler.next_tick(id).await.is_some() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{id} still scheduled"
+                );
+                tokio::task::yield_now().await;
+            }
+        }
         scheduler.shutdown().await;
     }
 
