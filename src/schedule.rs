@@ -375,16 +375,24 @@ fn normalize_field(field: &Field, text: &str) -> Result<String, String> {
         let out = match step {
             None => range_out,
             Some(s) => {
-                let n: u32 =
-                    s.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
-                        format!("{} step {s:?} must be a number >= 1", field.name)
-                    })?;
+                let n = number(s)
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| format!("{} step {s:?} must be a number >= 1", field.name))?;
                 format!("{range_out}/{n}")
             }
         };
         items.push(out);
     }
     Ok(items.join(","))
+}
+
+/// Digits only, as crontab reads them: Rust's parse would also take a
+/// leading `+`, which crontab refuses.
+fn number(text: &str) -> Option<u32> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 /// One number or name within a field's range.
@@ -400,7 +408,7 @@ fn value(field: &Field, text: &str) -> Result<u32, String> {
         };
         format!("{} must be {}-{}{names}", field.name, field.min, field.max)
     };
-    if let Ok(n) = text.parse::<u32>() {
+    if let Some(n) = number(text) {
         if n < field.min || n > field.max {
             return Err(range_msg());
         }
@@ -702,6 +710,9 @@ mod tests {
             ("* * L * *", "is not a number"),
             ("1,,2 * * * *", "empty list item"),
             ("@reboot", "@reboot is not supported"),
+            // crontab refuses a sign; Rust's integer parse would not.
+            ("+5 * * * *", "minute \"+5\" is not a number"),
+            ("*/+2 * * * *", "step \"+2\" must be a number >= 1"),
         ] {
             let e = Schedule::parse(expr).unwrap_err();
             let shown = e.to_string();
