@@ -15,7 +15,7 @@
 
 use std::path::Path;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use super::StateError;
 
@@ -279,6 +279,68 @@ DROP INDEX files_by_folded_path;
 CREATE INDEX files_by_folded_path ON files (job, sharepush_fold(path));
 "#;
 
+/// The folded-path index is built by Rust's Unicode tables, which grow with
+/// the toolchain sharepush is built with: a letter that gains a lowercase
+/// mapping in a later Unicode version would leave its index entries stale
+/// (case twins missed). The version the index was last built with is kept
+/// here; [`reindex_if_unicode_changed`] rebuilds the index when it differs.
+/// Empty at first: the index of migration 12 was built by a binary whose
+/// version is not known, so the first open rebuilds it.
+const FOLD_UNICODE_VERSION: &str = r#"
+CREATE TABLE index_facts (
+    id           INTEGER PRIMARY KEY CHECK (id = 1),
+    fold_unicode TEXT NOT NULL   -- char::UNICODE_VERSION, e.g. '16.0.0'
+);
+"#;
+
+/// The Unicode version this binary's [`fold_case`] follows.
+pub(crate) fn unicode_version() -> String {
+    let (major, minor, update) = char::UNICODE_VERSION;
+    format!("{major}.{minor}.{update}")
+}
+
+/// Rebuilds the folded-path index if it was built with another Unicode
+/// version than this binary's (see [`FOLD_UNICODE_VERSION`]). Cheap when
+/// nothing changed: one row read.
+pub(super) fn reindex_if_unicode_changed(
+    conn: &mut Connection,
+    db: &Path,
+) -> Result<(), StateError> {
+    let sql_err = |context| {
+        move |source| StateError::Sqlite {
+            path: db.to_path_buf(),
+            context,
+            source,
+        }
+    };
+    let context = "rebuilding the case-insensitive path index";
+    let now = unicode_version();
+    let built: Option<String> = conn
+        .query_row(
+            "SELECT fold_unicode FROM index_facts WHERE id = 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(sql_err(context))?;
+    if built.as_deref() == Some(now.as_str()) {
+        return Ok(());
+    }
+    let tx = conn.transaction().map_err(sql_err(context))?;
+    tx.execute_batch("REINDEX files_by_folded_path")
+        .map_err(sql_err(context))?;
+    tx.execute(
+        "INSERT INTO index_facts (id, fold_unicode) VALUES (1, ?1)
+         ON CONFLICT (id) DO UPDATE SET fold_unicode = excluded.fold_unicode",
+        [&now],
+    )
+    .map_err(sql_err(context))?;
+    tx.commit().map_err(sql_err(context))?;
+    tracing::info!(db = %db.display(), from = built.as_deref().unwrap_or("unknown"), to = %now,
+        "case-insensitive path index rebuilt for this build's Unicode version");
+    Ok(())
+}
+
 /// The SQL function that folds a path's case as SharePoint compares names
 /// (Unicode lowercase), for [`FOLDED_PATHS_UNICODE`]'s index.
 pub(crate) const FOLD_FUNCTION: &str = "sharepush_fold";
@@ -330,6 +392,7 @@ const MIGRATIONS: &[&str] = &[
     FOREIGN_FOLDERS,
     JOB_TARGET_FOLDER,
     FOLDED_PATHS_UNICODE,
+    FOLD_UNICODE_VERSION,
 ];
 
 /// The schema version this binary writes and fully understands.

@@ -69,6 +69,7 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", true)
             .map_err(err("enabling foreign keys"))?;
         schema::migrate(&mut conn, &db_path)?;
+        schema::reindex_if_unicode_changed(&mut conn, &db_path)?;
 
         // SQLite creates -wal/-shm with the database's mode; make sure of it
         // in case they survive from a run with a looser database mode.

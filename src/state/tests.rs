@@ -1869,6 +1869,45 @@ fn sorted_twins(store: &Store, paths: &[String]) -> Vec<(String, String)> {
     got
 }
 
+/// An index built by a binary with other Unicode tables (here: one that
+/// folded nothing) is rebuilt when a binary with its own version opens the
+/// state, so case twins are found through it again.
+#[test]
+fn folded_index_from_another_unicode_version_is_rebuilt() {
+    let (dir, mut store) = open_temp();
+    store
+        .record_scanned(JOB, &[entry("Ärger.txt", b"a", 1, Change::New)])
+        .unwrap();
+    let twin = || vec![("ärger.txt".to_string(), "Ärger.txt".to_string())];
+    assert_eq!(sorted_twins(&store, &["ärger.txt".into()]), twin());
+    drop(store);
+
+    // The older binary: its fold left `Ä` alone.
+    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    conn.create_scalar_function(
+        crate::state::schema::FOLD_FUNCTION,
+        1,
+        rusqlite::functions::FunctionFlags::SQLITE_UTF8
+            | rusqlite::functions::FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| ctx.get::<String>(0),
+    )
+    .unwrap();
+    conn.execute_batch(
+        "REINDEX files_by_folded_path;
+         UPDATE index_facts SET fold_unicode = '1.1.0';",
+    )
+    .unwrap();
+    drop(conn);
+
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(sorted_twins(&store, &["ärger.txt".into()]), twin());
+    let built: String = store
+        .conn
+        .query_row("SELECT fold_unicode FROM index_facts", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(built, crate::state::schema::unicode_version());
+}
+
 /// `Σ` is one letter in any position: a whole-string lowercase turned a
 /// final `Σ` into `ς` (Greek final sigma), so `aΣ.txt` and `aσ.txt`, which
 /// differ only in case and are one name in SharePoint, were not twins.
