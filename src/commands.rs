@@ -271,7 +271,7 @@ fn scan_one(store: &mut Store, job: &JobSpec) -> Result<JobScanJson, String> {
         record_ms = t2.elapsed().as_millis() as u64,
         "scan phases"
     );
-    for skipped in report.skipped.iter().filter(|s| !s.reason.is_transient()) {
+    for skipped in report.skipped.iter().filter(|s| s.reason.is_recorded()) {
         store
             .record_skipped(&job.name, &skipped.path, &skipped.reason.to_string())
             .map_err(|e| e.to_string())?;

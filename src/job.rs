@@ -436,11 +436,18 @@ async fn run_stages<R: Remote>(
     paths.extend(scanned.deselected.iter().cloned());
     // Only what describes the file itself is recorded as skipped: a synced
     // file unreadable or written to for a moment stays synced (recorded as
-    // skipped, it was held, then sent again as a new version).
+    // skipped, it was held, then sent again as a new version). Names that
+    // are not UTF-8 have no row (`SkipReason::is_recorded`): the log names
+    // them on every run instead.
+    for s in &scanned.skipped {
+        if s.reason == scan::SkipReason::NonUtf8Name {
+            tracing::warn!(job = %job.name, path = %s.path, reason = %s.reason, "not uploaded");
+        }
+    }
     let lasting: Vec<(String, String)> = scanned
         .skipped
         .iter()
-        .filter(|s| !s.reason.is_transient())
+        .filter(|s| s.reason.is_recorded())
         .map(|s| (s.path.clone(), s.reason.to_string()))
         .collect();
     let (name, entries, skipped) = (job.name.clone(), scanned.entries.clone(), lasting);

@@ -295,7 +295,9 @@ pub enum SkipReason {
     /// Listed, but gone before it could be looked at.
     Vanished,
     /// The name is not valid UTF-8, which SharePoint cannot store; `path` in
-    /// [`Skipped`] shows it lossily.
+    /// [`Skipped`] shows each byte that is not as `\xHH`
+    /// ([`escape_non_utf8`]). Never recorded in the state
+    /// ([`SkipReason::is_recorded`]).
     NonUtf8Name,
     /// A symbolic link, and the job does not follow links.
     Symlink,
@@ -316,6 +318,17 @@ pub enum SkipReason {
 }
 
 impl SkipReason {
+    /// Whether the state records the path as skipped. Passing states are
+    /// not ([`SkipReason::is_transient`]), nor names that are not UTF-8:
+    /// the state keys files by their UTF-8 path, and any text standing for
+    /// such a name is also the valid name of some other file (the lossy
+    /// `bad\u{FFFD}.txt` for `bad\xFF.txt` is one). Recorded there, a real
+    /// file of that name shared the row and was held as skipped for good.
+    /// The scan reports them on every run instead.
+    pub fn is_recorded(&self) -> bool {
+        !self.is_transient() && *self != SkipReason::NonUtf8Name
+    }
+
     /// A passing state of the file (gone for a moment, unreadable for a
     /// moment, written to while read): the next scan looks again, and the
     /// file's record stays as it was. The others describe the file itself
@@ -373,7 +386,8 @@ pub enum SpecialKind {
 /// One path the scan could not take into account, and why.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Skipped {
-    /// Relative to the source, `/`-separated; lossy if the name is not UTF-8.
+    /// Relative to the source, `/`-separated; bytes that are not UTF-8 as
+    /// `\xHH` ([`escape_non_utf8`]).
     pub path: String,
     pub reason: SkipReason,
 }
@@ -846,7 +860,12 @@ impl Worker<'_> {
         let rel = path.strip_prefix(&self.shared.source).unwrap_or(path);
         let is_dir = dent.file_type().is_some_and(|t| t.is_dir());
         let Some(rel) = rel.to_str() else {
-            self.skip(rel.to_string_lossy().into_owned(), SkipReason::NonUtf8Name);
+            // Reported only: no record can be at or below such a path, and
+            // whatever text stands for it is some real file's name too.
+            self.found.skipped.push(Skipped {
+                path: escape_non_utf8(rel.as_os_str()),
+                reason: SkipReason::NonUtf8Name,
+            });
             return if is_dir {
                 WalkState::Skip
             } else {
@@ -1080,6 +1099,22 @@ impl Worker<'_> {
         };
         self.skip(rel, reason);
     }
+}
+
+/// `name` for people: UTF-8 as it is, every other byte as `\xHH`, so the
+/// file can be found (`ls` shows such a byte as `$'\377'`). Only shown,
+/// never a key: a valid name can be spelled the same.
+pub fn escape_non_utf8(name: &std::ffi::OsStr) -> String {
+    use std::fmt::Write as _;
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::with_capacity(name.len());
+    for chunk in name.as_bytes().utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02X}");
+        }
+    }
+    out
 }
 
 /// Turns an `ignore` walk error into the path it concerns and a skip reason.
@@ -1937,7 +1972,7 @@ mod tests {
     }
 
     #[test]
-    fn non_utf8_names_are_skipped_and_shown_lossily() {
+    fn non_utf8_names_are_skipped_and_shown_with_their_bytes_escaped() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "ok.txt", b"ok");
         fs::write(dir.path().join(OsStr::from_bytes(b"bad\xff.txt")), b"x").unwrap();
@@ -1947,14 +1982,40 @@ mod tests {
         let report = scan(&opts(dir.path()), HashMap::new()).unwrap();
         assert_eq!(paths(&report), ["ok.txt"]);
         assert_eq!(
-            skip_of(&report, "bad\u{fffd}.txt"),
+            skip_of(&report, "bad\\xFF.txt"),
             Some(&SkipReason::NonUtf8Name)
         );
-        assert_eq!(
-            skip_of(&report, "dir\u{fffd}"),
-            Some(&SkipReason::NonUtf8Name)
-        );
+        assert_eq!(skip_of(&report, "dir\\xFE"), Some(&SkipReason::NonUtf8Name));
         assert_eq!(report.skipped.len(), 2, "the directory is not entered");
+    }
+
+    /// A non-UTF-8 folder protects nothing: no record can be below it. Its
+    /// lossy name used to protect a real folder named so (`dir\u{fffd}`),
+    /// whose deleted files were then never reported vanished.
+    #[test]
+    fn a_non_utf8_folder_does_not_hide_a_real_folder_gone_under_its_lossy_name() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "dir\u{fffd}/x.txt", b"x");
+        write(dir.path(), "bad\u{fffd}.txt", b"b");
+        let first = scan(&opts(dir.path()), HashMap::new()).unwrap();
+        fs::remove_dir_all(dir.path().join("dir\u{fffd}")).unwrap();
+        fs::remove_file(dir.path().join("bad\u{fffd}.txt")).unwrap();
+        let bad_dir = dir.path().join(OsStr::from_bytes(b"dir\xfe"));
+        fs::create_dir(&bad_dir).unwrap();
+        fs::write(bad_dir.join("x.txt"), b"y").unwrap();
+        fs::write(dir.path().join(OsStr::from_bytes(b"bad\xff.txt")), b"z").unwrap();
+        let second = scan(&opts(dir.path()), known_from(&first, true)).unwrap();
+        assert_eq!(second.vanished, ["bad\u{fffd}.txt", "dir\u{fffd}/x.txt"]);
+        assert_eq!(second.skipped.len(), 2, "{:?}", second.skipped);
+    }
+
+    #[test]
+    fn escaped_names_show_each_byte_that_is_not_utf8() {
+        assert_eq!(
+            escape_non_utf8(OsStr::from_bytes(b"a\xffb/\xc3")),
+            "a\\xFFb/\\xC3"
+        );
+        assert_eq!(escape_non_utf8(OsStr::from_bytes("ünï".as_bytes())), "ünï");
     }
 
     #[test]

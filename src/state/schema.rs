@@ -341,6 +341,19 @@ pub(super) fn reindex_if_unicode_changed(
     Ok(())
 }
 
+/// Names that are not UTF-8 are no longer recorded
+/// (`SkipReason::is_recorded`): they were, as skipped under their lossy
+/// path (`bad\u{FFFD}.txt`), a row that a real file of that name shared
+/// and that then stayed skipped for good. Those rows become pending, so the next
+/// run sorts them out like any other: a real file behind one is uploaded
+/// (its remote item, if it had one, kept), a row with no file behind it is
+/// forgotten (or, with `mirror`, its remote item deleted, its file being
+/// gone). The text is what `SkipReason::NonUtf8Name` displayed.
+const NON_UTF8_ROWS: &str = r#"
+UPDATE files SET state = 'pending', skip_reason = NULL
+    WHERE state = 'skipped' AND skip_reason = 'name is not valid UTF-8';
+"#;
+
 /// The SQL function that folds a path's case as SharePoint compares names
 /// (Unicode lowercase), for [`FOLDED_PATHS_UNICODE`]'s index.
 pub(crate) const FOLD_FUNCTION: &str = "sharepush_fold";
@@ -393,6 +406,7 @@ const MIGRATIONS: &[&str] = &[
     JOB_TARGET_FOLDER,
     FOLDED_PATHS_UNICODE,
     FOLD_UNICODE_VERSION,
+    NON_UTF8_ROWS,
 ];
 
 /// The schema version this binary writes and fully understands.
@@ -478,6 +492,47 @@ mod tests {
             migrate(&mut conn, &db).unwrap_or_else(|e| panic!("from {version}: {e}"));
             assert_eq!(user_version(&conn, &db).unwrap(), SCHEMA_VERSION);
         }
+    }
+
+    #[test]
+    fn rows_of_names_that_are_not_utf8_are_queued_to_be_sorted_out() {
+        let before = MIGRATIONS.iter().position(|m| *m == NON_UTF8_ROWS).unwrap();
+        let (_dir, mut conn, db) = at_version(before);
+        conn.execute_batch(
+            "INSERT INTO files (job, path, size, mtime_ns, inode, item_id, state, skip_reason,
+                 updated_at) VALUES
+                 ('j', 'bad\u{FFFD}.txt', 0, 0, 0, NULL, 'skipped', 'name is not valid UTF-8', 0),
+                 ('j', 'real\u{FFFD}.txt', 5, 5, 5, 'item', 'skipped',
+                     'name is not valid UTF-8', 0),
+                 ('j', 'link', 0, 0, 0, NULL, 'skipped', 'symbolic link (follow_symlinks is off)',
+                     0);",
+        )
+        .unwrap();
+        migrate(&mut conn, &db).unwrap();
+        let reason = crate::scan::SkipReason::NonUtf8Name.to_string();
+        assert!(NON_UTF8_ROWS.contains(&format!("'{reason}'")), "{reason}");
+        type Row = (String, String, Option<String>, Option<String>);
+        let rows: Vec<Row> = conn
+            .prepare("SELECT path, state, skip_reason, item_id FROM files ORDER BY path")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let link = "symbolic link (follow_symlinks is off)";
+        assert_eq!(
+            rows,
+            [
+                ("bad\u{FFFD}.txt".into(), "pending".into(), None, None),
+                ("link".into(), "skipped".into(), Some(link.into()), None),
+                (
+                    "real\u{FFFD}.txt".into(),
+                    "pending".into(),
+                    None,
+                    Some("item".into())
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -318,6 +318,40 @@ async fn paths_too_long_for_sharepoint_are_reported_not_attempted() {
     );
 }
 
+/// A name that is not UTF-8 cannot go to SharePoint and is reported each
+/// run; a real file whose (valid) name has U+FFFD where the other has its
+/// bad byte is a file like any other. Both used to share one state row
+/// under the lossy name, recorded skipped every run: the real file was
+/// never uploaded, and its changes never either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_named_like_the_lossy_form_of_a_non_utf8_name_is_backed_up() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(&fx, &emu, Sign::Secret, ""));
+    let real = "bad\u{fffd}.txt";
+    emu::put(&fx, real, b"real one");
+    std::fs::write(fx.source().join(OsStr::from_bytes(b"bad\xff.txt")), b"x").unwrap();
+    for (run, content) in [(0, &b"real one"[..]), (1, &b"edited, longer"[..])] {
+        emu::put(&fx, real, content);
+        let r = emu::sync(&config, &emu::fast_policy()).await.remove(0);
+        assert!(r.failed.is_empty(), "run {run}: {:?}", r.failed);
+        assert_eq!(r.uploaded, 1, "run {run}: {r:?}");
+        assert_eq!(r.skipped.len(), 1, "run {run}: {r:?}");
+        assert!(
+            r.skipped[0].1.contains("not valid UTF-8"),
+            "{:?}",
+            r.skipped
+        );
+        assert_eq!(
+            emu.read_file(&format!("{FOLDER}/{real}")).as_deref(),
+            Some(content),
+            "run {run}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_library_stops_uploads_and_reports() {
     let emu = emu::start(Options {
