@@ -350,6 +350,140 @@ mod tests {
         assert_eq!(decode(&e), "‛quote");
     }
 
+    /// Every rule of graph-api.md section 8, as an administrator meets
+    /// it: each is refused by [`check`] (so `skip` reports it), and
+    /// `encode` either maps it to a name that passes and decodes back, or
+    /// reports it when no swap can fix it.
+    #[test]
+    fn every_section_8_rule_is_enforced_under_both_policies() {
+        let mut fixable: Vec<String> = ["\"", "*", ":", "<", ">", "?", "\\", "|"]
+            .iter()
+            .map(|c| format!("a{c}b"))
+            .collect();
+        fixable.extend(
+            [
+                " lead",
+                "trail ",
+                "  both  ",
+                "end.",
+                "dots..",
+                "~$doc.docx",
+                "~$",
+            ]
+            .map(String::from),
+        );
+        for name in &fixable {
+            assert!(check(name, false, false).is_err(), "{name:?} passes check");
+            let e = encode(name, false, false).unwrap_or_else(|p| panic!("{name:?}: {p}"));
+            assert_eq!(check(&e, false, false), Ok(()), "{name:?} -> {e:?}");
+            assert_eq!(decode(&e), *name);
+            let skipped = map_path(&format!("d/{name}"), InvalidNames::Skip, false);
+            assert!(skipped.is_err(), "{name:?} not reported under skip");
+        }
+
+        let mut devices: Vec<String> = ["CON", "PRN", "AUX", "NUL"].map(String::from).to_vec();
+        for n in 0..=9 {
+            devices.push(format!("COM{n}"));
+            devices.push(format!("LPT{n}"));
+        }
+        let mut reserved = vec![
+            ".lock".to_string(),
+            ".LOCK".into(),
+            "desktop.ini".into(),
+            "Desktop.INI".into(),
+            "_vti_".into(),
+            "a_vti_b.txt".into(),
+            "x_VtI_".into(),
+        ];
+        for d in &devices {
+            for variant in [d.clone(), d.to_lowercase(), mixed_case(d)] {
+                for ext in ["", ".txt", ".tar.gz"] {
+                    reserved.push(format!("{variant}{ext}"));
+                }
+            }
+        }
+        for name in &reserved {
+            for (at_root, folder) in [(false, false), (true, true), (false, true)] {
+                assert!(
+                    check(name, at_root, folder).is_err(),
+                    "{name:?} passes check"
+                );
+                assert!(
+                    encode(name, at_root, folder).is_err(),
+                    "{name:?} encoded as {:?}",
+                    encode(name, at_root, folder)
+                );
+            }
+        }
+        // Near misses are names like any other.
+        for ok in [
+            "CONS",
+            "com10",
+            "lpt",
+            "xcon",
+            "con_",
+            "desktop.ini.bak",
+            "_vti",
+            "vti_",
+        ] {
+            assert_eq!(check(ok, false, false), Ok(()), "{ok:?}");
+        }
+
+        for forms in ["forms", "Forms", "FORMS"] {
+            assert_eq!(check(forms, true, true), Err(NameProblem::FormsAtRoot));
+            assert!(encode(forms, true, true).is_err());
+            assert_eq!(check(forms, true, false), Ok(()), "a file named {forms}");
+            assert_eq!(check(forms, false, true), Ok(()), "deeper than the root");
+            assert!(map_path(&format!("{forms}/a.txt"), InvalidNames::Skip, true).is_err());
+            assert!(map_path(&format!("{forms}/a.txt"), InvalidNames::Encode, true).is_err());
+            assert!(map_path(&format!("x/{forms}/a.txt"), InvalidNames::Skip, true).is_ok());
+        }
+    }
+
+    /// `Com1` for `COM1`: every other letter lowercase.
+    fn mixed_case(s: &str) -> String {
+        s.chars()
+            .enumerate()
+            .map(|(i, c)| {
+                if i % 2 == 1 {
+                    c.to_ascii_lowercase()
+                } else {
+                    c
+                }
+            })
+            .collect()
+    }
+
+    /// rclone's answer to a local file already named with a look-alike
+    /// next to one with the character it stands for: the literal one is
+    /// quoted, so the two never share a remote name.
+    #[test]
+    fn a_look_alike_and_its_character_never_share_a_remote_name() {
+        for (ascii, wide) in [
+            ("a\"b", "a＂b"),
+            ("a*b", "a＊b"),
+            ("a:b", "a：b"),
+            ("a<b", "a＜b"),
+            ("a>b", "a＞b"),
+            ("a?b", "a？b"),
+            ("a\\b", "a＼b"),
+            ("a|b", "a｜b"),
+            (" a", "␠a"),
+            ("a ", "a␠"),
+            ("a.", "a．"),
+            ("~$a", "～$a"),
+            ("a\u{7}", "a␇"),
+        ] {
+            let (e1, e2) = (
+                encode(ascii, false, false).unwrap(),
+                encode(wide, false, false).unwrap(),
+            );
+            assert_ne!(e1, e2, "{ascii:?} and {wide:?}");
+            assert_eq!(decode(&e1), ascii);
+            assert_eq!(decode(&e2), wide);
+        }
+    }
+
     proptest! {
         #[test]
         fn encode_then_decode_is_identity(name in "[ -.0-~\u{2400}-\u{2421}＂＊：？．～‛ü]{1,12}") {

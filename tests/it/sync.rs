@@ -318,6 +318,83 @@ async fn paths_too_long_for_sharepoint_are_reported_not_attempted() {
     );
 }
 
+/// Section 8's limit is on the decoded server-relative path in characters
+/// (not bytes), site and library included, and on the name as sent: an
+/// encoded name that grew (a quoted look-alike) counts as it is stored.
+/// Here "/sites/demo/Shared Documents/backup/" is 36 characters, so a
+/// relative path of 363 characters is the longest SharePoint takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_400_character_limit_counts_characters_of_the_encoded_path() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(&fx, &emu, Sign::Secret, ""));
+    // Two bytes each: 100 of them per folder stay under NAME_MAX.
+    let dirs = ["ü".repeat(100), "ü".repeat(100), "ü".repeat(100)].join("/");
+    let at_limit = format!("{dirs}/{}", "ü".repeat(60));
+    let over = format!("{dirs}/{}", "ü".repeat(61));
+    // 60 characters locally either way; the literal look-alike is sent
+    // quoted (61), the ASCII colon as its look-alike (60).
+    let colon = format!("{dirs}/{}:", "c".repeat(59));
+    let wide = format!("{dirs}/{}：", "w".repeat(59));
+    for (rel, bytes) in [
+        (&at_limit, b"a"),
+        (&over, b"o"),
+        (&colon, b"c"),
+        (&wide, b"w"),
+    ] {
+        emu::put(&fx, rel, bytes);
+    }
+    let r = emu::sync(&config, &emu::fast_policy()).await.remove(0);
+    assert!(r.failed.is_empty(), "{:?}", r.failed);
+    assert_eq!(r.uploaded, 2, "{r:?}");
+    let skipped: Vec<&str> = r.skipped.iter().map(|(p, _)| p.as_str()).collect();
+    let mut want = [over.as_str(), wide.as_str()];
+    want.sort();
+    assert_eq!(skipped, want, "{r:?}");
+    assert!(
+        r.skipped
+            .iter()
+            .all(|(_, why)| why.contains("path too long for SharePoint: 400 characters")),
+        "{:?}",
+        r.skipped
+    );
+    let paths: Vec<String> = emu.tree().into_iter().map(|e| e.path).collect();
+    assert!(paths.contains(&format!("{FOLDER}/{at_limit}")), "{paths:?}");
+    assert!(
+        paths.contains(&format!("{FOLDER}/{dirs}/{}：", "c".repeat(59))),
+        "{paths:?}"
+    );
+}
+
+/// A folder SharePoint refuses under any encoding (`CON`, `_vti_`): every
+/// file below it is reported, once each, on every run; nothing goes up and
+/// nothing is lost silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_below_a_refused_folder_are_each_reported_once() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(&fx, &emu, Sign::Secret, ""));
+    emu::put(&fx, "CON/a.txt", b"a");
+    emu::put(&fx, "CON/deeper/b.txt", b"b");
+    emu::put(&fx, "ok/my_vti_dir/c.txt", b"c");
+    emu::put(&fx, "ok/d.txt", b"d");
+    for run in 0..2 {
+        let r = emu::sync(&config, &emu::fast_policy()).await.remove(0);
+        assert!(r.failed.is_empty(), "run {run}: {:?}", r.failed);
+        assert_eq!(r.uploaded, 1 - run as u64, "run {run}: {r:?}");
+        let skipped: Vec<&str> = r.skipped.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            skipped,
+            ["CON/a.txt", "CON/deeper/b.txt", "ok/my_vti_dir/c.txt"],
+            "run {run}: {r:?}"
+        );
+        assert!(r.skipped[0].1.contains("\"CON\""), "{:?}", r.skipped);
+        assert!(r.skipped[2].1.contains("_vti_"), "{:?}", r.skipped);
+    }
+    let paths: Vec<String> = emu.tree().into_iter().map(|e| e.path).collect();
+    assert_eq!(paths, [format!("{FOLDER}/ok/d.txt")], "{paths:?}");
+}
+
 /// A name that is not UTF-8 cannot go to SharePoint and is reported each
 /// run; a real file whose (valid) name has U+FFFD where the other has its
 /// bad byte is a file like any other. Both used to share one state row
