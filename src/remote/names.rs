@@ -272,7 +272,8 @@ pub fn map_path(
 }
 
 /// Length of the decoded server-relative path SharePoint checks:
-/// `/sites/Name/Shared Documents/folder/.../name`. The default library's
+/// `/sites/Name/Shared Documents/folder/.../name`, in characters. The site
+/// path is percent-decoded (the config writes it as a URL). The default library's
 /// URL segment is "Shared Documents"; other libraries are assumed to use
 /// their name (the service has the last word: it answers `pathIsTooLong`).
 pub fn server_relative_len(site_path: &str, library: &str, path: &RemotePath) -> usize {
@@ -281,10 +282,8 @@ pub fn server_relative_len(site_path: &str, library: &str, path: &RemotePath) ->
     } else {
         library
     };
-    site_path.trim_end_matches('/').chars().count()
-        + 1
-        + library_segment.chars().count()
-        + path.char_len()
+    let site = percent_encoding::percent_decode_str(site_path.trim_end_matches('/'));
+    site.decode_utf8_lossy().chars().count() + 1 + library_segment.chars().count() + path.char_len()
 }
 
 #[cfg(test)]
@@ -524,5 +523,15 @@ mod tests {
             11 + 17 + 8 + 6
         );
         assert_eq!(server_relative_len("", "Scans", &p), 6 + 8 + 6);
+        // The config spells a site path as a URL (`%20` for a space);
+        // SharePoint counts the decoded path: "/sites/Team Site", "/Ärger".
+        assert_eq!(
+            server_relative_len("/sites/Team%20Site", "Documents", &p),
+            16 + 17 + 8 + 6
+        );
+        assert_eq!(
+            server_relative_len("/sites/%C3%84rger", "Scans", &p),
+            12 + 6 + 8 + 6
+        );
     }
 }
