@@ -905,6 +905,7 @@ impl DryRunState {
             .iter()
             .map(|(p, r)| (p.clone(), crate::job::prior_state(r)))
             .collect();
+        crate::job::names_now_taken(job, report, &mut state.input.files);
         state.input.remote_folders = s.known_folders(&job.name)?;
         state.folders = s.folder_items(&job.name)?;
         state.conflict_held = s

@@ -31,7 +31,7 @@
 //! longer resolves fails the run with "library X not found on site Y"
 //! (the daemon retries it with backoff; other jobs go on).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -116,6 +116,35 @@ impl JobReport {
             RunOutcome::Ok
         }
     }
+}
+
+/// The unchanged files recorded as skipped that the job's naming rules
+/// take now, each turned pending in `files` (the plan's prior states);
+/// the caller records them so. Only the uploader's naming checks
+/// ([`crate::upload::remote_name`]) leave a file skipped that the scan
+/// still finds unchanged (what a scan skips it skips again, and a case
+/// twin's row has no fingerprint), and the plan holds such a file for
+/// good: changing `invalid_names` to `"encode"`, or the job's folder or
+/// site to a shorter one, left the files it skipped so until edited.
+pub fn names_now_taken(
+    job: &JobSpec,
+    report: &scan::ScanReport,
+    files: &mut HashMap<String, PriorState>,
+) -> Vec<String> {
+    let mut taken = Vec::new();
+    for entry in &report.entries {
+        if entry.change != scan::Change::Unchanged {
+            continue;
+        }
+        let Some(prior @ PriorState::Skipped { .. }) = files.get_mut(&entry.path) else {
+            continue;
+        };
+        if crate::upload::remote_name(job, &entry.path).is_ok() {
+            *prior = PriorState::Pending;
+            taken.push(entry.path.clone());
+        }
+    }
+    taken
 }
 
 /// The store's record of a file, reduced to what the planner needs.
@@ -465,11 +494,20 @@ async fn run_stages<R: Remote>(
             Ok((records, folders, run))
         })
         .await?;
+    let mut files: HashMap<String, PriorState> = records
+        .iter()
+        .map(|(path, r)| (path.clone(), prior_state(r)))
+        .collect();
+    let retaken = names_now_taken(job, &scanned, &mut files);
+    if !retaken.is_empty() {
+        tracing::info!(job = %job.name, files = retaken.len(), "files skipped for their name are taken by the naming rules now; queued");
+        let name = job.name.clone();
+        store
+            .call(move |s| retaken.iter().try_for_each(|p| s.mark_pending(&name, p)))
+            .await?;
+    }
     let input = PlanInput {
-        files: records
-            .iter()
-            .map(|(path, r)| (path.clone(), prior_state(r)))
-            .collect(),
+        files,
         remote_folders: folders,
         remote_items: records
             .iter()

@@ -182,6 +182,29 @@ enum TransferError {
     State(#[from] StateError),
 }
 
+/// Where the file `rel` (relative to the job's source) goes under the job's
+/// naming rules, relative to the job's folder, or why it is not uploaded: a
+/// name SharePoint refuses (per `invalid_names`) or a path too long for it
+/// (graph-api.md section 8). The uploader's first check; `job` asks it too
+/// for files these rules skipped before, which stay skipped while they are
+/// unchanged unless the rules now take them (`invalid_names`, the job's
+/// folder or site changed).
+pub fn remote_name(job: &JobSpec, rel: &str) -> Result<names::MappedPath, String> {
+    let root = RemotePath::parse(&job.folder);
+    let mapped = names::map_path(rel, job.settings.invalid_names, root.is_root())
+        .map_err(|problem| problem.to_string())?;
+    let length =
+        names::server_relative_len(&job.site.path, &job.library, &root.join(&mapped.remote));
+    if length >= MAX_PATH_CHARS {
+        return Err(format!(
+            "path too long for SharePoint: {length} characters with site and library \
+             (limit {})",
+            MAX_PATH_CHARS - 1
+        ));
+    }
+    Ok(mapped)
+}
+
 /// One job's uploads against one drive.
 #[derive(Debug)]
 pub struct Uploader<'a, R: Remote> {
@@ -580,25 +603,11 @@ impl<'a, R: Remote> Uploader<'a, R> {
         if self.login_needed().is_some() {
             return Ok(FileOutcome::LoginNeeded);
         }
-        let mapped = match names::map_path(
-            &entry.path,
-            self.job.settings.invalid_names,
-            self.root.is_root(),
-        ) {
+        let mapped = match remote_name(self.job, &entry.path) {
             Ok(m) => m,
-            Err(problem) => return self.skip(entry, problem.to_string()).await,
+            Err(reason) => return self.skip(entry, reason).await,
         };
         let mut remote_path = self.root.join(&mapped.remote);
-        let length =
-            names::server_relative_len(&self.job.site.path, &self.job.library, &remote_path);
-        if length >= MAX_PATH_CHARS {
-            let reason = format!(
-                "path too long for SharePoint: {length} characters with site and library \
-                 (limit {})",
-                MAX_PATH_CHARS - 1
-            );
-            return self.skip(entry, reason).await;
-        }
         if let Some(why) = self.folder_problem(&entry.path) {
             return self.fail(entry, why, ErrorClass::Permanent).await;
         }

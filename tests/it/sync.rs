@@ -366,6 +366,41 @@ async fn the_400_character_limit_counts_characters_of_the_encoded_path() {
     );
 }
 
+/// What the naming rules skipped is judged again when the rules change:
+/// an administrator who tried `invalid_names = "skip"` and then chose
+/// `"encode"` gets the files up without touching them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_skipped_for_their_name_go_up_once_the_setting_allows_them() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let path = emu::write_config(&fx, &emu, Sign::Secret, "invalid_names = \"skip\"");
+    emu::put(&fx, "notes: draft?.txt", b"a");
+    emu::put(&fx, "fine.txt", b"b");
+    let r = emu::sync(&emu::load(&path), &emu::fast_policy())
+        .await
+        .remove(0);
+    assert_eq!(r.uploaded, 1, "{r:?}");
+    assert_eq!(r.skipped.len(), 1, "{r:?}");
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("invalid_names = \"skip\"", "")).unwrap();
+    let stdout = dry_run(&fx, &path);
+    assert!(
+        stdout.contains("  upload   notes: draft?.txt ("),
+        "{stdout}"
+    );
+    let r = emu::sync(&emu::load(&path), &emu::fast_policy())
+        .await
+        .remove(0);
+    assert!(r.skipped.is_empty(), "{r:?}");
+    assert_eq!(r.uploaded, 1, "{r:?}");
+    assert_eq!(
+        emu.read_file(&format!("{FOLDER}/notes： draft？.txt"))
+            .as_deref(),
+        Some(&b"a"[..])
+    );
+}
+
 /// A folder SharePoint refuses under any encoding (`CON`, `_vti_`): every
 /// file below it is reported, once each, on every run; nothing goes up and
 /// nothing is lost silently.
