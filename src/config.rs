@@ -2063,7 +2063,9 @@ fn check_fragment_size(n: u64) -> Result<(), String> {
 }
 
 /// Normalises a library folder: no leading/trailing `/`, no empty, `.` or `..`
-/// segments, no characters SharePoint refuses in names.
+/// segments, no name SharePoint refuses (graph-api.md section 8): the job's
+/// folder is created as written (never encoded), so such a name would fail
+/// every run instead of being reported once by `check`.
 fn normalize_folder(s: &str) -> Result<String, String> {
     let trimmed = s.trim_matches('/');
     if trimmed.is_empty() {
@@ -2074,7 +2076,7 @@ fn normalize_folder(s: &str) -> Result<String, String> {
             "invalid folder {s:?}: separate folders with `/`, not `\\`"
         ));
     }
-    for seg in trimmed.split('/') {
+    for (i, seg) in trimmed.split('/').enumerate() {
         if seg.is_empty() {
             return Err(format!("invalid folder {s:?}: empty segment (`//`)"));
         }
@@ -2095,6 +2097,9 @@ fn normalize_folder(s: &str) -> Result<String, String> {
             return Err(format!(
                 "invalid folder {s:?}: SharePoint does not allow {c:?} in names"
             ));
+        }
+        if let Err(problem) = crate::remote::names::check(seg, i == 0, true) {
+            return Err(format!("invalid folder {s:?}: {seg:?}: {problem}"));
         }
     }
     Ok(trimmed.to_string())
@@ -3231,6 +3236,17 @@ mod tests {
             ("a\\b", Err("not `\\`")),
             ("a/b:c", Err("does not allow ':'")),
             ("a/ b", Err("starts or ends with a space")),
+            // The rest of graph-api.md section 8: SharePoint refuses these
+            // folders, so every run would fail creating the job's folder.
+            ("Backups.", Err("trailing period")),
+            ("Forms", Err("forms at the library root")),
+            ("forms/x", Err("forms at the library root")),
+            ("x/Forms", Ok("x/Forms")),
+            ("a/CON", Err("reserves")),
+            ("lpt1.d/b", Err("reserves")),
+            ("desktop.ini", Err("reserves")),
+            ("_vti_bin", Err("_vti_")),
+            ("~$tmp", Err("~$")),
         ] {
             match (normalize_folder(input), want) {
                 (Ok(got), Ok(w)) => assert_eq!(got, w, "{input:?}"),
