@@ -961,7 +961,8 @@ impl RunView {
         let renames: std::collections::HashMap<String, String> = if recorded.vanished.is_empty() {
             Default::default()
         } else {
-            crate::reconcile::detect_moves(&job.source, &recorded.vanished, &upload_entries)
+            let targets = crate::job::move_targets(job, &upload_entries);
+            crate::reconcile::detect_moves(&job.source, &recorded.vanished, &targets)
                 .into_iter()
                 .map(|m| (m.from, m.to))
                 .collect()
@@ -975,7 +976,7 @@ impl RunView {
         let lasting_skips: HashSet<&str> = report
             .skipped
             .iter()
-            .filter(|s| !s.reason.is_transient())
+            .filter(|s| s.reason.is_recorded())
             .map(|s| s.path.as_str())
             .collect();
         let present = report

@@ -147,6 +147,20 @@ pub fn names_now_taken(
     taken
 }
 
+/// The uploads a local rename may be moved on the server to: those whose
+/// path the job's naming rules take ([`crate::upload::remote_name`]). A
+/// move to a path SharePoint refuses fails, and a failed move forgets the
+/// old row, so the old copy stayed in SharePoint for good under `mirror`;
+/// left out, the old path is gone like any other (deleted or forgotten)
+/// and the uploader reports the new one.
+pub fn move_targets(job: &JobSpec, uploads: &[scan::LocalEntry]) -> Vec<scan::LocalEntry> {
+    uploads
+        .iter()
+        .filter(|e| crate::upload::remote_name(job, &e.path).is_ok())
+        .cloned()
+        .collect()
+}
+
 /// The store's record of a file, reduced to what the planner needs.
 pub fn prior_state(record: &FileRecord) -> PriorState {
     match &record.state {
@@ -547,7 +561,7 @@ async fn run_stages<R: Remote>(
         Vec::new()
     } else {
         // Blocking: may hash a renamed file the scan left unhashed.
-        let (source, candidates) = (job.source.clone(), uploads.clone());
+        let (source, candidates) = (job.source.clone(), move_targets(job, &uploads));
         tokio::task::spawn_blocking(move || {
             crate::reconcile::detect_moves(&source, &vanished, &candidates)
         })

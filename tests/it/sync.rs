@@ -1337,6 +1337,44 @@ async fn dry_run_shows_a_local_rename_as_a_move() {
     );
 }
 
+/// Mirror: a file renamed locally to a path SharePoint cannot hold (too
+/// long) is not moved there: the new path is reported, and the old copy
+/// is deleted like any file gone locally. The move used to be tried, fail
+/// (400 pathIsTooLong) and forget the old row, leaving the old copy in
+/// SharePoint for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_deletes_a_file_renamed_to_a_path_sharepoint_refuses() {
+    let (emu, fx, config) = mirror_job().await;
+    emu::put(&fx, "a.txt", b"alpha");
+    emu::assert_clean(&emu::sync(&config, &emu::fast_policy()).await);
+    let long = format!(
+        "{}/{}/{}.txt",
+        "x".repeat(150),
+        "y".repeat(150),
+        "z".repeat(90)
+    );
+    std::fs::create_dir_all(fx.source().join(&long).parent().unwrap()).unwrap();
+    std::fs::rename(fx.source().join("a.txt"), fx.source().join(&long)).unwrap();
+    let stdout = dry_run(&fx, &config.path);
+    assert!(!stdout.contains("  move "), "{stdout}");
+    for run in 0..2 {
+        let r = emu::sync(&config, &emu::fast_policy()).await.remove(0);
+        assert!(r.failed.is_empty(), "run {run}: {r:?}");
+        assert!(r.moved.is_empty(), "run {run}: {r:?}");
+        let skipped: Vec<&str> = r.skipped.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(skipped, [long.as_str()], "run {run}: {r:?}");
+    }
+    assert_eq!(emu::remote_status(&emu, "a.txt").await, 404);
+    assert!(
+        !emu.requests().iter().any(|r| r.status == 400),
+        "a move SharePoint refuses is not tried: {:?}",
+        emu.requests()
+            .iter()
+            .filter(|r| r.status == 400)
+            .collect::<Vec<_>>()
+    );
+}
+
 /// Mirror: a local folder replaced by a file of its name. Our files in the
 /// folder are deleted and then the folder, before the file goes up: the
 /// file takes its name in the same run instead of failing with 409.
