@@ -719,6 +719,8 @@ fn dry_run(
         let RunView {
             renames,
             twins,
+            refused,
+            folders,
             summary,
             held,
         } = RunView::new(job, &report, &plan, &recorded, &known_synced);
@@ -789,6 +791,7 @@ fn dry_run(
                 {
                     format!("  move     {path} -> {} (renamed locally)", renames[path])
                 }
+                Action::CreateFolder { path } if !folders.contains(path) => continue,
                 Action::CreateFolder { path } => format!("  mkdir    {path}/"),
                 Action::Upload { entry, .. } if moved_to.contains(entry.path.as_str()) => {
                     continue;
@@ -801,6 +804,9 @@ fn dry_run(
                     entry.path,
                     crate::job::case_twin_reason(&twins[&entry.path])
                 ),
+                Action::Upload { entry, .. } if refused.contains_key(&entry.path) => {
+                    format!("  skipped  {} ({})", entry.path, refused[&entry.path])
+                }
                 Action::Upload { entry, reason } => format!(
                     "  upload   {} ({}, {})",
                     entry.path,
@@ -937,6 +943,10 @@ struct RunView {
     renames: std::collections::HashMap<String, String>,
     /// Upload path -> the twin that keeps the name.
     twins: std::collections::HashMap<String, String>,
+    /// Upload path -> why the naming rules refuse it (the uploader skips it).
+    refused: std::collections::HashMap<String, String>,
+    /// The planned folders the run creates (`job::folders_to_create`).
+    folders: HashSet<String>,
     summary: crate::plan::PlanSummary,
     /// Why the remote deletes would be held, if they would.
     held: Option<String>,
@@ -999,8 +1009,21 @@ impl RunView {
             }));
         let uploads: Vec<&str> = upload_entries.iter().map(|e| e.path.as_str()).collect();
         let twins = crate::plan::case_twins_among(present, &uploads);
+        let refused: std::collections::HashMap<String, String> = upload_entries
+            .iter()
+            .filter_map(|e| {
+                Some((
+                    e.path.clone(),
+                    crate::upload::remote_name(job, &e.path).err()?,
+                ))
+            })
+            .collect();
+        let folders: HashSet<String> = crate::job::folders_to_create(job, plan)
+            .into_iter()
+            .collect();
         let moved_to: HashSet<&str> = renames.values().map(String::as_str).collect();
         let mut summary = plan.summary;
+        summary.create_folders = folders.len() as u64;
         for action in &plan.actions {
             match action {
                 // A rename is one move on the server: neither a delete (or,
@@ -1012,7 +1035,8 @@ impl RunView {
                 Action::Upload { entry, reason }
                     if twins.contains_key(&entry.path)
                         || moved_to.contains(entry.path.as_str())
-                        || recorded.conflict_held.contains(&entry.path) =>
+                        || recorded.conflict_held.contains(&entry.path)
+                        || refused.contains_key(&entry.path) =>
                 {
                     summary.upload_bytes -= entry.size;
                     match reason {
@@ -1031,6 +1055,8 @@ impl RunView {
         RunView {
             renames,
             twins,
+            refused,
+            folders,
             summary,
             held,
         }

@@ -161,6 +161,34 @@ pub fn move_targets(job: &JobSpec, uploads: &[scan::LocalEntry]) -> Vec<scan::Lo
         .collect()
 }
 
+/// The plan's folders to create that some planned upload the naming rules
+/// take ([`crate::upload::remote_name`]) is below. The uploader reports a
+/// file SharePoint refuses and sends nothing; the folders planned for it
+/// alone were created all the same and stayed empty in SharePoint. (A
+/// folder of a case twin or a held upload is still created: it may be
+/// the recorded twin of a folder `mirror` would otherwise take as gone.)
+pub fn folders_to_create(job: &JobSpec, plan: &plan::Plan) -> Vec<String> {
+    let sent: Vec<&str> = plan
+        .uploads()
+        .filter(|(e, _)| crate::upload::remote_name(job, &e.path).is_ok())
+        .map(|(e, _)| e.path.as_str())
+        .collect();
+    plan.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::CreateFolder { path } => Some(path),
+            _ => None,
+        })
+        .filter(|folder| {
+            sent.iter().any(|p| {
+                p.strip_prefix(folder.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+            })
+        })
+        .cloned()
+        .collect()
+}
+
 /// The store's record of a file, reduced to what the planner needs.
 pub fn prior_state(record: &FileRecord) -> PriorState {
     match &record.state {
@@ -681,14 +709,7 @@ async fn run_stages<R: Remote>(
         Vec::new()
     };
 
-    let folders: Vec<String> = plan
-        .actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::CreateFolder { path } => Some(path.clone()),
-            _ => None,
-        })
-        .collect();
+    let folders = folders_to_create(job, &plan);
     // Uploads whose remote hash was not available yet are checked whenever
     // the library is reachable, even on a run with nothing new.
     let name = job.name.clone();

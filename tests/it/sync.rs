@@ -428,6 +428,37 @@ async fn files_below_a_refused_folder_are_each_reported_once() {
     }
     let paths: Vec<String> = emu.tree().into_iter().map(|e| e.path).collect();
     assert_eq!(paths, [format!("{FOLDER}/ok/d.txt")], "{paths:?}");
+    // The tree lists files; the refused folders are not there either.
+    assert_eq!(emu::remote_status(&emu, "CON").await, 404);
+    assert_eq!(emu::remote_status(&emu, "ok/my_vti_dir").await, 404);
+}
+
+/// A file the naming rules refuse is reported by the dry run as the run
+/// reports it (it showed `upload`), and gets no remote folders: the run
+/// used to create its parent folders, left empty in SharePoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_file_is_shown_skipped_by_the_dry_run_and_gets_no_folders() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let path = emu::write_config(&fx, &emu, Sign::Secret, "");
+    let config = emu::load(&path);
+    emu::put(&fx, "docs/only/CON.txt", b"c");
+    emu::put(&fx, "docs/fine.txt", b"f");
+    let stdout = dry_run(&fx, &path);
+    assert!(
+        stdout.contains("would create 1 folder(s) and upload 1 file(s)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  skipped  docs/only/CON.txt (invalid name \"CON.txt\""),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("mkdir    docs/only/"), "{stdout}");
+    let r = emu::sync(&config, &emu::fast_policy()).await.remove(0);
+    assert_eq!(r.uploaded, 1, "{r:?}");
+    assert_eq!(r.skipped.len(), 1, "{r:?}");
+    assert_eq!(emu::remote_status(&emu, "docs").await, 200);
+    assert_eq!(emu::remote_status(&emu, "docs/only").await, 404);
 }
 
 /// A name that is not UTF-8 cannot go to SharePoint and is reported each
