@@ -168,24 +168,30 @@ pub fn move_targets(job: &JobSpec, uploads: &[scan::LocalEntry]) -> Vec<scan::Lo
 /// folder of a case twin or a held upload is still created: it may be
 /// the recorded twin of a folder `mirror` would otherwise take as gone.)
 pub fn folders_to_create(job: &JobSpec, plan: &plan::Plan) -> Vec<String> {
-    let sent: Vec<&str> = plan
-        .uploads()
-        .filter(|(e, _)| crate::upload::remote_name(job, &e.path).is_ok())
-        .map(|(e, _)| e.path.as_str())
-        .collect();
+    // Every folder above a sent upload: a first run plans a folder per
+    // local folder and an upload per file, so matching each folder against
+    // each upload would cost their product.
+    let mut above_sent: HashSet<&str> = HashSet::new();
+    for (entry, _) in plan.uploads() {
+        if crate::upload::remote_name(job, &entry.path).is_err() {
+            continue;
+        }
+        let mut path = entry.path.as_str();
+        while let Some((parent, _)) = path.rsplit_once('/') {
+            if !above_sent.insert(parent) {
+                break;
+            }
+            path = parent;
+        }
+    }
     plan.actions
         .iter()
         .filter_map(|a| match a {
-            Action::CreateFolder { path } => Some(path),
+            Action::CreateFolder { path } if above_sent.contains(path.as_str()) => {
+                Some(path.clone())
+            }
             _ => None,
         })
-        .filter(|folder| {
-            sent.iter().any(|p| {
-                p.strip_prefix(folder.as_str())
-                    .is_some_and(|rest| rest.starts_with('/'))
-            })
-        })
-        .cloned()
         .collect()
 }
 
