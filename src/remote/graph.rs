@@ -534,9 +534,12 @@ impl Remote for GraphRemote {
         let mut url = format!("{}/sites/{}", self.graph_url, site.host);
         if !site.path.is_empty() {
             url.push(':');
+            // The config may spell the path as a browser shows it (`%20`
+            // for a space): decoded first, so it is not encoded twice.
             for seg in site.path.split('/').filter(|s| !s.is_empty()) {
+                let seg = percent_encoding::percent_decode_str(seg).decode_utf8_lossy();
                 url.push('/');
-                url.extend(utf8_percent_encode(seg, SEGMENT));
+                url.extend(utf8_percent_encode(&seg, SEGMENT));
             }
         }
         let site_json: SiteJson = match self.send("find site", Auth::Bearer, |c| c.get(&url)).await

@@ -174,3 +174,30 @@ async fn a_deleted_library_fails_the_job_naming_it_until_it_exists_again() {
     );
     assert_eq!(emu.read_file("other/o.txt").unwrap(), b"other job");
 }
+
+/// A site URL copied from a browser spells a space as `%20`: the site is
+/// found (its path was encoded a second time, `%2520`, so it never was).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_url_with_percent_escapes_is_found() {
+    let emu = emu::start(Options {
+        sites: vec![graph_emulator::SiteOptions {
+            path: "/sites/Team Site".into(),
+            libraries: vec!["Documents".into()],
+        }],
+        ..Options::default()
+    })
+    .await;
+    let fx = Fixture::new();
+    let config = emu::write_config(&fx, &emu, Sign::Secret, "");
+    let text_before = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text_before.replace(SITE, "https://contoso.sharepoint.com/sites/Team%20Site"),
+    )
+    .unwrap();
+    emu::put(&fx, "a.txt", b"alpha");
+    let out = sync(&config).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert_eq!(emu.read_file(&format!("{FOLDER}/a.txt")).unwrap(), b"alpha");
+}
