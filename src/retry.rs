@@ -89,6 +89,14 @@ pub struct Throttle {
     full_drives: Mutex<HashMap<String, Instant>>,
 }
 
+/// The longest `Retry-After` obeyed. The service was seen to ask for up to
+/// 3600 s (graph-api.md section 7), and those are waited out exactly; a
+/// larger value (a proxy's, a date from a clock years off, a garbage
+/// number) would otherwise stop every job of the tenant for that long, or
+/// overflow the clock and panic. Coming back after an hour costs one
+/// request, which the service answers with a fresh `Retry-After`.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
 /// How long uploads to a drive that answered `507 quotaLimitReached` stay
 /// stopped (for every job sharing it). A one-shot sync never outlives it;
 /// the daemon tries again after it, in case space was freed.
@@ -141,9 +149,10 @@ impl Throttle {
         }
     }
 
-    /// Pauses every request for `d` from now (a reply said `Retry-After`).
-    /// A longer pause already in force is kept.
+    /// Pauses every request for `d` from now (a reply said `Retry-After`),
+    /// at most [`MAX_RETRY_AFTER`]. A longer pause already in force is kept.
     pub fn pause_for(&self, d: Duration) {
+        let d = d.min(MAX_RETRY_AFTER);
         let until = Instant::now() + d;
         let mut guard = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
         if guard.is_none_or(|t| t < until) {
@@ -250,6 +259,15 @@ mod tests {
         let _ = (a, b);
         assert!(Instant::now() >= start + Duration::from_secs(30));
         assert!(!t.is_paused());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_absurd_pause_is_capped_instead_of_overflowing_the_clock() {
+        let t = Throttle::new(1, RetryPolicy::default());
+        let start = Instant::now();
+        t.pause_for(Duration::MAX);
+        t.ready().await;
+        assert_eq!(Instant::now() - start, MAX_RETRY_AFTER);
     }
 
     #[tokio::test(start_paused = true)]

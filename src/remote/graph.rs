@@ -38,7 +38,7 @@ use super::{
     RemoteItem, RemotePath, UploadSession,
 };
 use crate::config::SiteUrl;
-use crate::retry::Throttle;
+use crate::retry::{MAX_RETRY_AFTER, Throttle};
 
 /// `User-Agent` on every request (graph-api.md section 7: a descriptive
 /// agent is how Microsoft tells well-behaved ISV traffic apart).
@@ -75,15 +75,26 @@ pub fn http_client() -> Result<reqwest::Client, RemoteError> {
         })
 }
 
-/// `Retry-After` as a duration: integer seconds, or an HTTP date.
+/// `Retry-After` as a duration: seconds, or an HTTP date; at most
+/// [`MAX_RETRY_AFTER`]. Fractional seconds are rounded up (waiting a bit
+/// long is harmless, a bit short is one more throttled request). `None`
+/// when it is missing, unreadable (negative, not a number nor a date) or
+/// no wait at all ("0", a date already past, as a clock ahead of the
+/// service's makes every date): then the caller backs off with jitter as
+/// without one, instead of retrying at once up to `max_throttled` times,
+/// the hammering section 7 warns about.
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let text = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = text.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = DateTime::parse_from_rfc2822(text).ok()?;
-    let secs = (when.with_timezone(&Utc) - Utc::now()).num_seconds().max(0);
-    Some(Duration::from_secs(secs as u64))
+    let cap = MAX_RETRY_AFTER.as_secs_f64();
+    let secs = match text.parse::<f64>() {
+        Ok(secs) if secs.is_finite() => secs,
+        Ok(_) => return None,
+        Err(_) => {
+            let when = DateTime::parse_from_rfc2822(text).ok()?;
+            (when.with_timezone(&Utc) - Utc::now()).num_milliseconds() as f64 / 1000.0
+        }
+    };
+    (secs > 0.0).then(|| Duration::from_secs_f64(secs.min(cap).ceil()))
 }
 
 /// Graph's innermost error code: `error.code`, then each nested
@@ -990,11 +1001,41 @@ mod tests {
         assert_eq!(retry_after(&h), None);
         h.insert(RETRY_AFTER, "120".parse().unwrap());
         assert_eq!(retry_after(&h), Some(Duration::from_secs(120)));
-        h.insert(
-            RETRY_AFTER,
-            "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap(),
+        let soon = (Utc::now() + chrono::Duration::seconds(90)).to_rfc2822();
+        h.insert(RETRY_AFTER, soon.replace("+0000", "GMT").parse().unwrap());
+        let d = retry_after(&h).expect("a date 90 s ahead");
+        assert!(
+            d > Duration::from_secs(80) && d <= Duration::from_secs(90),
+            "{d:?}"
         );
-        assert_eq!(retry_after(&h), Some(Duration::ZERO), "a date in the past");
+    }
+
+    #[test]
+    fn absurd_retry_afters_are_bounded_or_ignored() {
+        let of = |text: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(RETRY_AFTER, text.parse().unwrap());
+            retry_after(&h)
+        };
+        // Huge: capped (u64::MAX seconds overflowed the clock when paused).
+        assert_eq!(of("18446744073709551615"), Some(MAX_RETRY_AFTER));
+        assert_eq!(of("99999999999999999999999"), Some(MAX_RETRY_AFTER));
+        let next_year = (Utc::now() + chrono::Duration::days(365)).to_rfc2822();
+        assert_eq!(of(&next_year), Some(MAX_RETRY_AFTER));
+        // Fractional: rounded up, not dropped.
+        assert_eq!(of("1.5"), Some(Duration::from_secs(2)));
+        assert_eq!(of("0.2"), Some(Duration::from_secs(1)));
+        // No wait, or nonsense: none (the caller backs off with jitter).
+        assert_eq!(of("0"), None);
+        assert_eq!(
+            of("Sun, 06 Nov 1994 08:49:37 GMT"),
+            None,
+            "a date in the past"
+        );
+        assert_eq!(of("-5"), None);
+        assert_eq!(of("NaN"), None);
+        assert_eq!(of("inf"), None);
+        assert_eq!(of("soon"), None);
     }
 
     #[test]
