@@ -79,6 +79,8 @@ pub struct Throttle {
     /// No request may start before this instant (set from `Retry-After`).
     paused_until: Mutex<Option<Instant>>,
     /// Files uploading at once, across all jobs (the largest `concurrency`).
+    /// An upload waiting for its job's bandwidth turn gives its slot back
+    /// meanwhile (`upload::Uploader`).
     uploads: Semaphore,
     /// How many slots `uploads` holds in all (it can only grow: see
     /// [`Throttle::raise_upload_limit`]).
@@ -213,15 +215,19 @@ impl Bandwidth {
 
     /// Waits until `bytes` more may be sent.
     pub async fn consume(&self, bytes: u64) {
+        tokio::time::sleep_until(self.reserve(bytes)).await;
+    }
+
+    /// Reserves `bytes` on the timeline and returns when they may be sent:
+    /// for a caller that has something to give back while it waits (an
+    /// upload slot other jobs need).
+    pub fn reserve(&self, bytes: u64) -> Instant {
         let cost = Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
-        let start = {
-            let mut guard = self.next_free.lock().unwrap_or_else(|e| e.into_inner());
-            let now = Instant::now();
-            let start = guard.filter(|t| *t > now).unwrap_or(now);
-            *guard = Some(start + cost);
-            start
-        };
-        tokio::time::sleep_until(start).await;
+        let mut guard = self.next_free.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let start = guard.filter(|t| *t > now).unwrap_or(now);
+        *guard = Some(start + cost);
+        start
     }
 }
 

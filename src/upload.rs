@@ -54,6 +54,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
+use tokio::sync::SemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{FRAGMENT_UNIT, JobSpec};
@@ -591,8 +592,10 @@ impl<'a, R: Remote> Uploader<'a, R> {
     /// Uploads one file and records the outcome. Only a broken state store
     /// is an error; everything else is an outcome.
     pub async fn upload(&self, entry: &LocalEntry) -> Result<FileOutcome, StateError> {
-        let _slot = tokio::select! {
-            slot = self.throttle.upload_slot() => slot,
+        // Given back while the upload waits for the job's bandwidth turn
+        // (see `session_upload`), so `Option`.
+        let mut slot = tokio::select! {
+            slot = self.throttle.upload_slot() => Some(slot),
             () = self.cancel.cancelled() => return Ok(FileOutcome::Cancelled),
         };
         let job = self.job.name.clone();
@@ -652,7 +655,7 @@ impl<'a, R: Remote> Uploader<'a, R> {
             // Content read from now on is as of now: a file changed less
             // than the racy margin before is recorded racy (see the scan).
             let racy_cutoff_ns = crate::scan::racy_cutoff_now();
-            match self.transfer(entry, &remote_path).await {
+            match self.transfer(entry, &remote_path, &mut slot).await {
                 Ok((item, sent)) => {
                     match self
                         .finish(
@@ -865,6 +868,7 @@ impl<'a, R: Remote> Uploader<'a, R> {
         &self,
         entry: &LocalEntry,
         remote_path: &RemotePath,
+        slot: &mut Option<SemaphorePermit<'a>>,
     ) -> Result<(RemoteItem, Hashes), TransferError> {
         let local: PathBuf = self.job.source.join(&entry.path);
         let expected = Fingerprint {
@@ -898,7 +902,7 @@ impl<'a, R: Remote> Uploader<'a, R> {
                 .await?;
             return Ok((item, crate::hash::hash_bytes(b"")));
         }
-        self.session_upload(entry, remote_path, file, &expected, mtime)
+        self.session_upload(entry, remote_path, file, &expected, mtime, slot)
             .await
     }
 
@@ -934,6 +938,7 @@ impl<'a, R: Remote> Uploader<'a, R> {
         file: Arc<File>,
         expected: &Fingerprint,
         mtime: DateTime<Utc>,
+        slot: &mut Option<SemaphorePermit<'a>>,
     ) -> Result<(RemoteItem, Hashes), TransferError> {
         let job = self.job.name.clone();
         // Empty `quick_xor` when the scan did not hash the file: the
@@ -1077,7 +1082,7 @@ impl<'a, R: Remote> Uploader<'a, R> {
                 return Err(TransferError::Changed);
             }
             if let Some(b) = &self.bandwidth {
-                b.consume(len as u64).await;
+                self.wait_for_bandwidth(b, len as u64, slot).await?;
             }
             // Read and hash the fragment after this one while this one is
             // sent; the fingerprint check after that read runs before *its*
@@ -1245,6 +1250,33 @@ impl<'a, R: Remote> Uploader<'a, R> {
                 break;
             }
         }
+    }
+
+    /// Waits for the job's turn to send `bytes` under its `bandwidth_limit`.
+    /// The upload slot is given back meanwhile and taken again after: the
+    /// slots are shared by every job of the tenant, and a slow job waiting
+    /// with them held would stop every other job's uploads until it had
+    /// sent everything (days, for a first backup over a limited line).
+    async fn wait_for_bandwidth(
+        &self,
+        bandwidth: &Bandwidth,
+        bytes: u64,
+        slot: &mut Option<SemaphorePermit<'a>>,
+    ) -> Result<(), TransferError> {
+        let turn = bandwidth.reserve(bytes);
+        if turn <= tokio::time::Instant::now() && slot.is_some() {
+            return Ok(());
+        }
+        *slot = None;
+        tokio::select! {
+            () = tokio::time::sleep_until(turn) => {}
+            () = self.cancel.cancelled() => return Err(TransferError::Cancelled),
+        }
+        tokio::select! {
+            s = self.throttle.upload_slot() => *slot = Some(s),
+            () = self.cancel.cancelled() => return Err(TransferError::Cancelled),
+        }
+        Ok(())
     }
 
     /// Opens a session and saves it before any fragment is sent.

@@ -1644,3 +1644,85 @@ async fn a_delta_link_from_another_service_is_not_followed() {
     );
     emu::assert_clean(&emu::sync(&config, &emu::fast_policy()).await);
 }
+
+/// The tenant's upload slots are shared by every job, and a job with a
+/// `bandwidth_limit` spends most of its time waiting for its next turn to
+/// send. It used to wait holding its slots: another job sharing the tenant
+/// (the daemon runs them together) got none until the slow job had sent
+/// everything, days for a large first backup over a limited line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_waiting_for_its_bandwidth_leaves_the_upload_slot_to_other_jobs() {
+    use sharepush::state::RunTrigger;
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    // One slot for the tenant. "docs" sends 1 KiB/s: its first fragment
+    // (960 KiB) goes at once, its second waits 16 minutes for its turn.
+    let path = emu::write_config(&fx, &emu, Sign::Secret, "concurrency = 1");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("bandwidth_limit = 1024\n");
+    let logs = fx.path("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    text.push_str(&format!(
+        "\n[[job]]\nname = \"logs\"\nsource = \"{}\"\n\
+         site = \"https://contoso.sharepoint.com/sites/demo\"\n\
+         library = \"Documents\"\nfolder = \"logs\"\nschedule = \"@hourly\"\n",
+        logs.display()
+    ));
+    std::fs::write(&path, text).unwrap();
+    let config = emu::load(&path);
+    assert_eq!(sharepush::job::tenant_concurrency(&config), 1);
+    emu::put(&fx, "big.bin", &emu::content(2 * 960 * 1024, 1));
+    std::fs::write(logs.join("today.log"), b"one line\n").unwrap();
+
+    let policy = emu::fast_policy().policy;
+    let http = sharepush::remote::graph::http_client().unwrap();
+    let tokens = std::sync::Arc::new(sharepush::remote::auth::TokenProvider::new(
+        config.auth.clone(),
+        http.clone(),
+        &config.daemon.state_dir,
+        policy.clone(),
+    ));
+    let throttle = std::sync::Arc::new(sharepush::retry::Throttle::new(1, policy));
+    let remote = sharepush::remote::GraphRemote::new(
+        http,
+        &config.auth.graph_url,
+        tokens,
+        std::sync::Arc::clone(&throttle),
+    );
+    let store = sharepush::upload::SharedStore::new(
+        sharepush::state::Store::open(&config.daemon.state_dir).unwrap(),
+    );
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let run = |job| {
+        sharepush::job::run_once(
+            &remote,
+            &store,
+            &throttle,
+            job,
+            RunTrigger::Manual,
+            None,
+            None,
+            &cancel,
+        )
+    };
+    let docs = run(&config.jobs[0]);
+    let logs = async {
+        assert!(
+            emu.wait_for_requests(Duration::from_secs(30), |log| {
+                log.iter().any(|r| r.route == "upload" && r.status == 202)
+            })
+            .await,
+            "docs' first fragment"
+        );
+        tokio::time::timeout(Duration::from_secs(20), run(&config.jobs[1])).await
+    };
+    tokio::select! {
+        _ = docs => panic!("docs cannot be done: its second fragment waits for its turn"),
+        report = logs => {
+            let report = report
+                .expect("logs' upload waited for docs' bandwidth")
+                .unwrap();
+            assert_eq!(report.uploaded, 1, "{report:?}");
+        }
+    }
+}
