@@ -4,7 +4,8 @@
 //! Every request passes the tenant's [`Throttle`] (a `Retry-After` from any
 //! reply pauses all of them), carries `User-Agent: ISV|sharepush|sharepush/<v>`,
 //! and is retried here when retrying can fix it: `Retry-After` replies wait
-//! exactly that long; 429 without it, 500/502/503/504/509 and broken
+//! exactly that long (up to [`MAX_RETRY_AFTER`]; a zero or unreadable one
+//! counts as missing); 429 without it, 500/502/503/504/509 and broken
 //! connections back off exponentially with jitter (capped attempts); a 401
 //! on a Graph call refreshes the access token once and retries once. What is
 //! left is returned as a classified [`RemoteError`] with Graph's innermost
