@@ -27,7 +27,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::{DATE, HeaderMap, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
@@ -77,7 +77,9 @@ pub fn http_client() -> Result<reqwest::Client, RemoteError> {
 }
 
 /// `Retry-After` as a duration: seconds, or an HTTP date; at most
-/// [`MAX_RETRY_AFTER`]. Fractional seconds are rounded up (waiting a bit
+/// [`MAX_RETRY_AFTER`]. A date is measured from the reply's own `Date`
+/// when it has one, so our clock being off (a server without time sync)
+/// does not lengthen or cancel the wait. Fractional seconds are rounded up (waiting a bit
 /// long is harmless, a bit short is one more throttled request). `None`
 /// when it is missing, unreadable (negative, not a number nor a date) or
 /// no wait at all ("0", a date already past, as a clock ahead of the
@@ -92,7 +94,13 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         Ok(_) => return None,
         Err(_) => {
             let when = DateTime::parse_from_rfc2822(text).ok()?;
-            (when.with_timezone(&Utc) - Utc::now()).num_milliseconds() as f64 / 1000.0
+            let now = headers
+                .get(DATE)
+                .and_then(|d| d.to_str().ok())
+                .and_then(|d| DateTime::parse_from_rfc2822(d.trim()).ok())
+                .map(|d| d.with_timezone(&Utc))
+                .unwrap_or_else(Utc::now);
+            (when.with_timezone(&Utc) - now).num_milliseconds() as f64 / 1000.0
         }
     };
     (secs > 0.0).then(|| Duration::from_secs_f64(secs.min(cap).ceil()))
@@ -1009,6 +1017,22 @@ mod tests {
             d > Duration::from_secs(80) && d <= Duration::from_secs(90),
             "{d:?}"
         );
+    }
+
+    #[test]
+    fn a_retry_after_date_is_measured_from_the_replys_date_not_our_clock() {
+        // The service's clock says 2001; ours is years ahead. The wait is
+        // the two minutes the service meant, not zero.
+        let mut h = HeaderMap::new();
+        h.insert(DATE, "Mon, 01 Jan 2001 00:00:00 GMT".parse().unwrap());
+        h.insert(
+            RETRY_AFTER,
+            "Mon, 01 Jan 2001 00:02:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(120)));
+        // An unreadable Date: our clock, as without one.
+        h.insert(DATE, "yesterday".parse().unwrap());
+        assert_eq!(retry_after(&h), None, "2001 is past by our clock");
     }
 
     #[test]
