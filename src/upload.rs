@@ -564,6 +564,14 @@ impl<'a, R: Remote> Uploader<'a, R> {
                 self.note_auth(&e);
                 Ok(())
             }
+            // A full library refuses folders too; not the folder's fault.
+            // As for a file's 507: no job sends more to the library, and
+            // the files under it stay pending (not failed for six hours).
+            Err(RemoteError::Quota) => {
+                let first = self.throttle.stop_drive(&self.drive);
+                self.note_quota(first);
+                Ok(())
+            }
             Err(e) => {
                 tracing::warn!(job = %self.job.name, folder = rel, error = %e, "cannot create folder");
                 self.fail_folder(rel, format!("folder {rel:?} could not be created: {e}"));

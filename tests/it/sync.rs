@@ -1726,3 +1726,33 @@ async fn a_job_waiting_for_its_bandwidth_leaves_the_upload_slot_to_other_jobs() 
         }
     }
 }
+
+/// A full library refuses new folders too (507): that is not the folder's
+/// fault. The files under it used to be recorded failed (retried in six
+/// hours, reported as failures) while other jobs went on sending to the
+/// full library; now, as for a 507 on a file, uploads to the library stop
+/// for every job and the files stay pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_library_refusing_a_folder_stops_uploads_and_keeps_files_pending() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(&fx, &emu, Sign::Secret, ""));
+    emu::put(&fx, "a.txt", b"first");
+    emu::assert_clean(&emu::sync(&config, &emu::fast_policy()).await);
+    emu::put(&fx, "sub/b.txt", b"second");
+    // The run's first Graph request is its delta; the second creates `sub`.
+    emu.add_faults("graph:507:after=1:count=1").unwrap();
+    let reports = emu::sync(&config, &emu::fast_policy()).await;
+    let r = &reports[0];
+    assert!(r.failed.is_empty(), "not the files' fault: {:?}", r.failed);
+    assert_eq!((r.uploaded, r.quota_full), (0, Some(1)), "{r:?}");
+    let log = emu.requests();
+    assert_eq!(log.iter().filter(|r| r.status == 507).count(), 1);
+    assert!(
+        !log.iter().any(|r| r.path.contains("b.txt")),
+        "nothing sent to the full library"
+    );
+    let store = sharepush::state::Store::open_read_only(&fx.state()).unwrap();
+    let record = store.file("docs", "sub/b.txt").unwrap().unwrap();
+    assert_eq!(record.state, FileState::Pending, "{record:?}");
+}
