@@ -57,23 +57,55 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 /// sub-delimiters they are made of.
 const ID: &AsciiSet = &SEGMENT.remove(b'!').remove(b',');
 
+/// How long an ordinary request (Graph JSON, the token endpoint, a query
+/// of an upload session) may take, from connecting to the reply's last
+/// byte, before it counts as a broken connection and is retried.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The slowest upload line a fragment is given time for: 16 KiB/s (128
+/// kbit/s). A fragment PUT may take [`REQUEST_TIMEOUT`] plus its size at
+/// this rate: a 10 MiB fragment about 13 minutes, inside the 15 minutes a
+/// session waits for the next fragment (graph-api.md section 3).
+const SLOWEST_LINE: u64 = 16 * 1024;
+
+/// The time limit of one fragment PUT of `len` bytes (see [`SLOWEST_LINE`]).
+fn fragment_timeout(len: u64) -> Duration {
+    REQUEST_TIMEOUT + Duration::from_secs(len / SLOWEST_LINE)
+}
+
 /// The HTTP client for Graph and the token endpoint: rustls with the ring
 /// provider and the platform's trust store, connection reuse, HTTP/2 when
 /// the server offers it, and timeouts that notice a dead peer without
 /// cutting off a slow fragment.
+///
+/// Not `read_timeout`: in reqwest it runs from the start of the request
+/// until the reply's headers, the request body included, so every
+/// fragment a slow line needs longer than it for was cut off, and each
+/// retry with it. Instead every request has a total limit
+/// ([`REQUEST_TIMEOUT`], raised per fragment by its size), and a peer that
+/// vanishes mid-fragment is noticed by TCP: data unacknowledged for two
+/// minutes (`TCP_USER_TIMEOUT`) or a silent connection (keepalive).
 pub fn http_client() -> Result<reqwest::Client, RemoteError> {
+    http_client_with(REQUEST_TIMEOUT)
+}
+
+/// [`http_client`] with another limit for ordinary requests (tests).
+/// Fragments keep theirs.
+pub fn http_client_with(request_timeout: Duration) -> Result<reqwest::Client, RemoteError> {
     // Installing twice is harmless (the first one wins).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .user_agent(USER_AGENT)
         .connect_timeout(Duration::from_secs(30))
-        .read_timeout(Duration::from_secs(120))
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build()
-        .map_err(|e| RemoteError::Protocol {
-            what: "building the HTTP client",
-            detail: e.without_url().to_string(),
-        })
+        .timeout(request_timeout)
+        .tcp_keepalive(Duration::from_secs(30))
+        .pool_idle_timeout(Duration::from_secs(90));
+    #[cfg(target_os = "linux")]
+    let builder = builder.tcp_user_timeout(Duration::from_secs(120));
+    builder.build().map_err(|e| RemoteError::Protocol {
+        what: "building the HTTP client",
+        detail: e.without_url().to_string(),
+    })
 }
 
 /// `Retry-After` as a duration: seconds, or an HTTP date; at most
@@ -724,6 +756,7 @@ impl Remote for GraphRemote {
         let reply = match self
             .send("upload fragment", Auth::None, |c| {
                 c.put(session_url)
+                    .timeout(fragment_timeout(len))
                     .header(reqwest::header::CONTENT_RANGE, &range)
                     .body(content.clone())
             })

@@ -1756,3 +1756,55 @@ async fn a_full_library_refusing_a_folder_stops_uploads_and_keeps_files_pending(
     let record = store.file("docs", "sub/b.txt").unwrap().unwrap();
     assert_eq!(record.state, FileState::Pending, "{record:?}");
 }
+
+/// A fragment is 10 MiB by default; over a slow line (a branch office's
+/// uplink) sending it takes minutes. The client's 120 s `read_timeout`
+/// used to run from the start of the request, body included (reqwest
+/// 0.13), so every fragment slower than that was cut off and retried,
+/// each retry the same, and the file never went up. Here the limit for
+/// ordinary requests is 1 s and the fragment takes 2.5 s to be taken in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fragment_slower_than_the_request_timeout_is_not_cut_off() {
+    use sharepush::remote::{FragmentOutcome, Remote, RemotePath};
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    let config = emu::load(&emu::write_config(&fx, &emu, Sign::Secret, ""));
+    let mut policy = emu::fast_policy().policy;
+    // One try: a fragment cut off fails the test instead of being retried.
+    policy.max_attempts = 1;
+    let http = sharepush::remote::graph::http_client_with(Duration::from_secs(1)).unwrap();
+    let tokens = std::sync::Arc::new(sharepush::remote::auth::TokenProvider::new(
+        config.auth.clone(),
+        http.clone(),
+        &config.daemon.state_dir,
+        policy.clone(),
+    ));
+    let throttle = std::sync::Arc::new(sharepush::retry::Throttle::new(1, policy));
+    let remote =
+        sharepush::remote::GraphRemote::new(http, &config.auth.graph_url, tokens, throttle);
+    let job = &config.jobs[0];
+    let drive = remote.resolve_drive(&job.site, &job.library).await.unwrap();
+    let path = RemotePath::parse("slow.bin");
+    let session = remote
+        .create_session(&drive, &path, chrono::Utc::now())
+        .await
+        .unwrap();
+    emu.add_faults("upload:latency:ms=2500:count=1").unwrap();
+    let content = emu::content(emu::K320, 5);
+    let outcome = remote
+        .put_fragment(
+            &session.url,
+            0,
+            bytes::Bytes::from(content.clone()),
+            content.len() as u64,
+        )
+        .await
+        .expect("the slow fragment went through");
+    assert!(matches!(outcome, FragmentOutcome::Done(_)), "{outcome:?}");
+    // Ordinary requests still give up on a peer that does not answer.
+    emu.add_faults("graph:latency:ms=2500:count=1").unwrap();
+    assert!(
+        remote.stat(&drive, &path).await.is_err(),
+        "a stat is cut off"
+    );
+}
