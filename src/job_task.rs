@@ -416,7 +416,11 @@ pub async fn run_job<R: Remote>(
                             (job.schedule.is_none()).then(|| Instant::now() + WATCH_FULL_SCAN);
                     }
                     // Arming walks the tree and cannot be interrupted: a
-                    // stop that came meanwhile starts no run either.
+                    // stop that came meanwhile starts no run either. The
+                    // yield lets a stop already on its way in (a task on
+                    // this thread) land first: both waits above may have
+                    // ended without ever giving the thread up.
+                    tokio::task::yield_now().await;
                     if cancel.is_cancelled() {
                         break;
                     }

@@ -1150,8 +1150,8 @@ async fn a_job_task_stopped_before_its_first_run_makes_none() {
 /// A job whose watch does not work arms it again before each run; a stop
 /// that comes while it arms (a walk of the whole tree, which cannot be
 /// interrupted) used to start the run anyway, beside a successor a reload
-/// may have started. On one runtime thread the test runs exactly while
-/// the task waits for that arming.
+/// may have started. On one runtime thread the stop lands exactly while
+/// the task arms.
 #[tokio::test]
 async fn a_job_task_stopped_while_it_arms_its_watch_again_makes_no_run() {
     use sharepush::job_task::run_job;
@@ -1173,10 +1173,20 @@ async fn a_job_task_stopped_while_it_arms_its_watch_again_makes_no_run() {
         Arc::default(),
         ready,
     ));
-    // Sent after the first arming; the task then goes on to arm again
-    // and waits for it before this test runs again.
-    ready_rx.await.unwrap();
-    cancel.cancel();
+    // Sent after the first arming; the task then goes on to arm again.
+    // The stop comes from a task, queued when `ready` wakes it: it runs
+    // the first time the job task gives the thread up, at the latest at
+    // the yield after the arming. (Under load both waits of the arming
+    // could end without a yield; then a stop from the test's own future,
+    // polled only when no task is runnable, came after the run started.)
+    let stopper = tokio::spawn({
+        let cancel = cancel.clone();
+        async move {
+            ready_rx.await.unwrap();
+            cancel.cancel();
+        }
+    });
+    stopper.await.unwrap();
     tokio::time::timeout(Duration::from_secs(5), task)
         .await
         .expect("the task ends at once")
