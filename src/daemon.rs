@@ -20,7 +20,8 @@
 //! file is rejected with every problem logged and the running jobs go on
 //! unchanged. Otherwise added jobs start, removed jobs stop, and jobs whose
 //! settings changed stop and start again (their watch is re-armed and they
-//! make a startup run). `[auth]`, `[daemon]` and the tenant-wide
+//! make a startup run; a changed job whose old task outlives the grace
+//! period starts only once that task has ended). `[auth]`, `[daemon]` and the tenant-wide
 //! concurrency keep their running values until a restart (logged).
 //!
 //! Run now (SIGUSR1, `systemctl kill -s USR1 sharepush`): every job gets a
@@ -154,12 +155,38 @@ fn fingerprint(job: &JobSpec) -> String {
     format!("{job:?}")
 }
 
+/// Runs `task` (a job's new task) once `predecessor` (the same job's
+/// previous task, told to stop by a reload but not stopped within the
+/// grace period) has ended; nothing if `cancel` fires first. Two tasks of
+/// one job at once would scan, record and upload the same files side by
+/// side: an upload the old one finishes could record a file synced to the
+/// place the job no longer points at, after the new one had queued it for
+/// the new place.
+async fn after_predecessor(
+    job: String,
+    predecessor: Option<JoinHandle<()>>,
+    cancel: CancellationToken,
+    task: impl std::future::Future<Output = ()>,
+) {
+    if let Some(previous) = predecessor {
+        tokio::select! {
+            _ = previous => tracing::info!(job, "the job's previous task has stopped; the job starts"),
+            () = cancel.cancelled() => return,
+        }
+    }
+    task.await;
+}
+
 /// The supervisor's state.
 struct Supervisor {
     config: Config,
     options: DaemonOptions,
     ctx: Arc<JobContext<GraphRemote>>,
     jobs: HashMap<String, Running>,
+    /// Tasks of jobs a reload stopped that had not ended within the grace
+    /// period, by job name: a job of that name starts again only after
+    /// it ([`after_predecessor`]).
+    lingering: HashMap<String, JoinHandle<()>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
     /// A sign-in problem found at start, shown in `STATUS=` until a run works.
@@ -172,13 +199,22 @@ impl Supervisor {
         let (manual_tx, manual_rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = oneshot::channel();
         let status: StatusCell = Arc::default();
-        let handle = self.tracker.spawn(job_task::run_job(
-            Arc::new(job.clone()),
-            Arc::clone(&self.ctx),
-            manual_rx,
+        let predecessor = self
+            .lingering
+            .remove(&job.name)
+            .filter(|h| !h.is_finished());
+        let handle = self.tracker.spawn(after_predecessor(
+            job.name.clone(),
+            predecessor,
             cancel.clone(),
-            Arc::clone(&status),
-            ready_tx,
+            job_task::run_job(
+                Arc::new(job.clone()),
+                Arc::clone(&self.ctx),
+                manual_rx,
+                cancel.clone(),
+                Arc::clone(&status),
+                ready_tx,
+            ),
         ));
         self.jobs.insert(
             job.name.clone(),
@@ -258,11 +294,19 @@ impl Supervisor {
             }
         }
         let deadline = tokio::time::Instant::now() + STOP_GRACE;
-        for (name, handle) in stopping {
-            if tokio::time::timeout_at(deadline, handle).await.is_err() {
-                tracing::warn!(job = name, "job did not stop in time");
+        for (name, mut handle) in stopping {
+            if tokio::time::timeout_at(deadline, &mut handle)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    job = name,
+                    "job did not stop in time; if it starts again, that waits until it has"
+                );
+                self.lingering.insert(name, handle);
             }
         }
+        self.lingering.retain(|_, h| !h.is_finished());
         for name in &restarted {
             drop(self.spawn(wanted[name.as_str()]));
         }
@@ -405,6 +449,7 @@ pub async fn serve(
             scheduler: scheduler.clone(),
         }),
         jobs: HashMap::new(),
+        lingering: HashMap::new(),
         tracker: TaskTracker::new(),
         shutdown: shutdown.clone(),
         login_problem,
@@ -487,4 +532,63 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Lets every other task on this (single) runtime thread run as far as
+    /// it can.
+    async fn let_others_run() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_job_starts_again_only_once_its_previous_task_has_ended() {
+        let (end_previous, ended) = oneshot::channel::<()>();
+        let previous = tokio::spawn(async move {
+            let _ = ended.await;
+        });
+        let started = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&started);
+        let next = tokio::spawn(after_predecessor(
+            "docs".into(),
+            Some(previous),
+            CancellationToken::new(),
+            async move { flag.store(true, Ordering::SeqCst) },
+        ));
+        let_others_run().await;
+        assert!(
+            !started.load(Ordering::SeqCst),
+            "started beside its predecessor"
+        );
+        end_previous.send(()).unwrap();
+        next.await.unwrap();
+        assert!(started.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_job_stopped_while_waiting_for_its_previous_task_never_starts() {
+        let (_end_previous, ended) = oneshot::channel::<()>();
+        let previous = tokio::spawn(async move {
+            let _ = ended.await;
+        });
+        let started = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&started);
+        let cancel = CancellationToken::new();
+        let next = tokio::spawn(after_predecessor(
+            "docs".into(),
+            Some(previous),
+            cancel.clone(),
+            async move { flag.store(true, Ordering::SeqCst) },
+        ));
+        let_others_run().await;
+        cancel.cancel();
+        next.await.unwrap();
+        assert!(!started.load(Ordering::SeqCst));
+    }
 }
