@@ -213,6 +213,11 @@ impl Bandwidth {
         }
     }
 
+    /// The limit, bytes per second.
+    pub fn bytes_per_sec(&self) -> u64 {
+        self.bytes_per_sec
+    }
+
     /// Waits until `bytes` more may be sent.
     pub async fn consume(&self, bytes: u64) {
         tokio::time::sleep_until(self.reserve(bytes)).await;

@@ -1118,7 +1118,10 @@ impl<'a, R: Remote> Uploader<'a, R> {
             // the HTTP stack has let go of it, it holds the fragment after next.
             let sent_buf = bytes.clone();
             let result = {
-                let put = self.remote.put_fragment(&url, offset, bytes, total);
+                // Sent at the limit: its turn on the job's timeline lasts
+                // as long as the body takes (see `wait_for_bandwidth`).
+                let pace = self.bandwidth.as_ref().map(Bandwidth::bytes_per_sec);
+                let put = self.remote.put_fragment(&url, offset, bytes, total, pace);
                 tokio::pin!(put);
                 tokio::select! {
                     r = &mut put => r,
@@ -1260,7 +1263,10 @@ impl<'a, R: Remote> Uploader<'a, R> {
         }
     }
 
-    /// Waits for the job's turn to send `bytes` under its `bandwidth_limit`.
+    /// Waits for the job's turn to send `bytes` under its `bandwidth_limit`;
+    /// the fragment's body then goes out paced at the limit, so its turn
+    /// lasts as long as sending it (one of the job's uploads sends at a
+    /// time, holding one slot).
     /// The upload slot is given back meanwhile and taken again after: the
     /// slots are shared by every job of the tenant, and a slow job waiting
     /// with them held would stop every other job's uploads until it had

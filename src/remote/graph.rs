@@ -68,9 +68,82 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// session waits for the next fragment (graph-api.md section 3).
 const SLOWEST_LINE: u64 = 16 * 1024;
 
-/// The time limit of one fragment PUT of `len` bytes (see [`SLOWEST_LINE`]).
-fn fragment_timeout(len: u64) -> Duration {
-    REQUEST_TIMEOUT + Duration::from_secs(len / SLOWEST_LINE)
+/// The time limit of one fragment PUT of `len` bytes (see [`SLOWEST_LINE`]),
+/// sent at `pace` bytes per second when the job has a bandwidth limit.
+fn fragment_timeout(len: u64, pace: Option<u64>) -> Duration {
+    let rate = pace.map_or(SLOWEST_LINE, |p| p.clamp(1, SLOWEST_LINE));
+    REQUEST_TIMEOUT + Duration::from_secs(len / rate)
+}
+
+/// A fragment's body sent at a fixed rate: a chunk of about 50 ms of the
+/// rate at a time (between 1 and 64 KiB), each when the bytes before it
+/// have had their time. The kernel sends what it is handed at once, so a
+/// body handed over whole saturates the line for as long as it takes,
+/// then leaves it idle: what a limit is set to prevent (a branch office's
+/// calls and browsing share that line). Timed from its first poll, so a
+/// retry is paced again from its own start.
+struct PacedBody {
+    content: Bytes,
+    sent: usize,
+    rate: u64,
+    chunk: usize,
+    started: Option<tokio::time::Instant>,
+    wait: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl PacedBody {
+    fn new(content: Bytes, rate: u64) -> PacedBody {
+        let rate = rate.max(1);
+        PacedBody {
+            content,
+            sent: 0,
+            rate,
+            chunk: (rate / 20).clamp(1024, 64 * 1024) as usize,
+            started: None,
+            wait: None,
+        }
+    }
+}
+
+impl http_body::Body for PacedBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        use std::future::Future as _;
+        use std::task::Poll;
+        let this = self.get_mut();
+        if this.sent >= this.content.len() {
+            return Poll::Ready(None);
+        }
+        let now = tokio::time::Instant::now();
+        let started = *this.started.get_or_insert(now);
+        let due = started + Duration::from_secs_f64(this.sent as f64 / this.rate as f64);
+        if due > now {
+            let wait = this
+                .wait
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+            wait.as_mut().reset(due);
+            if wait.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+        let end = (this.sent + this.chunk).min(this.content.len());
+        let frame = this.content.slice(this.sent..end);
+        this.sent = end;
+        Poll::Ready(Some(Ok(http_body::Frame::data(frame))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.sent >= self.content.len()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact((self.content.len() - self.sent) as u64)
+    }
 }
 
 /// The HTTP client for Graph and the token endpoint: rustls with the ring
@@ -744,6 +817,7 @@ impl Remote for GraphRemote {
         offset: u64,
         content: Bytes,
         total: u64,
+        pace: Option<u64>,
     ) -> Result<FragmentOutcome, RemoteError> {
         let len = content.len() as u64;
         if len == 0 {
@@ -755,10 +829,14 @@ impl Remote for GraphRemote {
         let range = format!("bytes {offset}-{}/{total}", offset + len - 1);
         let reply = match self
             .send("upload fragment", Auth::None, |c| {
+                let body = match pace {
+                    None => reqwest::Body::from(content.clone()),
+                    Some(rate) => reqwest::Body::wrap(PacedBody::new(content.clone(), rate)),
+                };
                 c.put(session_url)
-                    .timeout(fragment_timeout(len))
+                    .timeout(fragment_timeout(len, pace))
                     .header(reqwest::header::CONTENT_RANGE, &range)
-                    .body(content.clone())
+                    .body(body)
             })
             .await
         {

@@ -378,13 +378,16 @@ pub trait Remote: Send + Sync {
         mtime: DateTime<Utc>,
     ) -> impl Future<Output = Result<UploadSession, RemoteError>> + Send;
 
-    /// Sends bytes `offset..offset + content.len()` of a `total`-byte file.
+    /// Sends bytes `offset..offset + content.len()` of a `total`-byte file;
+    /// with `pace` (bytes per second, the job's `bandwidth_limit`) the body
+    /// goes out at that rate, a little at a time, not at line speed.
     fn put_fragment(
         &self,
         session_url: &str,
         offset: u64,
         content: bytes::Bytes,
         total: u64,
+        pace: Option<u64>,
     ) -> impl Future<Output = Result<FragmentOutcome, RemoteError>> + Send;
 
     /// Where an open session stands (to resume after a crash or a 416).

@@ -1655,9 +1655,10 @@ async fn a_job_waiting_for_its_bandwidth_leaves_the_upload_slot_to_other_jobs() 
     use sharepush::state::RunTrigger;
     let emu = emu::start(Options::default()).await;
     let fx = Fixture::new();
-    // One slot for the tenant. "docs" sends 1 KiB/s: its first fragment
-    // (960 KiB) goes at once, its second waits 16 minutes for its turn.
-    let path = emu::write_config(&fx, &emu, Sign::Secret, "concurrency = 1");
+    // Two slots for the tenant. "docs" sends 1 KiB/s: one file's first
+    // fragment (960 KiB) trickles out for 16 minutes, holding a slot as
+    // any upload in flight does; the other file's turn comes after that.
+    let path = emu::write_config(&fx, &emu, Sign::Secret, "concurrency = 2");
     let mut text = std::fs::read_to_string(&path).unwrap();
     text.push_str("bandwidth_limit = 1024\n");
     let logs = fx.path("logs");
@@ -1670,8 +1671,9 @@ async fn a_job_waiting_for_its_bandwidth_leaves_the_upload_slot_to_other_jobs() 
     ));
     std::fs::write(&path, text).unwrap();
     let config = emu::load(&path);
-    assert_eq!(sharepush::job::tenant_concurrency(&config), 1);
+    assert_eq!(sharepush::job::tenant_concurrency(&config), 2);
     emu::put(&fx, "big.bin", &emu::content(2 * 960 * 1024, 1));
+    emu::put(&fx, "big2.bin", &emu::content(2 * 960 * 1024, 2));
     std::fs::write(logs.join("today.log"), b"one line\n").unwrap();
 
     let policy = emu::fast_policy().policy;
@@ -1682,7 +1684,7 @@ async fn a_job_waiting_for_its_bandwidth_leaves_the_upload_slot_to_other_jobs() 
         &config.daemon.state_dir,
         policy.clone(),
     ));
-    let throttle = std::sync::Arc::new(sharepush::retry::Throttle::new(1, policy));
+    let throttle = std::sync::Arc::new(sharepush::retry::Throttle::new(2, policy));
     let remote = sharepush::remote::GraphRemote::new(
         http,
         &config.auth.graph_url,
@@ -1709,10 +1711,13 @@ async fn a_job_waiting_for_its_bandwidth_leaves_the_upload_slot_to_other_jobs() 
     let logs = async {
         assert!(
             emu.wait_for_requests(Duration::from_secs(30), |log| {
-                log.iter().any(|r| r.route == "upload" && r.status == 202)
+                log.iter()
+                    .filter(|r| r.path.ends_with("/createUploadSession"))
+                    .count()
+                    >= 2
             })
             .await,
-            "docs' first fragment"
+            "both of docs' uploads under way"
         );
         tokio::time::timeout(Duration::from_secs(20), run(&config.jobs[1])).await
     };
@@ -1724,6 +1729,42 @@ async fn a_job_waiting_for_its_bandwidth_leaves_the_upload_slot_to_other_jobs() 
                 .unwrap();
             assert_eq!(report.uploaded, 1, "{report:?}");
         }
+    }
+}
+
+/// `bandwidth_limit` paces the bytes on the wire: each fragment goes out a
+/// little at a time over its share of the limit. It went out whole at line
+/// speed after waiting for its turn: the office line the limit protects
+/// was saturated for as long as a fragment took, then idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bandwidth_limit_paces_each_fragment_on_the_wire() {
+    let emu = emu::start(Options::default()).await;
+    let fx = Fixture::new();
+    // 1280 KiB/s: the 960 KiB fragment takes 0.75 s, the 320 KiB one 0.25 s.
+    let limit = 1280 * 1024;
+    let config = emu::load(&emu::write_config(
+        &fx,
+        &emu,
+        Sign::Secret,
+        &format!("bandwidth_limit = {limit}"),
+    ));
+    let files = vec![("paced.bin".to_string(), emu::content(1280 * 1024, 3))];
+    emu::put(&fx, &files[0].0, &files[0].1);
+    emu::assert_clean(&emu::sync(&config, &emu::fast_policy()).await);
+    emu::assert_arrived(&emu, &files);
+    let puts: Vec<_> = emu
+        .requests()
+        .into_iter()
+        .filter(|r| r.route == "upload" && r.method == "PUT")
+        .collect();
+    assert_eq!(puts.len(), 2, "{puts:?}");
+    for (put, len) in puts.iter().zip([960 * 1024u64, 320 * 1024]) {
+        let took_ms = put.t_ms - put.t_start_ms;
+        let share_ms = len * 1000 / limit;
+        assert!(
+            took_ms * 10 >= share_ms * 8,
+            "a {len}-byte fragment arrived in {took_ms} ms, its share of the limit is {share_ms} ms"
+        );
     }
 }
 
@@ -1797,6 +1838,7 @@ async fn a_fragment_slower_than_the_request_timeout_is_not_cut_off() {
             0,
             bytes::Bytes::from(content.clone()),
             content.len() as u64,
+            None,
         )
         .await
         .expect("the slow fragment went through");
