@@ -547,8 +547,11 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_job_starts_again_only_once_its_previous_task_has_ended() {
+    /// A job's new task behind a previous one that has not ended: its
+    /// handle, whether its work started, and what ends the previous task.
+    fn behind_a_busy_task(
+        cancel: CancellationToken,
+    ) -> (JoinHandle<()>, Arc<AtomicBool>, oneshot::Sender<()>) {
         let (end_previous, ended) = oneshot::channel::<()>();
         let previous = tokio::spawn(async move {
             let _ = ended.await;
@@ -558,9 +561,15 @@ mod tests {
         let next = tokio::spawn(after_predecessor(
             "docs".into(),
             Some(previous),
-            CancellationToken::new(),
+            cancel,
             async move { flag.store(true, Ordering::SeqCst) },
         ));
+        (next, started, end_previous)
+    }
+
+    #[tokio::test]
+    async fn a_job_starts_again_only_once_its_previous_task_has_ended() {
+        let (next, started, end_previous) = behind_a_busy_task(CancellationToken::new());
         let_others_run().await;
         assert!(
             !started.load(Ordering::SeqCst),
@@ -573,19 +582,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_job_stopped_while_waiting_for_its_previous_task_never_starts() {
-        let (_end_previous, ended) = oneshot::channel::<()>();
-        let previous = tokio::spawn(async move {
-            let _ = ended.await;
-        });
-        let started = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&started);
         let cancel = CancellationToken::new();
-        let next = tokio::spawn(after_predecessor(
-            "docs".into(),
-            Some(previous),
-            cancel.clone(),
-            async move { flag.store(true, Ordering::SeqCst) },
-        ));
+        let (next, started, _end_previous) = behind_a_busy_task(cancel.clone());
         let_others_run().await;
         cancel.cancel();
         next.await.unwrap();

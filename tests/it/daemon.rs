@@ -1090,23 +1090,15 @@ async fn a_reload_stops_the_busy_jobs_it_changes_all_at_once() {
 async fn job_context(
     config: &sharepush::config::Config,
 ) -> Arc<sharepush::job_task::JobContext<sharepush::remote::GraphRemote>> {
-    let policy = sharepush::retry::RetryPolicy::default();
-    let http = sharepush::remote::graph::http_client().unwrap();
-    let tokens = Arc::new(sharepush::remote::auth::TokenProvider::new(
-        config.auth.clone(),
-        http.clone(),
-        &config.daemon.state_dir,
-        policy.clone(),
-    ));
-    let throttle = Arc::new(sharepush::retry::Throttle::new(4, policy));
+    let (remote, throttle) = emu::graph_remote(
+        config,
+        sharepush::remote::graph::http_client().unwrap(),
+        sharepush::retry::RetryPolicy::default(),
+        4,
+    );
     let store = sharepush::state::Store::open(&config.daemon.state_dir).unwrap();
     Arc::new(sharepush::job_task::JobContext {
-        remote: sharepush::remote::GraphRemote::new(
-            http,
-            &config.auth.graph_url,
-            tokens,
-            Arc::clone(&throttle),
-        ),
+        remote,
         store: sharepush::upload::SharedStore::new(store),
         throttle,
         scheduler: sharepush::scheduler::Scheduler::start().await.unwrap(),

@@ -251,6 +251,35 @@ pub async fn sync(config: &Config, options: &SyncOptions) -> Vec<JobReport> {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// What a `sharepush` process builds from `config` to reach the service:
+/// its sign-in over `http`, a tenant gate of `slots` uploads at once, and
+/// the Graph remote through both; for tests that drive a job or the remote
+/// in their own process.
+pub fn graph_remote(
+    config: &Config,
+    http: reqwest::Client,
+    policy: RetryPolicy,
+    slots: usize,
+) -> (
+    sharepush::remote::GraphRemote,
+    std::sync::Arc<sharepush::retry::Throttle>,
+) {
+    let tokens = std::sync::Arc::new(sharepush::remote::auth::TokenProvider::new(
+        config.auth.clone(),
+        http.clone(),
+        &config.daemon.state_dir,
+        policy.clone(),
+    ));
+    let throttle = std::sync::Arc::new(sharepush::retry::Throttle::new(slots, policy));
+    let remote = sharepush::remote::GraphRemote::new(
+        http,
+        &config.auth.graph_url,
+        tokens,
+        std::sync::Arc::clone(&throttle),
+    );
+    (remote, throttle)
+}
+
 /// Requests since `before` other than signing in and the drive's delta
 /// (every run asks what changed remotely): what a quiet run must not send.
 pub fn requests_besides_delta(emu: &Handle, before: usize) -> Vec<graph_emulator::RequestRecord> {

@@ -1676,20 +1676,11 @@ async fn a_job_waiting_for_its_bandwidth_leaves_the_upload_slot_to_other_jobs() 
     emu::put(&fx, "big2.bin", &emu::content(2 * 960 * 1024, 2));
     std::fs::write(logs.join("today.log"), b"one line\n").unwrap();
 
-    let policy = emu::fast_policy().policy;
-    let http = sharepush::remote::graph::http_client().unwrap();
-    let tokens = std::sync::Arc::new(sharepush::remote::auth::TokenProvider::new(
-        config.auth.clone(),
-        http.clone(),
-        &config.daemon.state_dir,
-        policy.clone(),
-    ));
-    let throttle = std::sync::Arc::new(sharepush::retry::Throttle::new(2, policy));
-    let remote = sharepush::remote::GraphRemote::new(
-        http,
-        &config.auth.graph_url,
-        tokens,
-        std::sync::Arc::clone(&throttle),
+    let (remote, throttle) = emu::graph_remote(
+        &config,
+        sharepush::remote::graph::http_client().unwrap(),
+        emu::fast_policy().policy,
+        2,
     );
     let store = sharepush::upload::SharedStore::new(
         sharepush::state::Store::open(&config.daemon.state_dir).unwrap(),
@@ -1814,15 +1805,7 @@ async fn a_fragment_slower_than_the_request_timeout_is_not_cut_off() {
     // One try: a fragment cut off fails the test instead of being retried.
     policy.max_attempts = 1;
     let http = sharepush::remote::graph::http_client_with(Duration::from_secs(1)).unwrap();
-    let tokens = std::sync::Arc::new(sharepush::remote::auth::TokenProvider::new(
-        config.auth.clone(),
-        http.clone(),
-        &config.daemon.state_dir,
-        policy.clone(),
-    ));
-    let throttle = std::sync::Arc::new(sharepush::retry::Throttle::new(1, policy));
-    let remote =
-        sharepush::remote::GraphRemote::new(http, &config.auth.graph_url, tokens, throttle);
+    let (remote, _throttle) = emu::graph_remote(&config, http, policy, 1);
     let job = &config.jobs[0];
     let drive = remote.resolve_drive(&job.site, &job.library).await.unwrap();
     let path = RemotePath::parse("slow.bin");
